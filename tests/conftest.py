@@ -1,0 +1,53 @@
+"""Shared fixtures. Real data in ``../shared/data`` is optional: tests that need it skip cleanly without it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("SLOPEKP_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def pytest_addoption(parser):
+    parser.addoption("--device", default="cpu", help="torch device for device-parametrised tests (cpu, cuda)")
+
+
+@pytest.fixture(scope="session")
+def device(request) -> torch.device:
+    name = request.config.getoption("--device")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        pytest.skip("CUDA requested but not available")
+    return torch.device(name)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """``../shared/data`` (or ``$SLOPEKP_SHARED_DATA``); skips the test when absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real test data not found at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def sfm_dir(shared_data) -> Path:
+    p = shared_data / "cub" / "sfm"
+    if not (p / "anno_train.mat").is_file():
+        pytest.skip(f"CUB SfM files not found in {p}")
+    return p
+
+
+@pytest.fixture(scope="session")
+def ucmr_template_path(shared_data) -> Path:
+    p = shared_data / "template_shape" / "bird_template_arrays.npz"
+    if not p.is_file():
+        pytest.skip(f"U-CMR template not found at {p}")
+    return p
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
