@@ -1,4 +1,8 @@
-"""``slopekp data ...`` sub-commands."""
+"""``slopekp data ...``: dataset generation, inspection and downloads.
+
+Image datasets (SynthBirds images, contact sheets) register from :mod:`slopekp.commands.data_images`; videos,
+downloads and verification from :mod:`slopekp.commands.data_video`.
+"""
 
 from __future__ import annotations
 
@@ -6,4 +10,8 @@ from slopekp.commands import add_group
 
 
 def register(sub) -> None:
-    add_group(sub, "data", "data commands")
+    g = add_group(sub, "data", "generate, inspect, download and verify datasets")
+    from slopekp.commands import data_images, data_video
+
+    data_images.register(g)
+    data_video.register(g)
