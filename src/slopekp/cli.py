@@ -14,7 +14,7 @@ import sys
 from slopekp import __version__
 
 #: Sub-command groups, in ``--help`` order: module name under ``slopekp.commands``.
-COMMAND_GROUPS = ("config", "data", "multiplex", "mesh")
+COMMAND_GROUPS = ("quickstart", "config", "data", "multiplex", "mesh")
 
 
 class UserError(Exception):
