@@ -1,0 +1,111 @@
+"""``slopekp data verify``: complete fixtures pass, each missing piece is reported, exit 1 if incomplete."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+from test_video import make_davis, make_ytvos, write_jpeg, write_label_png
+
+from slopekp import cli
+from slopekp.data.verify import detect_kind, verify_dataset
+
+
+def make_cub(root, n=3):
+    cub = root / "CUB_200_2011"
+    lines = []
+    for i in range(1, n + 1):
+        rel = f"001.Black_footed_Albatross/Black_Footed_Albatross_{i:04d}.jpg"
+        write_jpeg(cub / "images" / rel)
+        lines.append(f"{i} {rel}")
+    (cub / "images.txt").write_text("\n".join(lines) + "\n")
+    for name in ("bounding_boxes.txt", "train_test_split.txt", "parts/parts.txt", "parts/part_locs.txt"):
+        (cub / name).parent.mkdir(parents=True, exist_ok=True)
+        (cub / name).write_text("1 0\n")
+    for split in ("train", "val", "test"):
+        for path in (f"cachedir/cub/data/{split}_cub_cleaned.mat", f"cachedir/cub/sfm/anno_{split}.mat"):
+            (root / path).parent.mkdir(parents=True, exist_ok=True)
+            (root / path).write_bytes(b"MATLAB 5.0 MAT-file, test fixture" + bytes(100))
+    return cub
+
+
+def test_complete_fixtures_pass_and_kind_is_detected(tmp_path):
+    make_davis(tmp_path / "d")
+    make_ytvos(tmp_path / "y")
+    make_cub(tmp_path / "c")
+    for sub, kind in (("d", "davis"), ("y", "youtubevos"), ("c", "cub")):
+        assert detect_kind(tmp_path / sub) == kind
+        rep = verify_dataset(tmp_path / sub)
+        assert rep.kind == kind and rep.ok, rep.format()
+        assert "complete: no problems found" in rep.format()
+    rep = verify_dataset(tmp_path / "c", kind="cub")
+    assert any("3 of 3 listed images present" in n for n in rep.notes)
+    assert any("the full CUB-200-2011 has 11788" in n for n in rep.notes)
+    assert any("valid: 1 videos (1 with birds), 4 frames" in n for n in verify_dataset(tmp_path / "y").notes)
+
+
+def test_cub_missing_pieces(tmp_path):
+    cub = make_cub(tmp_path)
+    (cub / "images" / "001.Black_footed_Albatross" / "Black_Footed_Albatross_0002.jpg").unlink()
+    (cub / "parts" / "part_locs.txt").unlink()
+    (tmp_path / "cachedir" / "cub" / "sfm" / "anno_val.mat").unlink()
+    (tmp_path / "cachedir" / "cub" / "data" / "test_cub_cleaned.mat").write_bytes(b"<html>404</html>")
+    rep = verify_dataset(tmp_path, kind="cub")
+    assert not rep.ok
+    text = "\n".join(rep.problems)
+    assert "missing image" in text and "Black_Footed_Albatross_0002.jpg" in text
+    assert "part_locs.txt" in text and "anno_val.mat" in text
+    assert "test_cub_cleaned.mat: not a MATLAB .mat file" in text
+    assert len(rep.problems) == 4
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    rep = verify_dataset(empty, kind="cub")
+    assert any("slopekp data fetch cub" in p for p in rep.problems)
+    assert any("slopekp data fetch ucmr-annotations" in p for p in rep.problems)
+
+
+def test_davis_problems_are_all_listed(tmp_path):
+    davis = make_davis(tmp_path)
+    (davis / "Annotations" / "480p" / "solo" / "00002.png").unlink()
+    Image.fromarray(np.zeros((12, 16, 3), np.uint8)).save(
+        davis / "Annotations" / "480p" / "birds" / "00001.png"
+    )
+    write_label_png(davis / "Annotations" / "480p" / "birds" / "00003.png", np.zeros((5, 16), np.uint8))
+    rep = verify_dataset(tmp_path)
+    assert rep.kind == "davis" and not rep.ok
+    text = "\n".join(rep.problems)
+    assert "3 annotations for 4 frames" in text
+    assert "birds/00001.png: annotation is mode 'RGB'" in text
+    assert "birds/00003.png: annotation size 5x16 differs from its frame's 12x16" in text
+    (davis / "ImageSets" / "2017" / "train.txt").unlink()
+    assert any("train.txt" in p for p in verify_dataset(davis, kind="davis").problems)
+
+
+def test_ytvos_problems(tmp_path):
+    make_ytvos(tmp_path)
+    (tmp_path / "valid" / "Annotations" / "a1b2" / "00020.png").unlink()
+    (tmp_path / "train" / "Annotations" / "a1b2" / "00015.png").unlink()
+    rep = verify_dataset(tmp_path, kind="youtubevos")
+    text = "\n".join(rep.problems)
+    assert "no annotation 00020.png for the first frame of object 2" in text
+    assert "no annotation for 1 frame(s), e.g. 00015.png (train annotates every frame)" in text
+    assert len(rep.problems) == 2
+
+
+def test_bad_arguments(tmp_path):
+    with pytest.raises(ValueError, match="dataset folder not found"):
+        verify_dataset(tmp_path / "nope")
+    with pytest.raises(ValueError, match="kind must be one of"):
+        verify_dataset(tmp_path, kind="imagenet")
+    with pytest.raises(ValueError, match="could not tell which dataset"):
+        verify_dataset(tmp_path)
+
+
+def test_cli_exit_status(tmp_path, capsys):
+    make_davis(tmp_path)
+    assert cli.main(["data", "verify", "--root", str(tmp_path)]) == 0
+    assert "complete" in capsys.readouterr().out
+    (tmp_path / "DAVIS" / "JPEGImages" / "480p" / "solo" / "00001.jpg").unlink()
+    assert cli.main(["data", "verify", "--root", str(tmp_path), "--kind", "davis"]) == 1
+    assert "INCOMPLETE" in capsys.readouterr().out
+    assert cli.main(["data", "verify", "--root", str(tmp_path / "nope")]) == 2
