@@ -48,6 +48,7 @@ def test_cli_bad_override_exit_code(capsys):
 
 
 def test_console_script_runs():
-    r = subprocess.run([sys.executable, "-m", "slopekp.cli", "config", "show", "seed=5"], capture_output=True, text=True)
+    cmd = [sys.executable, "-m", "slopekp.cli", "config", "show", "seed=5"]
+    r = subprocess.run(cmd, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "seed: 5" in r.stdout

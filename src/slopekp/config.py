@@ -57,7 +57,9 @@ class DataConfig:
     padding_frac: float = 0.05
     jitter_frac: float = 0.05
     flip: bool = True
-    """Random horizontal mirroring (train split only)."""
+    """Random horizontal mirroring with p = 0.5 (train split only; build ``CubDataset(flip=None)``)."""
+    images_dir: str = ""
+    """Images folder (empty = ``<root>/images``; for real CUB e.g. ``CUB_200_2011/images``)."""
     max_items: int = 0
     """Use only the first ``max_items`` samples (0 = all)."""
 
@@ -72,6 +74,10 @@ class SynthConfig:
     """Scale of the random symmetric shape deformation (0 = the template itself)."""
     workers: int = 0
     """Worker processes for generation (0 = in-process)."""
+    occlusion_prob: float = 0.2
+    """Probability of an occluder (branch, leaves) in front of the bird; it is cut out of the mask."""
+    truncation_prob: float = 0.1
+    """Probability that 10–35% of the bird lies outside the image."""
 
 
 @dataclass
@@ -95,6 +101,8 @@ class MultiplexConfig:
     batch_size: int = 12
     image_size: int = 64
     """Side of the silhouettes Stage I renders and compares (pixels)."""
+    save_every: int = 1
+    """Stage I rewrites its store (atomically) after every this many batches, so a killed run resumes."""
 
 
 @dataclass
