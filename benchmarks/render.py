@@ -27,6 +27,9 @@ import sys
 import time
 from pathlib import Path
 
+# Same default as ``import slopekp`` sets (see slopekp/__init__.py); must precede torch's import in the workers.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 CASES = ("soft16_64", "soft16_128", "multiplex12x40_64", "hard16_256", "rgb16_64")
 REPO = Path(__file__).resolve().parents[1]
 

@@ -6,7 +6,12 @@ import os
 from pathlib import Path
 
 import pytest
+
+# isort: off
+import slopekp  # noqa: F401  -- sets OMP_WAIT_POLICY before torch loads OpenMP (see slopekp/__init__.py)
 import torch
+
+# isort: on
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("SLOPEKP_SHARED_DATA", REPO.parent / "shared" / "data"))
