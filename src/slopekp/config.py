@@ -60,6 +60,8 @@ class DataConfig:
     """Random horizontal mirroring with p = 0.5 (train split only; build ``CubDataset(flip=None)``)."""
     images_dir: str = ""
     """Images folder (empty = ``<root>/images``; for real CUB e.g. ``CUB_200_2011/images``)."""
+    sfm_dir: str = ""
+    """Folder of ``anno_<split>.mat`` SfM cameras (empty = ``<root>``; CMR's is ``cachedir/cub/sfm``)."""
     max_items: int = 0
     """Use only the first ``max_items`` samples (0 = all)."""
 

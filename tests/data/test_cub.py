@@ -261,6 +261,20 @@ def test_gt_camera_needs_anno(tmp_path):
         CubDataset(tmp_path, "train")
 
 
+def test_sfm_dir_separate_from_root(fixture_root, tmp_path):
+    """CMR keeps ``anno_<split>.mat`` in ``cachedir/cub/sfm`` beside ``cachedir/cub/data``."""
+    import shutil
+
+    root, _, _ = fixture_root
+    sfm = tmp_path / "sfm"
+    sfm.mkdir()
+    shutil.move(root / "anno_train.mat", sfm / "anno_train.mat")
+    with pytest.raises(ValueError, match="anno_train.mat: file not found"):
+        CubDataset(root, "train", return_gt_camera=True)
+    ds = CubDataset(root, "train", return_gt_camera=True, sfm_dir=sfm)
+    assert ds[0].gt_camera is not None and ds[0].gt_camera.shape == (7,)
+
+
 def test_camera_px_matches_fixture_cameras(fixture_root):
     """The loader's pixel camera from the files is the 0-based one (``trans − 1``)."""
     from slopekp.data.cub import sfm_camera_px

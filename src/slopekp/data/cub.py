@@ -187,6 +187,7 @@ class CubDataset(torch.utils.data.Dataset):
         return_gt_camera: also return the SfM camera of each crop (needs ``anno_<split>.mat``).
         max_items: use only the first ``max_items`` samples (0 = all).
         images_dir: images folder (default ``root/images``).
+        sfm_dir: folder with ``anno_<split>.mat`` (default ``root``; CMR keeps them in ``cachedir/cub/sfm``).
 
     Raises:
         MatFileError (a ValueError): missing or malformed annotation files, or an ``anno`` file whose length
@@ -207,6 +208,7 @@ class CubDataset(torch.utils.data.Dataset):
         max_items: int = 0,
         images_dir: str | os.PathLike | None = None,
         jitter: bool | None = None,
+        sfm_dir: str | os.PathLike | None = None,
     ) -> None:
         super().__init__()
         if img_size <= 0:
@@ -231,7 +233,7 @@ class CubDataset(torch.utils.data.Dataset):
         self.images_dir = Path(images_dir) if images_dir is not None else self.root / "images"
         self.records: list[CubRecord] = read_cub_cleaned(self.root / f"{split}_cub_cleaned.mat")
         self.sfm: SfmAnnotations | None = None
-        anno_path = self.root / f"anno_{split}.mat"
+        anno_path = (Path(sfm_dir) if sfm_dir is not None else self.root) / f"anno_{split}.mat"
         if anno_path.is_file():
             self.sfm = read_sfm_anno(anno_path)
             if len(self.sfm) != len(self.records):
