@@ -271,8 +271,11 @@ def write_multiplex_report(
     return metrics
 
 
-def _example_tile(img: Tensor, mask: Tensor, sil: Tensor, text: str, scale: int = 2) -> np.ndarray:
+def _example_tile(img: Tensor, mask: Tensor, sil: Tensor, text: str, min_side: int = 128) -> np.ndarray:
+    """Image with mask (green) and silhouette (red) outlines, upscaled (nearest) to at least ``min_side`` px."""
     from slopekp.viz.figures import draw_text, overlay_mask_outline, to_uint8
+
+    scale = max(1, -(-min_side // img.shape[-1]))
 
     def up(a: np.ndarray) -> np.ndarray:
         im = Image.fromarray(a)
