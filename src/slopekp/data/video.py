@@ -30,6 +30,7 @@ frame, a malformed ``meta.json``.
 
 from __future__ import annotations
 
+import abc
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -271,7 +272,27 @@ def davis_object_ids(first_labels: np.ndarray) -> tuple[int, ...]:
 # ------------------------------------------------------------------------------------------------------------
 
 
-class DavisDataset:
+class _SequenceCollection(abc.ABC):
+    """Sequence-name list with lazy :class:`VideoSequence` access; subclasses set ``sequences`` and ``sequence``."""
+
+    sequences: tuple[str, ...]
+
+    @abc.abstractmethod
+    def sequence(self, name: str) -> VideoSequence:
+        """Build the :class:`VideoSequence` of ``name``."""
+
+    def __len__(self) -> int:
+        return len(self.sequences)
+
+    def __iter__(self) -> Iterator[VideoSequence]:
+        for name in self.sequences:
+            yield self.sequence(name)
+
+    def __getitem__(self, key: int | str) -> VideoSequence:
+        return self.sequence(self.sequences[key] if isinstance(key, int) else key)
+
+
+class DavisDataset(_SequenceCollection):
     """DAVIS 2017 (or 2016) in its official layout, listed by ``ImageSets/<year>/<split>.txt``.
 
     Args:
@@ -305,16 +326,6 @@ class DavisDataset:
         self.split = split
         self.require_all_annotations = require_all_annotations
         self.sequences: tuple[str, ...] = tuple(_read_list(root / "ImageSets" / str(year) / f"{split}.txt"))
-
-    def __len__(self) -> int:
-        return len(self.sequences)
-
-    def __iter__(self) -> Iterator[VideoSequence]:
-        for name in self.sequences:
-            yield self.sequence(name)
-
-    def __getitem__(self, key: int | str) -> VideoSequence:
-        return self.sequence(self.sequences[key] if isinstance(key, int) else key)
 
     def sequence(self, name: str) -> VideoSequence:
         """Build the :class:`VideoSequence` of ``name`` (see the class docstring for the checks)."""
@@ -351,7 +362,7 @@ class DavisDataset:
 # ------------------------------------------------------------------------------------------------------------
 
 
-class YouTubeVOSDataset:
+class YouTubeVOSDataset(_SequenceCollection):
     """One YouTube-VOS (2018/2019) split: ``<root>/<split>/{JPEGImages,Annotations}/<video>/``, ``meta.json``.
 
     Args:
@@ -384,16 +395,6 @@ class YouTubeVOSDataset:
             cats = set(categories)
             names = [v for v in names if any(c in cats for c, _ in self.meta[v].values())]
         self.sequences: tuple[str, ...] = tuple(names)
-
-    def __len__(self) -> int:
-        return len(self.sequences)
-
-    def __iter__(self) -> Iterator[VideoSequence]:
-        for name in self.sequences:
-            yield self.sequence(name)
-
-    def __getitem__(self, key: int | str) -> VideoSequence:
-        return self.sequence(self.sequences[key] if isinstance(key, int) else key)
 
     def sequence(self, name: str) -> VideoSequence:
         """Build the :class:`VideoSequence` of video ``name`` (lists folders; decodes nothing)."""
