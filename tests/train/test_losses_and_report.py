@@ -10,7 +10,7 @@ import torch
 from slopekp.geometry.camera import project_points
 from slopekp.train.losses import mask_iou, mask_loss
 from slopekp.train.multiplex import hypothesis_cameras, positive_scale_cameras
-from slopekp.viz.multiplex_report import MultiplexEvaluation, multiplex_metrics
+from slopekp.train.report import MultiplexEvaluation, multiplex_metrics
 
 
 def test_mask_loss_hand_values():

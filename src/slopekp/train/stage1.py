@@ -11,7 +11,7 @@ Top to bottom:
 * :func:`fit_hypotheses` — the pure optimisation of one batch of masks (no data set, no files).
 * :func:`run_stage1` — the command: data set → batches → :func:`fit_hypotheses` → store (saved atomically
   after every ``multiplex.save_every`` batches; images already in the store are skipped, so a killed run
-  resumes) → report (:mod:`slopekp.viz.multiplex_report`).
+  resumes) → report (:mod:`slopekp.train.report`).
 
 Ground truth never reaches the optimisation: the training data set is built with ``return_gt_camera=False``
 (:func:`_fit_dataset` refuses any other), and only the report opens a second, GT-returning data set.
@@ -45,7 +45,7 @@ from slopekp.train.multiplex import (
 from slopekp.utils import resolve_device, seed_everything
 
 if TYPE_CHECKING:
-    from slopekp.viz.multiplex_report import MultiplexMetrics
+    from slopekp.train.report import MultiplexMetrics
 
 STORE_NAME = "multiplex.npz"
 
@@ -224,7 +224,7 @@ def run_stage1(
 
     Writes ``out_dir/config.yaml`` (the resolved config), ``out_dir/multiplex.npz`` (the store; rewritten
     atomically every ``cfg.multiplex.save_every`` batches), ``out_dir/tb/`` (TensorBoard scalars) and
-    ``out_dir/report/`` (:func:`slopekp.viz.multiplex_report.write_multiplex_report`). Rerunning with the same
+    ``out_dir/report/`` (:func:`slopekp.train.report.write_multiplex_report`). Rerunning with the same
     ``out_dir`` resumes: images already in the store are skipped.
 
     Raises:
@@ -265,7 +265,7 @@ def run_stage1(
     store.save(store_path)
     metrics, report_dir = None, None
     if report:
-        from slopekp.viz.multiplex_report import write_multiplex_report
+        from slopekp.train.report import write_multiplex_report
 
         report_dir = out_dir / "report"
         metrics = write_multiplex_report(store, cfg, data_dir, report_dir, template=template, renderer=renderer)
