@@ -109,3 +109,33 @@ def test_cli_exit_status(tmp_path, capsys):
     assert cli.main(["data", "verify", "--root", str(tmp_path), "--kind", "davis"]) == 1
     assert "INCOMPLETE" in capsys.readouterr().out
     assert cli.main(["data", "verify", "--root", str(tmp_path / "nope")]) == 2
+
+
+def test_cmr_folder_synthbirds_and_its_problems(tmp_path, capsys):
+    from slopekp.data.matfiles import read_cub_cleaned, read_sfm_anno, write_cub_cleaned, write_sfm_anno
+    from slopekp.data.synthetic import generate_synthbirds
+
+    root = generate_synthbirds(tmp_path / "sb", n_train=4, n_test=2, size=32, progress=False)
+    assert detect_kind(root) == "cmr"  # not youtubevos, although SynthBirds writes a meta.json
+    report = verify_dataset(root)
+    assert report.ok, report.format()
+    assert any("train: 4 of 4 images" in n for n in report.notes)
+
+    recs = read_cub_cleaned(root / "train_cub_cleaned.mat")
+    (root / "images" / recs[0].rel_path).unlink()  # a missing image
+    (root / "images" / recs[1].rel_path).write_bytes(b"not a jpeg")  # a corrupt one
+    Image.new("RGB", (20, 32)).save(root / "images" / recs[2].rel_path, format="JPEG")  # wrong size for its mask
+    anno = read_sfm_anno(root / "anno_test.mat")
+    write_sfm_anno(root / "anno_test.mat", type(anno)(anno.rot[:1], anno.scale[:1], anno.trans[:1], anno.S))
+    problems = "\n".join(verify_dataset(root, kind="cmr").problems)
+    assert f"missing image {root / 'images' / recs[0].rel_path}" in problems
+    assert f"{root / 'images' / recs[1].rel_path}: not a readable image" in problems
+    assert "image is 20x32 but its mask is 32x32" in problems
+    assert "anno_test.mat: 1 cameras for 2 images" in problems
+    write_cub_cleaned(root / "train_cub_cleaned.mat", recs)
+    import scipy.io
+
+    scipy.io.savemat(root / "test_cub_cleaned.mat", {"images": np.zeros((1, 2))})  # no fields at all
+    assert "test_cub_cleaned.mat" in "\n".join(verify_dataset(root, kind="cmr").problems)
+    assert cli.main(["data", "verify", "--root", str(root)]) == 1
+    assert "INCOMPLETE" in capsys.readouterr().out

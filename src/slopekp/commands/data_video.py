@@ -61,11 +61,12 @@ def register(g) -> None:
     p = g.add_parser(
         "verify",
         help="check a dataset folder and list what is missing (exit 1 if incomplete)",
-        description="Check a CUB (+ CMR annotations), DAVIS 2017 or YouTube-VOS folder: expected files, "
-        "frame/annotation counts, palette PNGs and sizes. Exit status 0 if complete, 1 if not.",
+        description="Check a CMR-format folder (SynthBirds), CUB (+ CMR annotations), DAVIS 2017 or YouTube-VOS "
+        "folder: expected files, frame/annotation counts, palette PNGs and sizes. Exit status 0 if complete, 1 if not.",
     )
     p.add_argument("--root", required=True)
-    p.add_argument("--kind", choices=("cub", "davis", "youtubevos", "auto"), default="auto")
+    p.add_argument("--kind", choices=("cmr", "cub", "davis", "youtubevos", "auto"), default="auto")
+    p.add_argument("--images-dir", default=None, help="cmr kind: images folder (default ROOT/images)")
     p.add_argument("--max-problems", type=int, default=20, help="list at most this many problems")
     p.set_defaults(func=_verify)
 
@@ -110,6 +111,6 @@ def _fetch(args: argparse.Namespace) -> int:
 def _verify(args: argparse.Namespace) -> int:
     from slopekp.data.verify import verify_dataset
 
-    report = verify_dataset(args.root, kind=args.kind)
+    report = verify_dataset(args.root, kind=args.kind, images_dir=args.images_dir)
     print(report.format(max_problems=args.max_problems), file=sys.stdout)
     return 0 if report.ok else 1

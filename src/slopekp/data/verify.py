@@ -1,6 +1,11 @@
 """Check a dataset folder and report what is missing (``slopekp data verify --root DIR [--kind ...]``).
 
-Three kinds (DATA.md §2–3, §6–7):
+Four kinds (DATA.md §2–4, §6–7):
+
+- ``cmr``: a folder in CMR's per-split format, as :class:`slopekp.data.cub.CubDataset` reads it (SynthBirds,
+  or CMR's ``cachedir/cub/data`` with ``--images-dir``): every ``<split>_cub_cleaned.mat`` parses with all
+  its fields, every image it lists exists with the size its mask has (headers only), and an
+  ``anno_<split>.mat`` beside it, if any, has one camera per image.
 
 - ``cub``: the raw CUB-200-2011 folder (``CUB_200_2011/`` with ``images.txt``, ``bounding_boxes.txt``,
   ``train_test_split.txt``, ``parts/``, and every image ``images.txt`` lists) **and** the CMR annotations
@@ -25,7 +30,7 @@ from PIL import Image
 
 from slopekp.data.video import DAVIS_BIRD_SEQUENCES, YTVOS_BIRD_CATEGORIES, DavisDataset, YouTubeVOSDataset
 
-KINDS = ("cub", "davis", "youtubevos")
+KINDS = ("cmr", "cub", "davis", "youtubevos")
 #: CUB-200-2011 files besides the images (DATA.md §2).
 CUB_FILES = (
     "images.txt",
@@ -44,7 +49,7 @@ class VerifyReport:
     """The result of :func:`verify_dataset`.
 
     Attributes:
-        kind: ``cub``, ``davis`` or ``youtubevos``.
+        kind: ``cmr``, ``cub``, ``davis`` or ``youtubevos``.
         root: the folder checked.
         problems: what is missing or broken, one line each (empty = complete).
         notes: counts and remarks that do not make the dataset incomplete.
@@ -82,6 +87,8 @@ def detect_kind(root: str | Path) -> str:
     root = Path(root)
     if not root.is_dir():
         raise ValueError(f"dataset folder not found: {root}")
+    if any(root.glob("*_cub_cleaned.mat")):  # before YouTube-VOS: SynthBirds has a meta.json too
+        return "cmr"
     for d in (root, root / "DAVIS"):
         if (d / "JPEGImages").is_dir() and (d / "ImageSets").is_dir():
             return "davis"
@@ -95,11 +102,11 @@ def detect_kind(root: str | Path) -> str:
         return "cub"
     raise ValueError(
         f"{root}: could not tell which dataset this is (no DAVIS JPEGImages+ImageSets, no YouTube-VOS "
-        "meta.json, no CUB_200_2011 or CMR annotations); pass --kind cub|davis|youtubevos"
+        "meta.json, no CUB_200_2011 or CMR annotations); pass --kind cmr|cub|davis|youtubevos"
     )
 
 
-def verify_dataset(root: str | Path, kind: str = "auto") -> VerifyReport:
+def verify_dataset(root: str | Path, kind: str = "auto", images_dir: str | Path | None = None) -> VerifyReport:
     """Check the dataset in ``root`` (see the module docstring for what each kind checks).
 
     Raises:
@@ -114,13 +121,60 @@ def verify_dataset(root: str | Path, kind: str = "auto") -> VerifyReport:
         kind = detect_kind(root)
     problems: list[str] = []
     notes: list[str] = []
-    {"cub": _verify_cub, "davis": _verify_davis, "youtubevos": _verify_ytvos}[kind](root, problems, notes)
+    if kind == "cmr":
+        _verify_cmr(root, Path(images_dir) if images_dir else root / "images", problems, notes)
+    else:
+        {"cub": _verify_cub, "davis": _verify_davis, "youtubevos": _verify_ytvos}[kind](root, problems, notes)
     return VerifyReport(kind, root, tuple(problems), tuple(notes))
 
 
 # ------------------------------------------------------------------------------------------------------------
 # CUB + CMR annotations
 # ------------------------------------------------------------------------------------------------------------
+
+
+def _verify_cmr(root: Path, images_dir: Path, problems: list[str], notes: list[str]) -> None:
+    from slopekp.data.matfiles import read_cub_cleaned, read_sfm_anno
+
+    splits = sorted(p.name[: -len("_cub_cleaned.mat")] for p in root.glob("*_cub_cleaned.mat"))
+    if not splits:
+        problems.append(f"no <split>_cub_cleaned.mat in {root}")
+        return
+    for split in splits:
+        try:
+            records = read_cub_cleaned(root / f"{split}_cub_cleaned.mat")
+        except ValueError as e:  # MatFileError names the file and the field
+            problems.append(str(e))
+            continue
+        present = 0
+        for r in records:
+            path = images_dir / r.rel_path
+            if not path.is_file():
+                problems.append(f"missing image {path} (listed in {split}_cub_cleaned.mat)")
+                continue
+            try:
+                with Image.open(path) as im:
+                    size = im.size
+            except OSError as e:
+                problems.append(f"{path}: not a readable image ({e})")
+                continue
+            if r.mask.shape != (size[1], size[0]):
+                mh, mw = r.mask.shape
+                problems.append(f"{path}: image is {size[0]}x{size[1]} but its mask is {mw}x{mh}")
+                continue
+            present += 1
+        notes.append(f"{split}: {present} of {len(records)} images present and matching their masks")
+        anno = root / f"anno_{split}.mat"
+        if anno.is_file():
+            try:
+                n = len(read_sfm_anno(anno))
+            except ValueError as e:
+                problems.append(str(e))
+                continue
+            if n != len(records):
+                problems.append(f"{anno}: {n} cameras for {len(records)} images")
+            else:
+                notes.append(f"{split}: {n} ground-truth cameras in {anno.name}")
 
 
 def _find_cmr_dirs(root: Path) -> Path | None:
