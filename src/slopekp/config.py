@@ -129,28 +129,25 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         ConfigError: naming the file or override and the problem (unknown key, wrong type, bad YAML).
     """
     base = OmegaConf.structured(Config)
-    try:
-        if path is not None:
-            path = Path(path)
-            if not path.is_file():
-                raise ConfigError(f"config file not found: {path}")
-            try:
-                file_cfg = OmegaConf.load(path)
-            except Exception as e:  # yaml errors come in several types
-                raise ConfigError(f"{path}: not valid YAML: {e}") from e
-            try:
-                base = OmegaConf.merge(base, file_cfg)
-            except OmegaConfBaseException as e:
-                raise ConfigError(f"{path}: {_first_line(e)}") from e
-        for ov in overrides:
-            if "=" not in ov:
-                raise ConfigError(f"override {ov!r} is not of the form key=value")
-            try:
-                base = OmegaConf.merge(base, OmegaConf.from_dotlist([ov]))
-            except OmegaConfBaseException as e:
-                raise ConfigError(f"override {ov!r}: {_first_line(e)}") from e
-    except ConfigError:
-        raise
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            file_cfg = OmegaConf.load(path)
+        except Exception as e:  # yaml errors come in several types
+            raise ConfigError(f"{path}: not valid YAML: {e}") from e
+        try:
+            base = OmegaConf.merge(base, file_cfg)
+        except OmegaConfBaseException as e:
+            raise ConfigError(f"{path}: {_first_line(e)}") from e
+    for ov in overrides:
+        if "=" not in ov:
+            raise ConfigError(f"override {ov!r} is not of the form key=value")
+        try:
+            base = OmegaConf.merge(base, OmegaConf.from_dotlist([ov]))
+        except OmegaConfBaseException as e:
+            raise ConfigError(f"override {ov!r}: {_first_line(e)}") from e
     cfg = OmegaConf.to_object(base)
     assert isinstance(cfg, Config)
     return cfg
