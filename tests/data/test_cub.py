@@ -390,3 +390,51 @@ def test_synthbirds_anno_S_is_template_keypoints(synth_root):
     np.testing.assert_allclose(anno.S.T, t.verts[keypoint_vertices(t)].numpy(), atol=1e-6)
     ds = CubDataset(synth_root, "test", img_size=64, return_gt_camera=True)
     assert len(ds) == 2 and not ds[0].flipped
+
+
+@pytest.mark.parametrize(
+    ("index", "change", "problem"),
+    [
+        (2, {"bbox": [np.nan, 10, 50, 60]}, r"bbox \[nan, 10, 50, 60\] is not finite"),
+        (0, {"bbox": [10, 10, np.inf, 60]}, r"bbox \[10, 10, inf, 60\] is not finite"),
+        (1, {"bbox": [30, 10, 20, 60]}, r"bbox \[30, 10, 20, 60\] is empty \(x2 < x1 or y2 < y1"),
+        (1, {"mask": 0}, r"mask is empty \(no foreground pixel\)"),
+        (2, {"parts": (0, 7, np.nan)}, r"visible keypoint 7 at \(nan, 50\.0\) is not finite"),
+    ],
+    ids=["nan-bbox", "inf-bbox", "inverted-bbox", "empty-mask", "nan-keypoint"],
+)
+def test_bad_annotation_values_name_file_and_record_at_load(tmp_path, index, change, problem):
+    """A NaN/inf/empty bbox, an empty mask or a NaN keypoint fail in the constructor naming the file, the
+    record and its image (not later with ``cannot convert float NaN to integer``)."""
+    from slopekp.data.matfiles import read_cub_cleaned, write_cub_cleaned
+
+    make_fixture(tmp_path)
+    mat = tmp_path / "train_cub_cleaned.mat"
+    recs = read_cub_cleaned(mat)
+    rec = recs[index]
+    if "bbox" in change:
+        rec.bbox[:] = change["bbox"]
+    elif "mask" in change:
+        rec.mask[:] = 0
+    else:
+        _, k, value = change["parts"]
+        rec.parts[:, k] = [value, 50.0, 1.0]
+    write_cub_cleaned(mat, recs)
+    rel = rec.rel_path.replace(".", r"\.")
+    with pytest.raises(ValueError, match=rf"train_cub_cleaned\.mat: record {index} \({rel}\): {problem}"):
+        CubDataset(tmp_path, "train", img_size=32)
+    # only the records in use are checked
+    if index > 0:
+        assert len(CubDataset(tmp_path, "train", img_size=32, max_items=index)) == index
+
+
+def test_non_finite_camera_fails_at_load_with_return_gt_camera(fixture_root):
+    from slopekp.data.matfiles import read_sfm_anno
+
+    root, _, _ = fixture_root
+    anno = read_sfm_anno(root / "anno_train.mat")
+    anno.rot[1, 0, 0] = np.nan
+    write_sfm_anno(root / "anno_train.mat", anno)
+    CubDataset(root, "train")  # cameras unused: fine
+    with pytest.raises(ValueError, match=r"anno_train\.mat: camera 1 \(002\.Class_1/img_1\.jpg\): rot is not fin"):
+        CubDataset(root, "train", return_gt_camera=True)

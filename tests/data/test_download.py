@@ -247,7 +247,7 @@ def test_checksum_mismatch_names_file_and_leaves_nothing(server, tmp_path, cub_s
     ):
         fetch("cub", tmp_path, url=server.base, progress=False, log=lambda m: None)
     assert_clean(tmp_path, "CUB_200_2011")
-    assert not list((tmp_path / ".downloads").iterdir())  # neither the archive nor a .part to resume
+    assert not (tmp_path / ".downloads").exists()  # neither the archive nor a .part to resume: removed
 
 
 @pytest.mark.parametrize("kind", ["tgz", "zip"])
@@ -346,6 +346,12 @@ def test_offline_message(tmp_path):
     assert msg.startswith("could not reach 127.0.0.1: are you offline? download " + url + " by hand and run")
     assert f"`slopekp data fetch cub --root {tmp_path} --archive FILE`" in msg
     assert_clean(tmp_path, "CUB_200_2011")
+    assert not (tmp_path / ".downloads").exists()  # no empty folder left behind
+    assert tmp_path.is_dir()  # the root existed before: kept
+    new = tmp_path / "new" / "root"
+    with pytest.raises(DownloadError, match="are you offline"):
+        fetch("cub", new, url=url, progress=False, log=lambda m: None, timeout=5)
+    assert not (tmp_path / "new").exists()  # the folders fetch created, empty: removed
 
 
 def test_cli_fetch_and_offline_exit_status(server, tmp_path, capsys):
@@ -363,3 +369,46 @@ def test_cli_fetch_and_offline_exit_status(server, tmp_path, capsys):
     )
     assert rc == 2
     assert "could not reach 127.0.0.1: are you offline?" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("local", [True, False])
+def test_record_announced_only_after_successful_extraction(server, tmp_path, local):
+    """A failed extraction neither writes ROOT/slopekp_fetch.json nor says it did; a successful one does both."""
+    content = {f"DAVIS/JPEGImages/480p/s/{i:05d}.jpg": bytes([i]) * 3000 for i in range(8)}
+    data = make_zip(content)
+    bad = tmp_path / "DAVIS-2017-trainval-480p.zip"
+    bad.write_bytes(data[: len(data) * 2 // 3])
+    server.files["/DAVIS-2017-trainval-480p.zip"] = bad.read_bytes()
+    root = tmp_path / "root"
+    kwargs = {"archive": bad} if local else {"url": server.base}
+    logs: list[str] = []
+    with pytest.raises(DownloadError, match="DAVIS-2017-trainval-480p.zip: "):
+        fetch("davis2017", root, progress=False, log=logs.append, **kwargs)
+    assert not (root / "slopekp_fetch.json").exists()
+    assert not any("slopekp_fetch.json" in m or "recorded" in m for m in logs), logs
+    assert any("computed SHA-256" in m for m in logs)  # the checksum is still printed
+    if local:
+        assert not root.exists()  # created by fetch, empty after the failure: removed
+    else:
+        assert [p.name for p in root.iterdir()] == [".downloads"]  # the archive, kept for inspection
+    logs.clear()
+    bad.write_bytes(data)
+    server.files["/DAVIS-2017-trainval-480p.zip"] = data
+    fetch("davis2017", root, progress=False, log=logs.append, **kwargs)
+    sha = hashlib.sha256(data).hexdigest()
+    assert json.loads((root / "slopekp_fetch.json").read_text())["davis2017"]["sha256"] == sha
+    recorded = [i for i, m in enumerate(logs) if m.startswith("recorded ") and f"in {root / 'slopekp_fetch.json'}" in m]
+    extracting = [i for i, m in enumerate(logs) if m.startswith("extracting ")]
+    assert len(recorded) == 1 and recorded[0] > extracting[0]
+
+
+def test_cli_fetch_failed_extraction_message(tmp_path, capsys):
+    data = make_zip({"DAVIS/README.md": b"x" * 5000})
+    bad = tmp_path / "trunc.zip"
+    bad.write_bytes(data[: len(data) // 2])
+    rc = cli.main(["data", "fetch", "davis2017", "--root", str(tmp_path / "r"), "--archive", str(bad)])
+    assert rc == 2
+    out = capsys.readouterr()
+    assert "slopekp_fetch.json" not in out.out and "recorded" not in out.out
+    assert "trunc.zip: " in out.err
+    assert not (tmp_path / "r").exists()

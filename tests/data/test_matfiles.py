@@ -13,9 +13,11 @@ from slopekp.data.matfiles import (
     MatFileError,
     SfmAnnotations,
     check_mask_matches_image,
+    cub_record_problems,
     read_cub_cleaned,
     read_image,
     read_sfm_anno,
+    sfm_anno_problems,
     write_cub_cleaned,
     write_sfm_anno,
 )
@@ -23,8 +25,9 @@ from slopekp.data.matfiles import (
 FIELDS = ("id", "rel_path", "train", "test", "bbox", "width", "height", "parts", "mask", "class_id")
 
 
-def _manual_cleaned(path, n=2, drop=None, bad_mask=False):
-    """A ``*_cub_cleaned.mat`` written directly with scipy (DATA.md §9), not with our writer."""
+def _manual_cleaned(path, n=2, drop=None, bad_mask=False, masks=None):
+    """A ``*_cub_cleaned.mat`` written directly with scipy (DATA.md §9), not with our writer; ``masks``
+    ``{i: (20 + i, 30 + i) array}`` replaces entry i's all-ones mask."""
     fields = [f for f in FIELDS if f != drop]
     arr = np.zeros((1, n), dtype=[(f, object) for f in fields])
     for i in range(n):
@@ -42,7 +45,7 @@ def _manual_cleaned(path, n=2, drop=None, bad_mask=False):
             "width": float(w),
             "height": float(h),
             "parts": parts,
-            "mask": np.ones((h, w + (1 if bad_mask else 0)), np.uint8),
+            "mask": (masks or {}).get(i, np.ones((h, w + (1 if bad_mask else 0)), np.uint8)),
             "class_id": 1.0,
         }
         for f in fields:
@@ -217,3 +220,43 @@ def test_real_sfm_files_load_and_roundtrip(sfm_dir, tmp_path):
     np.testing.assert_array_equal(back.trans, sub.trans)
     np.testing.assert_array_equal(back.S, sub.S)
     np.testing.assert_array_equal(back.conv_tri, sub.conv_tri)
+
+
+def test_cub_record_problems_raw_mask_values_and_fatal_only(tmp_path):
+    """Mask values are checked as stored (before the reader binarises them); ``fatal_only`` keeps what breaks
+    the loader."""
+    p = tmp_path / "train_cub_cleaned.mat"
+    nan_mask = np.ones((22, 32))
+    nan_mask[3, 4] = np.nan
+    _manual_cleaned(p, n=4, masks={1: np.full((21, 31), 255, np.uint8), 2: nan_mask, 3: np.zeros((23, 33))})
+    recs = read_cub_cleaned(p)
+    assert recs[0].mask_range == (1.0, 1.0) and recs[1].mask_range == (255.0, 255.0)
+    assert recs[1].mask.max() == 1  # the loader still sees a 0/1 mask
+    recs[0].parts[:, 1] = [31.5, 8.0, 1.0]  # 1-based x = 31.5 in a 30 px wide image: within the 1 px margin
+    assert cub_record_problems(p, recs[:1]) == []
+    recs[0].parts[:, 1] = [33.0, 8.0, 1.0]
+    assert cub_record_problems(p, recs) == [
+        f"{p}: record 0 (001.Foo/img_0.jpg): visible keypoint 1 at (33.0, 8.0) lies outside the 30x20 image",
+        f"{p}: record 1 (001.Foo/img_1.jpg): mask values outside 0..1 (min 255, max 255): CMR masks are 0/1",
+        f"{p}: record 2 (001.Foo/img_2.jpg): mask has NaN or infinite values",
+        f"{p}: record 3 (001.Foo/img_3.jpg): mask is empty (no foreground pixel)",
+    ]
+    assert cub_record_problems(p, recs, fatal_only=True) == [
+        f"{p}: record 3 (001.Foo/img_3.jpg): mask is empty (no foreground pixel)"
+    ]
+    assert cub_record_problems(p, []) == []
+
+
+def test_sfm_anno_problems(tmp_path):
+    rot = np.stack([np.eye(3)] * 4)
+    rot[1, 2, 2] = np.nan
+    rot[2] *= 2.0  # not a rotation
+    anno = SfmAnnotations(rot, np.array([1.0, 1.0, 1.0, -3.0]), np.zeros((4, 2)))
+    p = tmp_path / "anno_train.mat"
+    names = ["a.jpg", "b.jpg", "c.jpg", "d.jpg"]
+    assert sfm_anno_problems(p, anno, names) == [
+        f"{p}: camera 1 (b.jpg): rot is not finite",
+        f"{p}: camera 2 (c.jpg): rot is not a rotation (R·Rᵀ differs from I by 3; det 8)",
+        f"{p}: camera 3 (d.jpg): scale -3 is not positive",
+    ]
+    assert sfm_anno_problems(p, anno, fatal_only=True) == [f"{p}: camera 1: rot is not finite"]

@@ -42,9 +42,11 @@ from slopekp.data.matfiles import (
     MatFileError,
     SfmAnnotations,
     check_mask_matches_image,
+    cub_record_problems,
     read_cub_cleaned,
     read_image,
     read_sfm_anno,
+    sfm_anno_problems,
 )
 
 FLIP_ID_BASE = 10**6
@@ -190,9 +192,12 @@ class CubDataset(torch.utils.data.Dataset):
         sfm_dir: folder with ``anno_<split>.mat`` (default ``root``; CMR keeps them in ``cachedir/cub/sfm``).
 
     Raises:
-        MatFileError (a ValueError): missing or malformed annotation files, or an ``anno`` file whose length
-            differs from the cleaned file. Missing/corrupt images and mask-size mismatches are raised by
-            ``__getitem__`` naming the image file (use :meth:`validate` to check every item up front).
+        MatFileError (a ValueError): missing or malformed annotation files, an ``anno`` file whose length
+            differs from the cleaned file, or annotation values that would break a sample (checked for the
+            records in use, vectorised: a NaN/inf or empty bbox, an empty mask, a non-finite visible keypoint;
+            with ``return_gt_camera`` a non-finite camera), naming the file, the record index and its image.
+            Missing/corrupt images and mask-size mismatches are raised by ``__getitem__`` naming the image
+            file (use :meth:`validate` to check every item up front, or ``slopekp data verify``).
     """
 
     def __init__(
@@ -245,6 +250,19 @@ class CubDataset(torch.utils.data.Dataset):
             raise MatFileError(f"{anno_path}: file not found (needed for return_gt_camera=True)")
         if max_items:
             self.records = self.records[:max_items]
+        self._check_annotation_values(anno_path)
+
+    def _check_annotation_values(self, anno_path: Path) -> None:
+        """Raise :class:`MatFileError` on the first annotation value of the records in use that would break a
+        sample (see the class docstring), naming the file, the record and its image."""
+        n = len(self.records)
+        bad = cub_record_problems(self.root / f"{self.split}_cub_cleaned.mat", self.records, fatal_only=True)
+        if self.return_gt_camera and self.sfm is not None:
+            used = SfmAnnotations(self.sfm.rot[:n], self.sfm.scale[:n], self.sfm.trans[:n])
+            bad += sfm_anno_problems(anno_path, used, [r.rel_path for r in self.records], fatal_only=True)
+        if bad:
+            more = f" (and {len(bad) - 1} more problem(s))" if len(bad) > 1 else ""
+            raise MatFileError(f"{bad[0]}{more}; `slopekp data verify --root {self.root}` lists every problem")
 
     def set_epoch(self, epoch: int) -> None:
         """Select the augmentation draw of ``epoch`` (jitter and flips change, deterministically)."""

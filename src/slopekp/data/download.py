@@ -6,11 +6,15 @@
    interrupted transfer with an HTTP ``Range`` request (a server that ignores ``Range`` restarts it);
 2. checks the byte count against ``Content-Length`` and the checksum against the published one (CUB's MD5,
    DATA.md §2). Where no checksum is published (the U-CMR cachedir, DAVIS) the SHA-256 computed after the
-   download is printed and recorded in ``DIR/slopekp_fetch.json``, so a second machine can compare;
+   download is printed, and recorded in ``DIR/slopekp_fetch.json`` once the archive is installed, so a second
+   machine can compare;
 3. renames the ``.part`` file to the archive name, then extracts it (tar or zip) into a temporary folder
    beside the target and renames the top-level entries into ``DIR``. An archive member with an absolute path,
    a ``..`` component or a link leaving the archive is refused; a truncated or corrupt archive raises an
-   error naming the file and leaves no partial dataset folder behind.
+   error naming the file and leaves no partial dataset folder behind;
+4. only then writes the record ``DIR/slopekp_fetch.json`` (archive, URL, size, checksums, what it extracted)
+   and says so. A failed fetch writes no record and removes the folders it created that are left empty
+   (``DIR/.downloads`` when offline; a ``.part`` file to resume keeps it).
 
 Nothing here runs at import time. Network errors become :class:`DownloadError` (a ``ValueError``), whose
 message says what to do: when the host cannot be reached, download the URL by hand and rerun with
@@ -423,7 +427,9 @@ def fetch(
 
     Raises:
         DownloadError: unknown name, unreachable host, interrupted transfer, checksum mismatch, unsafe,
-            truncated or corrupt archive, or an existing target folder (see :func:`extract_archive`).
+            truncated or corrupt archive, or an existing target folder (see :func:`extract_archive`). Then
+            no record is written, and the folders this call created (``root``, ``root/.downloads``) are
+            removed when empty.
     """
     if name not in SOURCES:
         raise DownloadError(f"unknown dataset {name!r}; choose one of {', '.join(SOURCES)}")
@@ -434,6 +440,28 @@ def fetch(
             f"{root / src.creates} already exists; check it with `slopekp data verify --root {root}` "
             "or remove it to reinstall"
         )
+    created = [p for p in (root / ".downloads", root, *root.parents) if not p.exists()]
+    try:
+        return _fetch(src, root, archive, url, keep_archive, progress, timeout, log)
+    except BaseException:
+        for folder in created:  # innermost first: what this call created and left empty (nothing to resume)
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
+
+
+def _fetch(
+    src: Source,
+    root: Path,
+    archive: str | Path | None,
+    url: str | None,
+    keep_archive: bool,
+    progress: bool,
+    timeout: float,
+    log,
+) -> FetchResult:
+    """:func:`fetch` after its argument checks."""
+    name = src.name
     source_url = None  # None = installed from a local archive
     if archive is not None:
         archive = Path(archive)
@@ -468,10 +496,7 @@ def fetch(
     if verified:
         log(f"{archive.name}: checksum verified")
     else:
-        log(
-            f"{archive.name}: no published checksum for {name}; computed SHA-256 {digests.sha256} "
-            f"(recorded in {root / RECORD_NAME}; compare it with another download to be sure)"
-        )
+        log(f"{archive.name}: no published checksum for {name}; computed SHA-256 {digests.sha256}")
     log(f"extracting {archive.name} into {root}")
     extracted = extract_archive(archive, root)
     if not (root / src.creates).exists():
@@ -482,7 +507,13 @@ def fetch(
     _record(root, src, source_url, archive, digests, verified, extracted)
     if archive.parent == root / ".downloads" and not keep_archive:
         archive.unlink()
+        with contextlib.suppress(OSError):
+            archive.parent.rmdir()  # only when empty
     log(f"installed {', '.join(str(p) for p in extracted)}")
+    log(
+        f"recorded {archive.name} and its checksums in {root / RECORD_NAME}"
+        + ("" if verified else "; compare its SHA-256 with another download to be sure")
+    )
     return FetchResult(archive, digests, verified, extracted)
 
 

@@ -14,7 +14,11 @@ Two file kinds (formats in ``docs/data.md`` and ``../shared/docs/DATA.md`` §3�
 
 Everything is loaded with ``scipy.io.loadmat(p, struct_as_record=False, squeeze_me=True)`` (never pickle)
 and written atomically. Bad files raise :class:`MatFileError` (a ``ValueError``) naming the file and the
-problem.
+problem. The readers check structure (fields, shapes); the *values* (a NaN or empty bbox, an empty mask, a
+keypoint outside the image, a non-finite camera) are checked by :func:`cub_record_problems` and
+:func:`sfm_anno_problems`, which list every problem, vectorised over the records; the loader
+(:class:`slopekp.data.cub.CubDataset`) raises on the first one that would break it and
+``slopekp data verify`` reports them all.
 """
 
 from __future__ import annotations
@@ -53,8 +57,10 @@ class CubRecord:
         width, height: image size in pixels.
         parts: (3, 15) float64 rows x, y (1-based) and visibility (0/1), CUB part order; invisible parts
             are 0, 0, 0.
-        mask: (H, W) uint8 in {0, 1}, the same size as the image.
+        mask: (H, W) uint8 in {0, 1}, the same size as the image (the stored mask ``> 0``).
         class_id: 1-based class number.
+        mask_range: ``(min, max)`` of the mask values as stored, before ``mask`` was binarised (NaN when the
+            stored mask has NaN values); ``None`` for a record not read from a file.
     """
 
     id: int
@@ -67,6 +73,7 @@ class CubRecord:
     parts: np.ndarray
     mask: np.ndarray
     class_id: int
+    mask_range: tuple[float, float] | None = None
 
 
 @dataclass
@@ -152,9 +159,124 @@ def read_cub_cleaned(path: str | os.PathLike) -> list[CubRecord]:
                 parts=parts,
                 mask=(mask > 0).astype(np.uint8),
                 class_id=int(f["class_id"]),
+                mask_range=_value_range(mask),
             )
         )
     return records
+
+
+def _value_range(a: np.ndarray) -> tuple[float, float] | None:
+    """``(min, max)`` of a numeric array (NaN if it holds a NaN), ``None`` when empty or not numeric."""
+    if a.size == 0 or not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
+        return None
+    return float(a.min()), float(a.max())
+
+
+def _fmt(values) -> str:
+    """``[1, 2.5, nan]``: numbers for messages, integers without a decimal point."""
+    return "[" + ", ".join(f"{v:g}" for v in np.asarray(values, dtype=np.float64).ravel()) + "]"
+
+
+def cub_record_problems(
+    path: str | os.PathLike, records: list[CubRecord], *, fatal_only: bool = False
+) -> list[str]:
+    """The problems with the annotation *values* of ``records`` read from ``path``, one line each, naming
+    ``path``, the 0-based record index and its image (``rel_path``). Vectorised over the records.
+
+    Fatal problems (the loader cannot crop the sample, or would train on NaN): a bbox that is not finite or
+    empty (``x2 < x1`` or ``y2 < y1``, 1-based inclusive), an empty mask, a visible keypoint (``parts[2] > 0``)
+    that is not finite. Unless ``fatal_only``, also what the loader tolerates but is wrong: a bbox less than
+    half inside the ``width × height`` image, a visible keypoint more than 1 px outside it (1-based centres
+    ``1..W``, so outside ``[-0.5, W + 1.5]``), stored mask values outside 0..1 or not finite
+    (:attr:`CubRecord.mask_range`).
+
+    Returns:
+        the problems, grouped by record (empty = none).
+    """
+    n = len(records)
+    if n == 0:
+        return []
+    bbox = np.stack([np.asarray(r.bbox, dtype=np.float64).reshape(4) for r in records])  # (N, 4)
+    parts = np.stack([r.parts for r in records])  # (N, 3, 15)
+    size = np.array([[r.width, r.height] for r in records], dtype=np.float64)  # (N, 2) W, H
+    found: list[list[str]] = [[] for _ in range(n)]
+
+    finite = np.isfinite(bbox).all(1)
+    empty = finite & ((bbox[:, 2] < bbox[:, 0]) | (bbox[:, 3] < bbox[:, 1]))
+    for i in np.nonzero(~finite)[0]:
+        found[i].append(f"bbox {_fmt(bbox[i])} is not finite")
+    for i in np.nonzero(empty)[0]:
+        found[i].append(f"bbox {_fmt(bbox[i])} is empty (x2 < x1 or y2 < y1; [x1, y1, x2, y2], 1-based inclusive)")
+    if not fatal_only:  # the fraction of the box (pixel areas [x1 - 0.5, x2 + 0.5]) inside the image
+        ok = finite & ~empty
+        lo, hi = bbox[:, :2] - 0.5, bbox[:, 2:] + 0.5
+        inter = np.clip(np.minimum(hi, size + 0.5) - np.maximum(lo, 0.5), 0, None).prod(1)
+        inside = np.divide(inter, (hi - lo).prod(1), out=np.ones(n), where=ok)
+        for i in np.nonzero(ok & (inside < 0.5))[0]:
+            found[i].append(
+                f"bbox {_fmt(bbox[i])} lies outside the {size[i, 0]:g}x{size[i, 1]:g} image "
+                f"({inside[i]:.0%} of it inside)"
+            )
+
+    for i, r in enumerate(records):
+        if r.mask_range is not None and not fatal_only:
+            lo_v, hi_v = r.mask_range
+            if not (np.isfinite(lo_v) and np.isfinite(hi_v)):
+                found[i].append("mask has NaN or infinite values")
+            elif lo_v < 0 or hi_v > 1:
+                found[i].append(f"mask values outside 0..1 (min {lo_v:g}, max {hi_v:g}): CMR masks are 0/1")
+        if not r.mask.any():
+            found[i].append("mask is empty (no foreground pixel)")
+
+    xy, vis = parts[:, :2], parts[:, 2] > 0  # (N, 2, 15), (N, 15)
+    bad_kp = vis & ~np.isfinite(xy).all(1)
+    for i, k in zip(*np.nonzero(bad_kp)):
+        found[i].append(f"visible keypoint {k} at ({xy[i, 0, k]:.1f}, {xy[i, 1, k]:.1f}) is not finite")
+    if not fatal_only:
+        with np.errstate(invalid="ignore"):
+            out = vis & ~bad_kp & ((xy < -0.5) | (xy > size[:, :, None] + 1.5)).any(1)
+        for i, k in zip(*np.nonzero(out)):
+            found[i].append(
+                f"visible keypoint {k} at ({xy[i, 0, k]:.1f}, {xy[i, 1, k]:.1f}) lies outside the "
+                f"{size[i, 0]:g}x{size[i, 1]:g} image"
+            )
+    return [f"{path}: record {i} ({records[i].rel_path}): {p}" for i in range(n) for p in found[i]]
+
+
+def sfm_anno_problems(
+    path: str | os.PathLike,
+    anno: SfmAnnotations,
+    names: list[str] | None = None,
+    *,
+    fatal_only: bool = False,
+) -> list[str]:
+    """The problems with the cameras of ``anno`` read from ``path``, one line each, naming ``path``, the
+    0-based camera index and ``names[i]`` (its image) when given. Vectorised over the cameras.
+
+    Fatal: ``rot``, ``scale`` or ``trans`` not finite. Unless ``fatal_only``, also ``scale <= 0`` and a
+    ``rot`` that is not a proper rotation (``|R·Rᵀ − I| > 1e-3`` or ``det R < 0``).
+    """
+    n = len(anno)
+    found: list[list[str]] = [[] for _ in range(n)]
+    for name, value in (("rot", anno.rot), ("scale", anno.scale), ("trans", anno.trans)):
+        bad = ~np.isfinite(value.reshape(n, -1)).all(1)
+        for i in np.nonzero(bad)[0]:
+            found[i].append(f"{name} is not finite")
+    if not fatal_only:
+        finite = np.isfinite(anno.rot.reshape(n, -1)).all(1)
+        rot = np.where(finite[:, None, None], anno.rot, np.eye(3))
+        err = np.abs(rot @ rot.transpose(0, 2, 1) - np.eye(3)).max((1, 2))
+        det = np.linalg.det(rot)
+        for i in np.nonzero(finite & ((err > 1e-3) | (det < 0)))[0]:
+            found[i].append(f"rot is not a rotation (R·Rᵀ differs from I by {err[i]:.3g}; det {det[i]:.3g})")
+        with np.errstate(invalid="ignore"):
+            for i in np.nonzero(anno.scale <= 0)[0]:
+                found[i].append(f"scale {anno.scale[i]:g} is not positive")
+
+    def where(i: int) -> str:
+        return f"camera {i} ({names[i]})" if names is not None and i < len(names) else f"camera {i}"
+
+    return [f"{path}: {where(i)}: {p}" for i in range(n) for p in found[i]]
 
 
 def write_cub_cleaned(path: str | os.PathLike, records: list[CubRecord]) -> None:
