@@ -52,3 +52,89 @@ def test_console_script_runs():
     r = subprocess.run(cmd, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "seed: 5" in r.stdout
+
+
+# ------------------------------------------------------------------------------------------- value ranges
+def test_default_config_is_valid():
+    from slopekp.config import Config, validate_config
+
+    validate_config(Config())
+    assert load_config() == Config()
+
+
+def _numeric_fields(obj, prefix=""):
+    from dataclasses import fields, is_dataclass
+
+    for f in fields(obj):
+        v = getattr(obj, f.name)
+        if is_dataclass(v):
+            yield from _numeric_fields(v, f"{prefix}{f.name}.")
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            yield f"{prefix}{f.name}"
+
+
+def test_every_numeric_field_has_exactly_one_rule():
+    from slopekp.config import RULES, Config
+
+    assert set(RULES) == set(_numeric_fields(Config()))
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("multiplex.lr=-1", "multiplex.lr must be > 0, got -1.0"),
+        ("multiplex.lr=.inf", "multiplex.lr must be finite, got inf"),
+        ("multiplex.lr=.nan", "multiplex.lr must be > 0, got nan"),
+        ("multiplex.peakiness=-20", "multiplex.peakiness must be >= 0, got -20.0"),
+        ("seed=-1", "seed must be in [0, 2**32 - 1], got -1"),
+        ("seed=4294967296", "seed must be in [0, 2**32 - 1], got 4294967296"),
+        ("threads=-2", "threads must be >= 0, got -2"),
+        ("render.image_size=4", "render.image_size must be in [8, 1024], got 4"),
+        ("multiplex.image_size=100000", "multiplex.image_size must be in [8, 1024], got 100000"),
+        ("data.img_size=0", "data.img_size must be in [8, 1024], got 0"),
+        ("multiplex.steps=-1", "multiplex.steps must be >= 0, got -1"),
+        ("multiplex.batch_size=0", "multiplex.batch_size must be >= 1, got 0"),
+        ("multiplex.num_el=0", "multiplex.num_el must be >= 1, got 0"),
+        ("multiplex.save_every=0", "multiplex.save_every must be >= 1, got 0"),
+        ("synth.size=100000", "synth.size must be in [16, 2048], got 100000"),
+        ("synth.n_test=-1", "synth.n_test must be in [0, 1000000], got -1"),
+        ("synth.workers=-1", "synth.workers must be >= 0, got -1"),
+        ("data.max_items=-5", "data.max_items must be >= 0, got -5"),
+        ("render.sigma=0", "render.sigma must be > 0, got 0.0"),
+        ("render.gamma=-1e-4", "render.gamma must be > 0, got -0.0001"),
+        ("render.near=200", "render.near must be < render.far (100.0), got 200.0"),
+        ("synth.occlusion_prob=1.5", "synth.occlusion_prob must be in [0, 1], got 1.5"),
+        ("data.padding_frac=1", "data.padding_frac must be in [0, 1), got 1.0"),
+        ("data.jitter_frac=-0.1", "data.jitter_frac must be in [0, 1), got -0.1"),
+        ("synth.deform=-1", "synth.deform must be >= 0, got -1.0"),
+        ("multiplex.scale_bias=0", "multiplex.scale_bias must be > 0, got 0.0"),
+        ("multiplex.offset_gain=-0.1", "multiplex.offset_gain must be > 0, got -0.1"),
+        ("multiplex.az_range_deg=0", "multiplex.az_range_deg must be in (0, 180], got 0.0"),
+        ("multiplex.cr_range_deg=270", "multiplex.cr_range_deg must be in (0, 180], got 270.0"),
+        ("multiplex.base_bias_deg=-.inf", "multiplex.base_bias_deg must be finite, got -inf"),
+        ("template.symmetry_tol=0", "template.symmetry_tol must be > 0, got 0.0"),
+        ("device=foo", "device must be one of auto, cpu, cuda, cuda:N"),
+    ],
+)
+def test_out_of_range_values_name_the_key(override, message):
+    with pytest.raises(ConfigError) as e:
+        load_config(overrides=[override])
+    assert str(e.value).startswith(message), str(e.value)
+
+
+def test_range_checked_after_the_file(tmp_path):
+    """Validation runs on the resolved config: a bad file value fixed by an override is fine."""
+    f = tmp_path / "c.yaml"
+    f.write_text("multiplex:\n  lr: -1\n")
+    with pytest.raises(ConfigError, match=r"^multiplex.lr must be > 0, got -1.0$"):
+        load_config(f)
+    assert load_config(f, ["multiplex.lr=0.05"]).multiplex.lr == 0.05
+
+
+def test_yaml_top_level_must_be_a_mapping(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: top level must be a mapping of sections, got a list$"):
+        load_config(bad)
+    bad.write_text("")  # an empty file is an empty mapping
+    assert load_config(bad) == load_config()

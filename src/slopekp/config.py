@@ -5,7 +5,9 @@ One :class:`Config` holds a section per subsystem. A run's config is resolved as
     defaults (the dataclasses)  <-  YAML file (``--config configs/x.yaml``)  <-  CLI overrides (``a.b=value``)
 
 and the resolved config is saved next to every output as ``config.yaml`` (:func:`save_config`). Unknown keys and
-values of the wrong type are errors (OmegaConf structured configs), never silently ignored.
+values of the wrong type are errors (OmegaConf structured configs), never silently ignored; then every numeric
+value is checked against its allowed range (:data:`RULES`, one rule per field) and the device name for its
+form (:func:`validate_config`), so a bad value fails up front naming its dotted key.
 
 Runtime objects (the device, the template mesh, the dataset) are *not* stored here: commands build them from
 the config at the top and pass them down as plain arguments.
@@ -13,17 +15,22 @@ the config at the top and pass them down as plain arguments.
 
 from __future__ import annotations
 
+import io
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from omegaconf import OmegaConf
+import yaml
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from slopekp.utils import atomic_write
+from slopekp.utils import MAX_IMAGE_SIZE, MAX_SYNTH_COUNT, MAX_SYNTH_SIZE, atomic_write, check_device_name
 
 
 class ConfigError(ValueError):
-    """A config file or override is malformed, names an unknown key or has a value of the wrong type."""
+    """A config file or override is malformed, names an unknown key, or has a value of the wrong type or out of
+    its allowed range."""
 
 
 @dataclass
@@ -105,6 +112,9 @@ class MultiplexConfig:
     """Side of the silhouettes Stage I renders and compares (pixels)."""
     save_every: int = 1
     """Stage I rewrites its store (atomically) after every this many batches, so a killed run resumes."""
+    batch_invariant: bool = True
+    """Stage I optimises each image in a render call of its own, so that its cameras are bit-identical in any
+    batch (``fit_hypotheses``); ``false`` renders whole batches, whose results then depend on ``batch_size``."""
 
 
 @dataclass
@@ -122,21 +132,154 @@ class Config:
     multiplex: MultiplexConfig = field(default_factory=MultiplexConfig)
 
 
+# ------------------------------------------------------------------------------------------------------------
+# Allowed values
+# ------------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Range:
+    """Allowed values of a numeric config field: ``lo``/``hi`` (None = unbounded), inclusive unless
+    ``lo_open``/``hi_open``; a float must also be finite. ``hi_text`` prints ``hi`` (e.g. ``2**32 - 1``)."""
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+    hi_text: str | None = None
+
+    def describe(self) -> str:
+        """``"> 0"``, ``">= 1"``, ``"in [0, 1)"``, ``"finite"``."""
+        lo, hi = _fmt(self.lo), self.hi_text or _fmt(self.hi)
+        if self.lo is not None and self.hi is not None:
+            return f"in {'(' if self.lo_open else '['}{lo}, {hi}{')' if self.hi_open else ']'}"
+        if self.lo is not None:
+            return f"{'>' if self.lo_open else '>='} {lo}"
+        if self.hi is not None:
+            return f"{'<' if self.hi_open else '<='} {hi}"
+        return "finite"
+
+    def contains(self, v: float) -> bool:
+        if self.lo is not None and not (v > self.lo if self.lo_open else v >= self.lo):
+            return False
+        if self.hi is not None and not (v < self.hi if self.hi_open else v <= self.hi):
+            return False
+        return v == v  # NaN is in no range
+
+    def check(self, key: str, v: float) -> None:
+        """Raise :class:`ConfigError` ``"<key> must be <range>, got <v>"`` unless ``v`` is allowed."""
+        if not self.contains(v):
+            raise ConfigError(f"{key} must be {self.describe()}, got {v!r}")
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ConfigError(f"{key} must be finite, got {v!r}")
+
+
+def _fmt(x: float | None) -> str:
+    return "" if x is None else str(x) if isinstance(x, int) else f"{x:g}"
+
+
+_POSITIVE = Range(0, lo_open=True)
+_NON_NEGATIVE = Range(0)
+_AT_LEAST_ONE = Range(1)
+_PROBABILITY = Range(0, 1)
+_FRACTION = Range(0, 1, hi_open=True)
+_ANGLE_RANGE = Range(0, 180, lo_open=True)
+_FINITE = Range()
+_IMAGE_SIDE = Range(8, MAX_IMAGE_SIZE)
+
+RULES: dict[str, Range] = {
+    "seed": Range(0, 2**32 - 1, hi_text="2**32 - 1"),
+    "threads": _NON_NEGATIVE,
+    "template.symmetry_tol": _POSITIVE,
+    "render.image_size": _IMAGE_SIDE,
+    "render.sigma": _POSITIVE,
+    "render.gamma": _POSITIVE,
+    "render.z_offset": _POSITIVE,
+    "render.near": _FINITE,
+    "render.far": _FINITE,
+    "data.img_size": _IMAGE_SIDE,
+    "data.padding_frac": _FRACTION,
+    "data.jitter_frac": _FRACTION,
+    "data.max_items": _NON_NEGATIVE,
+    "synth.n_train": Range(0, MAX_SYNTH_COUNT),
+    "synth.n_test": Range(0, MAX_SYNTH_COUNT),
+    "synth.size": Range(16, MAX_SYNTH_SIZE),
+    "synth.deform": _NON_NEGATIVE,
+    "synth.workers": _NON_NEGATIVE,
+    "synth.occlusion_prob": _PROBABILITY,
+    "synth.truncation_prob": _PROBABILITY,
+    "multiplex.num_az": _AT_LEAST_ONE,
+    "multiplex.num_el": _AT_LEAST_ONE,
+    "multiplex.num_cr": _AT_LEAST_ONE,
+    "multiplex.base_bias_deg": _FINITE,
+    "multiplex.el_bias_deg": _FINITE,
+    "multiplex.az_bias_deg": _FINITE,
+    "multiplex.scale_bias": _POSITIVE,
+    "multiplex.az_range_deg": _ANGLE_RANGE,
+    "multiplex.el_range_deg": _ANGLE_RANGE,
+    "multiplex.cr_range_deg": _ANGLE_RANGE,
+    "multiplex.offset_gain": _POSITIVE,
+    "multiplex.steps": _NON_NEGATIVE,
+    "multiplex.lr": _POSITIVE,
+    "multiplex.peakiness": _NON_NEGATIVE,
+    "multiplex.batch_size": _AT_LEAST_ONE,
+    "multiplex.image_size": _IMAGE_SIDE,
+    "multiplex.save_every": _AT_LEAST_ONE,
+}
+"""The allowed range of every numeric field of :class:`Config`, by dotted key (a test keeps it complete)."""
+
+ORDERED: tuple[tuple[str, str], ...] = (("render.near", "render.far"),)
+"""Pairs of keys whose values must satisfy ``first < second``."""
+
+
+def _get(cfg: Config, key: str) -> Any:
+    obj: Any = cfg
+    for part in key.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def validate_config(cfg: Config) -> None:
+    """Check every value of ``cfg`` against :data:`RULES` and :data:`ORDERED`, and its device name
+    (:func:`slopekp.utils.check_device_name`; whether this machine has it is checked where it is used).
+
+    Raises:
+        ConfigError: naming the first bad dotted key, its value and what is allowed, e.g.
+            ``multiplex.lr must be > 0, got -1.0``.
+    """
+    for key, rule in RULES.items():
+        rule.check(key, _get(cfg, key))
+    for a, b in ORDERED:
+        if not _get(cfg, a) < _get(cfg, b):
+            raise ConfigError(f"{a} must be < {b} ({_get(cfg, b)!r}), got {_get(cfg, a)!r}")
+    try:
+        check_device_name(cfg.device)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Resolve defaults <- YAML ``path`` <- ``overrides`` (``["multiplex.steps=10", ...]``) into a :class:`Config`.
 
     Raises:
-        ConfigError: naming the file or override and the problem (unknown key, wrong type, bad YAML).
+        ConfigError: naming the file or override and the problem (unknown key, wrong type, bad YAML), or the
+            dotted key of a value out of its range (:func:`validate_config`).
+        OSError: the file cannot be read (no permission), naming it.
     """
     base = OmegaConf.structured(Config)
     if path is not None:
         path = Path(path)
-        if not path.is_file():
+        if path.is_dir():
+            raise ConfigError(f"{path}: is a folder, not a config file")
+        if not path.exists():
             raise ConfigError(f"config file not found: {path}")
+        text = path.read_text(encoding="utf-8")
         try:
-            file_cfg = OmegaConf.load(path)
+            file_cfg = OmegaConf.load(io.StringIO(text))
+        except OSError:  # OmegaConf's answer to a scalar top level ("Invalid loaded object type")
+            file_cfg = yaml.safe_load(text)
         except Exception as e:  # yaml errors come in several types
             raise ConfigError(f"{path}: not valid YAML: {e}") from e
+        if not isinstance(file_cfg, DictConfig):
+            raise ConfigError(f"{path}: top level must be a mapping of sections, got {_kind(file_cfg)}")
         try:
             base = OmegaConf.merge(base, file_cfg)
         except OmegaConfBaseException as e:
@@ -150,6 +293,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             raise ConfigError(f"override {ov!r}: {_first_line(e)}") from e
     cfg = OmegaConf.to_object(base)
     assert isinstance(cfg, Config)
+    validate_config(cfg)
     return cfg
 
 
@@ -162,6 +306,12 @@ def save_config(cfg: Config, path: str | Path) -> None:
 
 def config_to_yaml(cfg: Config) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def _kind(obj: Any) -> str:
+    """``"a list"``, ``"an int"``, ``"a str"`` ... for messages about a YAML document's top level."""
+    name = "list" if isinstance(obj, (list, ListConfig)) else type(obj).__name__
+    return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
 
 
 def _first_line(e: Exception) -> str:

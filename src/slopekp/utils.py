@@ -1,4 +1,4 @@
-"""Small shared helpers: atomic file writes, seeding, device choice, input checks.
+"""Small shared helpers: atomic file writes, seeding, device choice, input checks and size bounds.
 
 Everything that writes user-visible files goes through :func:`atomic_write` so that a killed run never leaves a
 half-written checkpoint, store or dataset file behind.
@@ -7,10 +7,15 @@ half-written checkpoint, store or dataset file behind.
 from __future__ import annotations
 
 import contextlib
+import errno
+import glob
 import json
 import os
 import random
+import re
+import stat
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,25 +23,110 @@ from typing import Any
 import numpy as np
 import torch
 
+# ------------------------------------------------------------------------------------------------------------
+# Documented size bounds: checked up front (library functions and config validation), before anything is
+# allocated, so that a typo is a clear error instead of an OOM kill.
+# ------------------------------------------------------------------------------------------------------------
+MAX_IMAGE_SIZE = 1024
+"""Largest side in pixels of a rendered or cropped square image (``render.image_size``,
+``multiplex.image_size``, ``data.img_size``): Stage I renders ``batch_size × P`` silhouettes of this size per
+step, so 1024 is already far beyond the paper's 64 (Stage I) and 256 (training)."""
+
+MAX_SYNTH_SIZE = 2048
+"""Largest side in pixels of a SynthBirds image (``generate_synthbirds(size=)``, ``synth.size``): the renderer
+works on a batch of 8 images of ``size²`` pixels (with float buffers per pixel) and every mask stays in memory
+until the ``.mat`` files are written. ``size=100000`` would need tens of GB at once."""
+
+MAX_SYNTH_COUNT = 1_000_000
+"""Most SynthBirds images per split (``n_train``, ``n_test``; CUB has 5,994 train images): the generator lists
+all instances up front and keeps each instance's mask (``size²`` bytes) in memory until the split's ``.mat``
+file is written, so a count of 10^10 would exhaust memory before the first image is drawn."""
+
+#: Accepted device names, for messages.
+DEVICE_NAMES = "auto, cpu, cuda, cuda:N or mps"
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Atomic writes
+# ------------------------------------------------------------------------------------------------------------
+_UMASK_LOCK = threading.Lock()
+
+#: errnos of a failed write that name no file (the disk or quota is full, the file too large).
+_WRITE_ERRNOS = frozenset(
+    e for e in (getattr(errno, n, None) for n in ("ENOSPC", "EDQUOT", "EFBIG", "EIO")) if e is not None
+)
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it (``/proc/self/status``) where the system allows; else
+    set and restored at once under a lock (a thread of this process that creates files outside
+    :func:`atomic_write` at that very moment could see umask 0)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:
+        mask = os.umask(0o077)
+        os.umask(mask)
+    return mask
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Remove ``.NAME.*.tmp`` files that killed atomic writes of ``path`` left behind."""
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        with contextlib.suppress(OSError):
+            stale.unlink()
+
+
+def _naming(e: OSError, path: Path) -> OSError:
+    """``e`` (same errno, hence the same OSError subclass) naming ``path`` instead of the temporary file."""
+    new = OSError(e.errno, e.strerror or str(e), str(path))
+    new.__cause__ = e
+    return new
+
 
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
     """Open a temporary file beside ``path``; on success fsync and rename it onto ``path``.
 
-    On any exception the temporary file is removed and ``path`` is left untouched.
+    On any exception the temporary file is removed and ``path`` is left untouched. The file gets the mode
+    ``open()`` would give it (``0o666`` minus the umask), or keeps the mode of the file it replaces.
+    Temporaries of ``path`` that a killed write left behind (``.NAME.*.tmp``) are removed first, so two
+    processes must not write the same ``path`` at the same time (the earlier one fails). OSErrors of the
+    temporary file (no permission, disk full) name ``path``.
 
     >>> with atomic_write("out.json", "w") as f:  # doctest: +SKIP
     ...     f.write("{}")
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    _remove_stale_temporaries(path)
     try:
-        with os.fdopen(fd, mode) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise _naming(e, path) from e
+    try:
+        try:
+            with os.fdopen(fd, mode) as f:
+                yield f
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:
+            if e.filename is None and e.errno in _WRITE_ERRNOS:
+                raise _naming(e, path) from e
+            raise
+        try:
+            file_mode = stat.S_IMODE(os.stat(path).st_mode)
+        except FileNotFoundError:
+            file_mode = 0o666 & ~current_umask()
+        try:
+            os.chmod(tmp, file_mode)
+            os.replace(tmp, path)
+        except OSError as e:
+            raise _naming(e, path) from e
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -63,18 +153,43 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def check_device_name(name: str) -> None:
+    """Raise ``ValueError`` unless ``name`` is a device name slopekp accepts (``auto``, ``cpu``, ``cuda``,
+    ``cuda:N``, ``mps``), whether or not this machine has that device: a config saved on a GPU machine stays
+    loadable elsewhere, and :func:`resolve_device` says what is missing when the device is used."""
+    if re.fullmatch(r"auto|cpu|mps|cuda(?::\d+)?", str(name)) is None:
+        raise ValueError(f"device must be one of {DEVICE_NAMES}, got {str(name)!r}")
+
+
 def resolve_device(name: str = "auto") -> torch.device:
-    """``"auto"`` picks CUDA when available, else CPU; otherwise ``name`` is passed to :class:`torch.device`.
+    """The torch device for a device name: ``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda``,
+    ``cuda:N`` or ``mps``.
 
     Raises:
-        ValueError: if a CUDA device is asked for and none is available.
+        ValueError: starting ``device must be ...`` for an unknown name (``meta``, a typo), or ``device
+            'NAME' was requested but ...`` for one this machine lacks (no CUDA, no GPU N, no MPS).
     """
+    name = str(name)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} was requested but CUDA is not available; use device=cpu or device=auto")
-    return dev
+    m = re.fullmatch(r"cpu|mps|cuda(?::(\d+))?", name)
+    if m is None:
+        raise ValueError(f"device must be one of {DEVICE_NAMES}, got {name!r}")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(
+            f"device {name!r} was requested but MPS (Apple GPU) is not available; use device=cpu or device=auto"
+        )
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"device {name!r} was requested but CUDA is not available; use device=cpu or device=auto"
+            )
+        n = torch.cuda.device_count()
+        if m.group(1) is not None and int(m.group(1)) >= n:
+            raise ValueError(
+                f"device {name!r} was requested but this machine has {n} CUDA device(s) (cuda:0..cuda:{n - 1})"
+            )
+    return torch.device(name)
 
 
 def check_finite(name: str, t: torch.Tensor) -> None:

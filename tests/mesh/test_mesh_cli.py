@@ -46,6 +46,20 @@ def test_export_errors(tmp_path, capsys):
     assert not list(tmp_path.iterdir())
 
 
+def test_export_overwrite(tmp_path, capsys):
+    """An existing output (or the .obj's texture files) is kept unless --overwrite."""
+    out = tmp_path / "ico.obj"
+    cmd = ["mesh", "export", "--template", "icosphere", "--out", str(out), "--checker", "4"]
+    assert main(cmd) == 0
+    before = {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
+    assert sorted(before) == ["ico.mtl", "ico.obj", "ico.png"]
+    assert main(cmd) == 2
+    assert "exists; pass --overwrite" in capsys.readouterr().err
+    assert {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()} == before
+    assert main([*cmd, "--overwrite"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ico.mtl", "ico.obj", "ico.png"]
+
+
 def test_info_ucmr_npy(shared_data, capsys):
     p = shared_data / "template_shape" / "bird_template.npy"
     if not p.is_file():

@@ -15,6 +15,10 @@ from slopekp.commands import add_group
 
 COLOR_MODES = ("none", "uv", "normal", "symmetry")
 
+MAX_CHECKER = 1024
+"""Most rows of squares of the ``--checker N`` texture (an ``N × 2N`` RGB image, one texel per square: 1024 makes
+a 3 × 1024 × 2048 float texture of 25 MB; ``N = 100000`` would need 240 GB)."""
+
 
 def register(sub) -> None:
     g = add_group(sub, "mesh", "export and inspect template meshes")
@@ -23,10 +27,13 @@ def register(sub) -> None:
         help="write a template mesh as OBJ, GLB or PLY",
         description="Write a template (a built-in name or a .npz/.npy/.obj/.ply/.glb file) to FILE; the "
         "suffix of FILE (.obj, .glb, .ply) picks the format. File templates are re-wound outward and "
-        "mean-centred in y and z, as the model uses them.",
+        "mean-centred in y and z, as the model uses them. An existing output file is kept unless --overwrite.",
     )
     p.add_argument("--template", required=True, help="procedural, icosphere, or a mesh file")
     p.add_argument("--out", required=True, help="output file: .obj, .glb or .ply")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace existing output files (the .obj's .mtl/.png included)"
+    )
     p.add_argument(
         "--colors", choices=COLOR_MODES, default="none",
         help="paint vertex colours: sphere UV, normal direction, or symmetry class "
@@ -34,7 +41,7 @@ def register(sub) -> None:
     )
     p.add_argument(
         "--checker", type=int, default=0, metavar="N",
-        help="attach an N x 2N checkerboard UV texture (.obj/.glb; 0 = none)",
+        help=f"attach an N x 2N checkerboard UV texture (.obj/.glb; 0 = none; N <= {MAX_CHECKER})",
     )
     p.add_argument(
         "--no-centre", action="store_true", help="keep the file's coordinates (no y/z mean removal)"
@@ -70,9 +77,19 @@ def _vertex_colors(template, mode: str):
     return col
 
 
-def _checker(n: int):
+def checker_texture(n: int):
+    """``(3, n, 2n)`` float checkerboard texture in [0, 1] (one texel per square) with a green column ramp that
+    shows the u direction and the seam.
+
+    Raises:
+        ValueError: ``n`` outside ``1..MAX_CHECKER``.
+    """
     import torch
 
+    if n < 1:
+        raise ValueError(f"checker must be >= 1, got {n}")
+    if n > MAX_CHECKER:
+        raise ValueError(f"checker must be <= {MAX_CHECKER}, got {n}")
     rows = torch.arange(n)[:, None]
     cols = torch.arange(2 * n)[None, :]
     on = ((rows + cols) % 2).float()
@@ -83,22 +100,30 @@ def _checker(n: int):
 def _export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from slopekp.mesh import EXPORT_FORMATS, export_mesh, load_template
+    from slopekp import mesh
+    from slopekp.manifest import prepare_output_file
 
-    if Path(args.out).suffix.lower() not in EXPORT_FORMATS:
-        raise ValueError(f"--out {args.out}: the suffix must be one of {', '.join(EXPORT_FORMATS)}")
+    out = Path(args.out)
+    if out.suffix.lower() not in mesh.EXPORT_FORMATS:
+        raise ValueError(f"--out {args.out}: the suffix must be one of {', '.join(mesh.EXPORT_FORMATS)}")
     if args.checker < 0:
         raise ValueError(f"--checker must be >= 0, got {args.checker}")
     if args.checker and args.colors != "none":
         raise ValueError("--checker and --colors cannot be combined: a mesh gets a texture or colours")
-    t = load_template(args.template, mean_centre=not args.no_centre)
+    texture = checker_texture(args.checker) if args.checker else None
+    outputs = [out]
+    if texture is not None and out.suffix.lower() == ".obj":  # the OBJ's material and texture files
+        outputs += [out.with_suffix(".mtl"), out.with_suffix(".png")]
+    for path in outputs:
+        prepare_output_file(path, overwrite=args.overwrite)
+    t = mesh.load_template(args.template, mean_centre=not args.no_centre)
     kwargs = {}
     if args.colors != "none":
         kwargs["vertex_colors"] = _vertex_colors(t, args.colors)
-    if args.checker:
-        kwargs["texture"] = _checker(args.checker)
+    if texture is not None:
+        kwargs["texture"] = texture
         kwargs["verts_uv"] = t.verts_uv
-    written = export_mesh(args.out, t.verts, t.faces, **kwargs)
+    written = mesh.export_mesh(out, t.verts, t.faces, **kwargs)
     print(f"wrote {', '.join(map(str, written))} ({t.num_verts} vertices, {t.num_faces} faces)")
     return 0
 

@@ -66,6 +66,14 @@ LAYOUTS = ("davis", "youtubevos", "both")
 DAVIS_ASPECT = 854 / 480
 #: Frames rendered per renderer call (one bird, fixed patch size).
 _RENDER_CHUNK = 16
+MAX_VIDEO_HEIGHT = 2160
+"""Largest frame height in pixels (4K UHD); DAVIS is 480."""
+MAX_VIDEO_WIDTH = 4096
+"""Largest frame width in pixels (DCI 4K; 2160 rows at the DAVIS aspect are 3843 wide)."""
+MAX_SEQUENCE_PIXELS = 2**30
+"""Largest ``max_frames · height · width``: a sequence is built in memory (frames and labels, 4 bytes per pixel,
+plus each bird's rendered patches) before it is written, so this bounds it to a few GB (480p: up to 2,619
+frames; 2160p: up to 129)."""
 
 
 @dataclass(frozen=True)
@@ -102,8 +110,12 @@ class VideoSynthSettings:
     def __post_init__(self) -> None:
         if not (isinstance(self.height, int) and self.height >= 16):
             raise ValueError(f"height must be an integer >= 16, got {self.height!r}")
+        if self.height > MAX_VIDEO_HEIGHT:
+            raise ValueError(f"height must be <= {MAX_VIDEO_HEIGHT} pixels, got {self.height}")
         if self.width is not None and not (isinstance(self.width, int) and self.width >= 16):
             raise ValueError(f"width must be an integer >= 16, got {self.width!r}")
+        if self.width is not None and self.width > MAX_VIDEO_WIDTH:
+            raise ValueError(f"width must be <= {MAX_VIDEO_WIDTH} pixels, got {self.width}")
         if not (isinstance(self.min_frames, int) and 2 <= self.min_frames <= self.max_frames):
             raise ValueError(
                 f"need 2 <= min_frames <= max_frames, got min_frames={self.min_frames}, "
@@ -111,6 +123,12 @@ class VideoSynthSettings:
             )
         if self.max_frames > 99999:
             raise ValueError(f"max_frames must be <= 99999 (5-digit frame names), got {self.max_frames}")
+        h, w = self.frame_size
+        if self.max_frames * h * w > MAX_SEQUENCE_PIXELS:
+            raise ValueError(
+                f"max_frames · height · width must be <= 2**30 pixels (a sequence is built in memory), got "
+                f"{self.max_frames} · {h} · {w}; lower max_frames or height"
+            )
         if not (isinstance(self.max_birds, int) and 1 <= self.max_birds <= 254):
             raise ValueError(f"max_birds must be in 1..254, got {self.max_birds!r}")
         lo, hi = self.bird_length

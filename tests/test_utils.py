@@ -1,0 +1,121 @@
+"""``slopekp.utils``: atomic writes (permissions, stale temporaries, error paths) and device names."""
+
+import errno
+import os
+import stat
+import tempfile
+
+import pytest
+import torch
+
+from slopekp.utils import atomic_save_json, atomic_write, resolve_device
+
+
+@pytest.fixture
+def umask():
+    """Set the process umask for one test and restore it afterwards."""
+    old = os.umask(0o022)
+    os.umask(old)
+
+    def set_(mask: int) -> None:
+        os.umask(mask)
+
+    yield set_
+    os.umask(old)
+
+
+def _mode(p) -> int:
+    return stat.S_IMODE(os.stat(p).st_mode)
+
+
+@pytest.mark.parametrize("mask, want", [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
+def test_atomic_write_honours_umask(tmp_path, umask, mask, want):
+    umask(mask)
+    atomic_save_json({"a": 1}, tmp_path / "out.json")
+    assert _mode(tmp_path / "out.json") == want
+    assert os.umask(mask) == mask  # reading the umask left it as it was
+
+
+def test_atomic_write_keeps_the_mode_of_an_existing_file(tmp_path, umask):
+    umask(0o022)
+    p = tmp_path / "out.json"
+    p.write_text("{}")
+    os.chmod(p, 0o640)
+    atomic_save_json({"a": 1}, p)
+    assert _mode(p) == 0o640 and p.read_text() == '{\n  "a": 1\n}\n'
+
+
+def test_atomic_write_removes_stale_temporaries_of_its_target(tmp_path):
+    stale = [tmp_path / ".out.json.k3j_9x.tmp", tmp_path / ".out.json.abc.tmp"]
+    keep = [tmp_path / ".other.json.k3j_9x.tmp", tmp_path / "out.json.k3j_9x.tmp", tmp_path / ".out.jsonx.tmp"]
+    for p in stale + keep:
+        p.write_text("half-written")
+    atomic_save_json({"a": 1}, tmp_path / "out.json")
+    assert not any(p.exists() for p in stale)
+    assert all(p.exists() for p in keep)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["out.json"] + [p.name for p in keep])
+
+
+def test_atomic_write_failure_leaves_nothing(tmp_path):
+    with pytest.raises(RuntimeError), atomic_write(tmp_path / "x.bin") as f:
+        f.write(b"abc")
+        raise RuntimeError("boom")
+    assert not list(tmp_path.iterdir())
+
+
+def test_atomic_write_errors_name_the_target(tmp_path, monkeypatch):
+    """An OSError of the temporary file (no permission, disk full) names the file the user asked for."""
+    target = tmp_path / "out.json"
+
+    def denied(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", str(tmp_path / ".out.json.xyz.tmp"))
+
+    monkeypatch.setattr(tempfile, "mkstemp", denied)
+    with pytest.raises(PermissionError) as e:
+        atomic_save_json({}, target)
+    assert e.value.filename == str(target) and e.value.strerror == "Permission denied"
+    monkeypatch.undo()
+
+    with pytest.raises(OSError) as e, atomic_write(target, "w"):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    assert e.value.errno == errno.ENOSPC and e.value.filename == str(target)
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores file permissions")
+def test_atomic_write_into_read_only_folder(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        with pytest.raises(PermissionError) as e:
+            atomic_save_json({}, ro / "out.json")
+        assert e.value.filename == str(ro / "out.json")
+    finally:
+        ro.chmod(0o700)
+
+
+def test_resolve_device_accepts():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type in ("cpu", "cuda")
+
+
+@pytest.mark.parametrize("name", ["foo", "meta", "cuda:x", "cpu:0:1", "", "CPU"])
+def test_resolve_device_rejects_unknown(name):
+    with pytest.raises(ValueError, match=r"device must be one of auto, cpu, cuda, cuda:N"):
+        resolve_device(name)
+
+
+def test_resolve_device_rejects_unavailable(monkeypatch):
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="'mps' .*not available"):
+        resolve_device("mps")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="'cuda:1' .*CUDA is not available"):
+        resolve_device("cuda:1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("cuda:1") == torch.device("cuda:1")
+    with pytest.raises(ValueError, match=r"'cuda:2' .*2 CUDA device\(s\) \(cuda:0\.\.cuda:1\)"):
+        resolve_device("cuda:2")
+
