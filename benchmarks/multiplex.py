@@ -14,7 +14,8 @@ over ``--runs`` runs of a ``k``-step fit divided by ``k = --timed-steps``, after
 ``full_images_per_s``.
 
 Cases: ``stage1_p40_64`` (the defaults: P = 40, 64² masks, B = 12, 150 steps), ``stage1_p40_64_b4``
-(B = 4), ``stage1_p40_32`` (32² masks).
+(B = 4), ``stage1_p40_32`` (32² masks); ``*_batched``: the same with ``multiplex.batch_invariant=false`` (one
+render call per batch rather than per image; results then depend on the batch). Key ``batch_invariant``.
 
 Usage: ``python benchmarks/multiplex.py [--cases stage1_p40_64] [--runs 3] [--threads N]
 [--timed-steps 10] [--template procedural] [--full]``
@@ -35,6 +36,9 @@ CASES = {
     "stage1_p40_64": {"batch": 12, "image_size": 64},
     "stage1_p40_64_b4": {"batch": 4, "image_size": 64},
     "stage1_p40_32": {"batch": 12, "image_size": 32},
+    # one render call per batch instead of per image: faster where launches dominate, but not batch-invariant
+    "stage1_p40_64_batched": {"batch": 12, "image_size": 64, "batch_invariant": False},
+    "stage1_p40_32_batched": {"batch": 12, "image_size": 32, "batch_invariant": False},
 }
 
 
@@ -58,6 +62,7 @@ def _run_case(name: str, args: argparse.Namespace, queue) -> None:
         torch.set_num_threads(args.threads)
     spec = CASES[name]
     B, size = spec["batch"], spec["image_size"]
+    invariant = spec.get("batch_invariant", True)
     cfg = load_config(overrides=[f"multiplex.image_size={size}", f"multiplex.batch_size={B}"]).multiplex
     device = torch.device(args.device)
     tpl = load_template(args.template)
@@ -94,6 +99,7 @@ def _run_case(name: str, args: argparse.Namespace, queue) -> None:
             steps=steps,
             lr=cfg.lr,
             peakiness=cfg.peakiness,
+            batch_invariant=invariant,
         )
 
     rss0 = _rss_mb()
@@ -115,6 +121,7 @@ def _run_case(name: str, args: argparse.Namespace, queue) -> None:
         "hypotheses": int(init.shape[0]),
         "image_size": size,
         "steps": cfg.steps,
+        "batch_invariant": invariant,
         "step_s": round(step_s, 4),
         "fit_s": round(fit_s, 2),
         "images_per_s": round(B / fit_s, 4),

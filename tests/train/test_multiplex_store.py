@@ -18,11 +18,13 @@ from slopekp.train.multiplex import (
     OffsetSettings,
     adam_update,
     apply_offsets,
+    best_hypothesis,
     hypothesis_cameras,
     hypothesis_rotation_errors,
     hypothesis_scores,
     minmax_rescale,
     split_image_ids,
+    suppress_gradient_noise,
     template_fingerprint,
 )
 
@@ -298,6 +300,84 @@ def test_merge():
         a.merge(_random_store(n=1, P=5))
 
 
+def test_merge_refuses_stores_of_different_data(tmp_path):
+    a, b = _random_store(n=2, seed=0), _random_store(n=1, seed=1)
+    a.data_fingerprint, b.data_fingerprint = "aaaa", "bbbb"
+    b2 = b.top_k(2)  # derived stores keep the data fingerprint
+    assert b2.data_fingerprint == "bbbb"
+    with pytest.raises(ValueError, match="different data .*aaaa and bbbb"):
+        a.merge(b, on_conflict="keep_first")
+    merged = a.merge(b, on_conflict="keep_first", allow_different_data=True)
+    assert merged.data_fingerprint == "" and len(merged) == 2
+    b.data_fingerprint = "aaaa"
+    assert a.merge(b, on_conflict="keep_first").data_fingerprint == "aaaa"
+    # the CLI: refused, then allowed; the output file is not replaced without --overwrite
+    from slopekp.cli import main
+
+    b.data_fingerprint = "bbbb"
+    a.save(tmp_path / "a.npz")
+    b.save(tmp_path / "b.npz")
+    argv = ["multiplex", "merge", str(tmp_path / "a.npz"), str(tmp_path / "b.npz"), "--on-conflict", "keep_first"]
+    assert main([*argv, "--out", str(tmp_path / "m.npz")]) == 2
+    assert main([*argv, "--out", str(tmp_path / "m.npz"), "--allow-different-data"]) == 0
+    assert main([*argv, "--out", str(tmp_path / "m.npz"), "--allow-different-data"]) == 2  # exists
+    assert main([*argv, "--out", str(tmp_path / "m.npz"), "--allow-different-data", "--overwrite"]) == 0
+
+
+def test_gradient_noise_floor_zeroes_only_rounding_noise():
+    g = torch.tensor(
+        [
+            [0.3, 7e-9, -0.1, 2e-3, -4e-11, 5e-3],  # tx and α_el are noise of their groups
+            [1e-9, 2e-9, 3e-9, 1e-12, 0.0, 0.0],  # all noise-sized but no larger reference: kept
+            [0.2, -0.2, 1e-4, -3e-3, 3e-3, 1e-7],  # 5e-4 and 3e-5 of the group's largest: real
+        ]
+    )
+    out = suppress_gradient_noise(g)
+    expect = g.clone()
+    expect[0, 1] = expect[0, 4] = 0
+    expect[1, 3:] = torch.tensor([1e-12, 0.0, 0.0])  # 1e-12 is the largest of its group
+    expect[1, :3] = g[1, :3]
+    assert torch.equal(out, expect)
+    with pytest.raises(ValueError, match=r"\(\.\.\., 6\)"):
+        suppress_gradient_noise(torch.zeros(2, 5))
+
+
+def test_noise_floor_keeps_a_symmetric_hypothesis_on_its_symmetry():
+    """A side view of a mirror-symmetric bird: turning left or right changes the silhouette alike, so the
+    azimuth gradient is zero in exact arithmetic. Without the floor, Adam's first step turns the rounding noise
+    into a full step of lr to one side; with it, the azimuth offset stays 0."""
+    from slopekp.mesh import load_template
+    from slopekp.render import Renderer, RenderSettings
+    from slopekp.train.losses import mask_loss
+
+    bird = load_template("procedural")
+    side = hypothesis_cameras(4, 1)[1:2]  # az 90°, el 0: a side view
+    r = Renderer(RenderSettings(image_size=32))
+    with torch.no_grad():  # target: the same view, a little larger and shifted (breaks nothing symmetric)
+        target = side.clone()
+        target[:, 0] *= 1.1
+        target[:, 2] += 0.05
+        mask = r(bird.verts, bird.faces, target[:, None]).alpha[:, 0]
+    dt = torch.zeros_like(mask)
+    off = torch.zeros(1, 1, 6, requires_grad=True)
+    st = OffsetSettings()
+    loss = mask_loss(r(bird.verts, bird.faces, apply_offsets(side[:, None], off, st)).alpha, mask, dt).sum()
+    (g,) = torch.autograd.grad(loss, off)
+    # the azimuth gradient is zero up to rounding (whose size and sign depend on the machine) ...
+    assert g[0, 0, 3].abs() < 1e-6 * g[0, 0, 3:].abs().max()
+    # ... and Adam would turn any rounding noise g into a step lr·g/(|g| + 1e-8); with the floor it stays put
+    fl = suppress_gradient_noise(g)
+    zeros, step0 = torch.zeros_like(g), torch.zeros(1, dtype=torch.long)
+    new = adam_update(off.detach(), fl, zeros, zeros, step0, 0.1)
+    assert new.param[0, 0, 3] == 0 and new.param[0, 0, 0].abs() > 0.09  # while the scale takes a full step
+
+
+def test_best_hypothesis_breaks_ties_by_index():
+    s = torch.tensor([[0.1, 0.45, 0.45 * (1 + 1e-6), 0.0], [0.5, 0.1, 0.2, 0.6], [0.25, 0.25, 0.25, 0.25]])
+    assert best_hypothesis(s).tolist() == [1, 3, 0]
+    assert torch.equal(best_hypothesis(s[:, [0, 2, 1, 3]]), torch.tensor([1, 3, 0]))  # same winner by index
+
+
 def test_rebase_keeps_cameras_and_resets_offsets():
     store = _random_store(n=2, P=3)
     lk = store.lookup(store.ids, store.crops)
@@ -325,6 +405,16 @@ def test_save_load_roundtrip(tmp_path):
         np.testing.assert_allclose(z["cameras"], store.computed_cameras().numpy())
         assert str(z["template_fingerprint"]) == "fp" and int(z["num_hypotheses"]) == 4
     assert not list(tmp_path.glob(".*tmp"))  # atomic write left nothing behind
+
+
+def test_data_fingerprint_roundtrip_and_older_stores(tmp_path):
+    store = _random_store(n=2)
+    store.data_fingerprint = "0123abcd"
+    store.save(tmp_path / "a.npz")
+    assert CameraMultiplex.load(tmp_path / "a.npz").data_fingerprint == "0123abcd"
+    with np.load(tmp_path / "a.npz") as z:  # a store written before the field existed
+        np.savez(tmp_path / "old.npz", **{k: z[k] for k in z.files if k != "data_fingerprint"})
+    assert CameraMultiplex.load(tmp_path / "old.npz").data_fingerprint == ""
 
 
 def test_load_rejects_other_template_other_P_and_garbage(tmp_path):

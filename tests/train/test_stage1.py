@@ -193,7 +193,10 @@ def test_run_stage1_writes_store_config_report_and_resumes(synth_dir, tmp_path):
         "report/rotation_error_hist.png",
     ):
         assert (out / name).is_file(), name
-    assert load_config(out / "config.yaml") == cfg
+    # config.yaml is the config really used: with the data and output folders of the call
+    saved = load_config(out / "config.yaml")
+    assert saved.data.root == str(synth_dir) and saved.out_dir == str(out)
+    assert saved.multiplex == cfg.multiplex and saved.render == cfg.render and saved.seed == cfg.seed
     assert list((out / "tb").glob("events.out.tfevents.*"))  # TensorBoard scalars
     metrics = json.loads((out / "report/metrics.json").read_text())
     assert metrics["num_images"] == 3 and metrics["num_hypotheses"] == 2 and metrics["has_ground_truth"]
@@ -209,7 +212,7 @@ def test_run_stage1_writes_store_config_report_and_resumes(synth_dir, tmp_path):
     assert torch.allclose(store.scores.sum(-1), torch.ones(3))
     # resume: nothing left to do; then "kill" after the first image and rerun: only the rest is fitted
     assert run_stage1(cfg, synth_dir, out, progress=False, report=False).num_fitted == 0
-    partial = CameraMultiplex(2, store.fingerprint, store.settings)
+    partial = CameraMultiplex(2, store.fingerprint, store.settings, data_fingerprint=store.data_fingerprint)
     partial.add(store.ids[:1], store.base[:1], store.scores[:1], store.crops[:1])
     partial.save(out / STORE_NAME)
     res = run_stage1(cfg, synth_dir, out, progress=False, report=False)
@@ -223,15 +226,21 @@ def _vf(t):
     return t.verts, t.faces
 
 
-def test_run_stage1_refuses_store_of_other_template_or_P(synth_dir, tmp_path):
+def test_run_stage1_refuses_a_folder_of_other_template_P_or_anything_else(synth_dir, tmp_path):
+    from slopekp.manifest import OutputExistsError, RunMismatchError
+
     out = tmp_path / "run"
-    CameraMultiplex(2, "0123456789abcdef").save(out / STORE_NAME)
-    with pytest.raises(ValueError, match="template fingerprint"):
-        run_stage1(load_config(overrides=TINY), synth_dir, out, progress=False)
-    fp = template_fingerprint(*_vf(load_template("procedural")))
-    CameraMultiplex(5, fp).save(out / STORE_NAME)
-    with pytest.raises(ValueError, match="P=5 hypotheses"):
-        run_stage1(load_config(overrides=TINY), synth_dir, out, progress=False)
+    tiny = [*TINY, "data.max_items=1"]
+    run_stage1(load_config(overrides=tiny), synth_dir, out, progress=False, report=False)
+    with pytest.raises(RunMismatchError, match="input template: fingerprint"):
+        run_stage1(load_config(overrides=[*tiny, "template.path=icosphere"]), synth_dir, out, progress=False)
+    with pytest.raises(RunMismatchError, match="multiplex.num_az: 2 in the folder, 5 now"):
+        run_stage1(load_config(overrides=[*tiny, "multiplex.num_az=5"]), synth_dir, out, progress=False)
+    # a folder holding a bare store (no manifest: not made by this command) is not written into
+    other = tmp_path / "other"
+    CameraMultiplex(2, "0123456789abcdef").save(other / STORE_NAME)
+    with pytest.raises(OutputExistsError, match="no slopekp run manifest"):
+        run_stage1(load_config(overrides=tiny), synth_dir, other, progress=False)
 
 
 def test_optimisation_never_sees_ground_truth(synth_dir, tmp_path):
@@ -352,3 +361,76 @@ def test_stage1_on_real_template_and_sfm_cameras_fast(sfm_dir, ucmr_template_pat
 def test_stage1_on_real_template_and_sfm_cameras(sfm_dir, ucmr_template_path):
     iou, _ = _stage1_on_sfm(sfm_dir, ucmr_template_path, n=20, size=64, steps=150)
     assert (iou >= 0.9).all()
+
+
+# ------------------------------------------------------------------------------------- batch invariance
+def _fit_in_batches(synth_dir, sizes: list[int], batch_invariant: bool = True, steps: int = 15):
+    from slopekp.data.cub import collate_samples
+    from slopekp.train.multiplex import hypothesis_cameras_from_config
+    from slopekp.train.stage1 import build_stage1_dataset, build_stage1_renderer
+
+    over = ["multiplex.image_size=32", "multiplex.num_az=4", "multiplex.num_el=3", "data.flip=false"]
+    cfg = load_config(overrides=over)
+    ds = build_stage1_dataset(cfg, synth_dir)
+    t = load_template("procedural")
+    init = hypothesis_cameras_from_config(cfg.multiplex)
+    renderer = build_stage1_renderer(cfg)
+    cams, scores, start = [], [], 0
+    for n in sizes:
+        b = collate_samples([ds[i] for i in range(start, start + n)])
+        fit = fit_hypotheses(
+            t.verts, t.faces, renderer, b.mask, b.mask_dt, init, settings=OffsetSettings.from_config(cfg.multiplex),
+            steps=steps, batch_invariant=batch_invariant,
+        )  # fmt: skip
+        cams.append(fit.cameras)
+        scores.append(fit.scores)
+        start += n
+    return torch.cat(cams), torch.cat(scores)
+
+
+def test_stage1_results_do_not_depend_on_the_batch(synth_dir):
+    """Issue 8: the same images fitted alone, in pairs or all together get the same cameras and scores.
+
+    12 hypotheses at 32² for 15 steps: enough for Adam's chaotic amplification to turn summation-order
+    differences into visibly different cameras when the batch is rendered in one call (see the second half).
+    """
+    together = _fit_in_batches(synth_dir, [4])
+    for sizes in ([1, 1, 1, 1], [3, 1]):
+        cams, scores = _fit_in_batches(synth_dir, sizes)
+        torch.testing.assert_close(cams, together[0], atol=1e-6, rtol=0)
+        torch.testing.assert_close(scores, together[1], atol=1e-6, rtol=0)
+    # the property is not vacuous: one render call per batch (the old behaviour) breaks it
+    alone = _fit_in_batches(synth_dir, [1, 1, 1, 1], batch_invariant=False)
+    batched = _fit_in_batches(synth_dir, [4], batch_invariant=False)
+    assert (alone[0] - batched[0]).abs().max() > 1e-3
+
+
+def test_kill_9_then_resume_gives_the_uninterrupted_store(synth_dir, tmp_path):
+    """A Stage I process killed with SIGKILL after its first save, then rerun, ends with the store of an
+    uninterrupted run, bit for bit (atomic saves + batch invariance)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    over = ["multiplex.num_az=4", "multiplex.num_el=2", "multiplex.steps=25", "multiplex.image_size=24",
+            "multiplex.batch_size=1", "threads=1", "data.flip=false"]  # fmt: skip
+    ref = run_stage1(load_config(overrides=over), synth_dir, tmp_path / "ref", progress=False, report=False)
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "slopekp.cli", "multiplex", "init", "--data", str(synth_dir), "--out", str(out),
+           "--quiet", "--no-report", *over]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not (out / STORE_NAME).exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    finished_first = proc.poll() is not None
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    if not finished_first:  # killed mid-run: the saved store holds a prefix of the images
+        assert len(CameraMultiplex.load(out / STORE_NAME)) < ref.num_images
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    with np.load(out / STORE_NAME) as a, np.load(ref.store_path) as b:
+        assert sorted(a.files) == sorted(b.files)
+        for k in a.files:
+            np.testing.assert_array_equal(a[k], b[k], err_msg=k)

@@ -22,3 +22,19 @@ def add_group(sub, name: str, help: str):
     p = sub.add_parser(name, help=help, description=help)
     p.set_defaults(group_parser=p)
     return p.add_subparsers(dest=f"{name}_command", metavar="SUBCOMMAND")
+
+
+def add_output_dir_args(p: argparse.ArgumentParser) -> None:
+    """``--overwrite`` and ``--force-new`` for a command that writes an output folder with a run manifest
+    (:func:`slopekp.manifest.prepare_output_dir`)."""
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="delete the output folder's contents first when it holds something else (nothing stale stays)",
+    )
+    p.add_argument(
+        "--force-new",
+        action="store_true",
+        help="when the output folder holds a run made from other data or settings, move it aside to "
+        "OUT.old-<time> and start over",
+    )

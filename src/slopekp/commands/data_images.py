@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import time
 
+from slopekp.commands import add_output_dir_args
 from slopekp.config import SynthConfig
+from slopekp.manifest import Manifest, prepare_output_dir, prepare_output_file
 
 
 def register(g) -> None:
@@ -24,7 +26,8 @@ def register(g) -> None:
         "images/<class>/*.jpg, <split>_cub_cleaned.mat, anno_<split>.mat and meta.json (CMR's format; "
         "docs/data.md).",
     )
-    p.add_argument("--out", required=True, help="output folder (created)")
+    p.add_argument("--out", required=True, help="output folder (created; an existing one must be empty or "
+                   "made by `data synth` with the same options, unless --overwrite)")
     p.add_argument("--n-train", type=int, default=d.n_train, help=f"train images (default {d.n_train})")
     p.add_argument("--n-test", type=int, default=d.n_test, help=f"test images (default {d.n_test})")
     p.add_argument("--seed", type=int, default=0)
@@ -34,6 +37,7 @@ def register(g) -> None:
     p.add_argument("--truncation-prob", type=float, default=d.truncation_prob)
     p.add_argument("--workers", type=int, default=d.workers, help="worker processes (0 = in-process)")
     p.add_argument("--no-progress", action="store_true")
+    add_output_dir_args(p)
     p.set_defaults(func=_synth)
 
     p = g.add_parser(
@@ -47,24 +51,44 @@ def register(g) -> None:
     p.add_argument("--n", type=int, default=24, help="number of images (default 24)")
     p.add_argument("--split", default="train")
     p.add_argument("--ncols", type=int, default=6)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.set_defaults(func=_contact_sheet)
 
 
-def _synth(args: argparse.Namespace) -> int:
-    from slopekp.data.synthetic import generate_synthbirds
+SYNTH_COMMAND = "data synth"
 
+
+def synth_manifest(options: dict) -> Manifest:
+    """The run manifest of a SynthBirds folder: the generator options that change its files (``workers`` does
+    not: the output is byte-identical for any number)."""
+    return Manifest(SYNTH_COMMAND, settings={f"synth.{k}": v for k, v in sorted(options.items()) if k != "workers"})
+
+
+def write_synthbirds(out, options: dict, *, overwrite: bool = False, force_new: bool = False, progress: bool = True):
+    """Generate SynthBirds into ``out`` behind the output-folder gate (:func:`slopekp.manifest.prepare_output_dir`):
+    a folder of the same options is regenerated in place (identically), any other non-empty folder is refused
+    unless ``overwrite`` (emptied first, so no stale image stays) or ``force_new`` (moved aside)."""
+    from slopekp.data.synthetic import check_synth_options, generate_synthbirds
+
+    check_synth_options(**{k: v for k, v in options.items() if k != "seed"})  # before the folder is touched
+    prepare_output_dir(out, synth_manifest(options), overwrite=overwrite, force_new=force_new, resumable=False)
+    return generate_synthbirds(out, progress=progress, **options)
+
+
+def _synth(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
-    out = generate_synthbirds(
-        args.out,
+    options = dict(
         n_train=args.n_train,
         n_test=args.n_test,
         size=args.size,
         seed=args.seed,
         deform=args.deform,
         workers=args.workers,
-        progress=not args.no_progress,
         occlusion_prob=args.occlusion_prob,
         truncation_prob=args.truncation_prob,
+    )
+    out = write_synthbirds(
+        args.out, options, overwrite=args.overwrite, force_new=args.force_new, progress=not args.no_progress
     )
     n = args.n_train + args.n_test
     print(f"wrote {n} SynthBirds images to {out} in {time.perf_counter() - t0:.1f} s")
@@ -74,6 +98,7 @@ def _synth(args: argparse.Namespace) -> int:
 def _contact_sheet(args: argparse.Namespace) -> int:
     from slopekp.viz.figures import contact_sheet, save_png
 
+    prepare_output_file(args.out, overwrite=args.overwrite)
     save_png(args.out, contact_sheet(args.data, n=args.n, split=args.split, ncols=args.ncols))
     print(f"wrote {args.out}")
     return 0

@@ -4,7 +4,8 @@
   (:mod:`slopekp.data.synthetic_video`).
 - ``fetch``: resumable, checksum-verified download and atomic extraction of CUB, the U-CMR annotations or
   DAVIS 2017 (:mod:`slopekp.data.download`).
-- ``verify``: check a dataset folder and list what is missing; exit status 1 when incomplete
+- ``verify``: check a dataset folder (decoding every image unless ``--quick``) and list what is missing or
+  broken; exit status 0 when complete, 1 when problems are found or the folder is not a dataset
   (:mod:`slopekp.data.verify`).
 """
 
@@ -12,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+
+from slopekp.commands import add_output_dir_args
 
 
 def register(g) -> None:
@@ -36,14 +39,16 @@ def register(g) -> None:
     p.add_argument("--max-birds", type=int, default=3, help="birds per sequence are drawn from 1..max-birds")
     p.add_argument("--deform", type=float, default=1.0, help="shape deformation scale (0 = the template)")
     p.add_argument("--no-progress", action="store_true")
+    add_output_dir_args(p)
     p.set_defaults(func=_synth_video)
 
     p = g.add_parser(
         "fetch",
         help="download, verify and extract a dataset (resumable)",
         description="Download a dataset archive (resuming an interrupted transfer), check its checksum "
-        "(CUB's published MD5; for the others the computed SHA-256 is printed and recorded in "
-        "ROOT/slopekp_fetch.json) and extract it atomically into ROOT.",
+        "(CUB's published MD5; for the others the computed SHA-256 is printed), extract it atomically into ROOT "
+        "and only then record the archive and its checksums in ROOT/slopekp_fetch.json. A failed fetch writes "
+        "no record and removes the folders it created that are left empty.",
     )
     p.add_argument("name", choices=tuple(SOURCES), help="which dataset")
     p.add_argument("--root", required=True, help="folder to install into")
@@ -60,19 +65,33 @@ def register(g) -> None:
 
     p = g.add_parser(
         "verify",
-        help="check a dataset folder and list what is missing (exit 1 if incomplete)",
+        help="check a dataset folder and list what is missing or broken (exit 1 if anything is)",
         description="Check a CMR-format folder (SynthBirds), CUB (+ CMR annotations), DAVIS 2017 or YouTube-VOS "
-        "folder: expected files, frame/annotation counts, palette PNGs and sizes. Exit status 0 if complete, 1 if not.",
+        "folder: expected files, frame/annotation counts, palette PNGs and sizes; every image and annotation "
+        "PNG is decoded (a truncated file is found) unless --quick; for the cmr kind every annotation record "
+        "too (mask non-empty and 0/1, bbox finite, non-empty and inside the image, visible keypoints finite and "
+        "inside it, SfM cameras finite). Exit status: 0 complete (no problem found); 1 problems found or not a "
+        "dataset folder (ROOT missing, or --kind auto recognises nothing); 2 invalid command-line arguments.",
     )
     p.add_argument("--root", required=True)
     p.add_argument("--kind", choices=("cmr", "cub", "davis", "youtubevos", "auto"), default="auto")
     p.add_argument("--images-dir", default=None, help="cmr kind: images folder (default ROOT/images)")
     p.add_argument("--max-problems", type=int, default=20, help="list at most this many problems")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="read image headers only (existence, mode, size) instead of decoding every image; the .mat "
+        "annotation values are still checked",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar while decoding images")
     p.set_defaults(func=_verify)
 
 
 def _synth_video(args: argparse.Namespace) -> int:
+    import dataclasses
+
     from slopekp.data.synthetic_video import VideoSynthSettings, generate_synth_videos
+    from slopekp.manifest import Manifest, prepare_output_dir
 
     settings = VideoSynthSettings(
         height=args.height,
@@ -81,6 +100,9 @@ def _synth_video(args: argparse.Namespace) -> int:
         max_birds=args.max_birds,
         deform=args.deform,
     )
+    options = {"n_seq": args.n_seq, "seed": args.seed, "layout": args.layout, **dataclasses.asdict(settings)}
+    manifest = Manifest("data synth-video", settings={f"synth_video.{k}": v for k, v in sorted(options.items())})
+    prepare_output_dir(args.out, manifest, overwrite=args.overwrite, force_new=args.force_new, resumable=False)
     out = generate_synth_videos(
         args.out,
         args.n_seq,
@@ -109,8 +131,18 @@ def _fetch(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from slopekp.data.verify import verify_dataset
+    from slopekp.data.verify import NotADatasetError, verify_dataset
 
-    report = verify_dataset(args.root, kind=args.kind, images_dir=args.images_dir)
+    try:
+        report = verify_dataset(
+            args.root,
+            kind=args.kind,
+            images_dir=args.images_dir,
+            quick=args.quick,
+            progress=not args.no_progress,
+        )
+    except NotADatasetError as e:  # exit 1, as documented: the folder is not a (recognised) dataset
+        print(f"slopekp: error: {e}", file=sys.stderr)
+        return 1
     print(report.format(max_problems=args.max_problems), file=sys.stdout)
     return 0 if report.ok else 1

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from slopekp.commands import add_config_args, add_group, config_from_args
+from slopekp.commands import add_config_args, add_group, add_output_dir_args, config_from_args
 
 
 def register(sub) -> None:
@@ -29,6 +29,7 @@ def register(sub) -> None:
     p.add_argument("--out", default=None, help="output folder (default: the config's out_dir)")
     p.add_argument("--no-report", action="store_true", help="skip the report")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_output_dir_args(p)
     add_config_args(p)
     p.set_defaults(func=_init)
 
@@ -40,6 +41,7 @@ def register(sub) -> None:
     p.add_argument("store", help="multiplex .npz")
     p.add_argument("--k", type=int, required=True)
     p.add_argument("--out", required=True, help="output .npz")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.set_defaults(func=_topk)
 
     p = g.add_parser("merge", help="merge two multiplex stores of the same template and P")
@@ -47,6 +49,12 @@ def register(sub) -> None:
     p.add_argument("second")
     p.add_argument("--out", required=True, help="output .npz")
     p.add_argument("--on-conflict", default="error", choices=["error", "keep_first", "keep_second"])
+    p.add_argument(
+        "--allow-different-data",
+        action="store_true",
+        help="merge stores fitted to different data folders (refused by default: their ids name other images)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.set_defaults(func=_merge)
 
 
@@ -58,7 +66,10 @@ def _init(args: argparse.Namespace) -> int:
     if not data.is_dir():
         raise ValueError(f"--data {data}: not a directory")
     out = Path(args.out) if args.out else Path(cfg.out_dir)
-    res = run_stage1(cfg, data, out, progress=not args.quiet, report=not args.no_report)
+    res = run_stage1(
+        cfg, data, out, progress=not args.quiet, report=not args.no_report,
+        overwrite=args.overwrite, force_new=args.force_new,
+    )  # fmt: skip
     print(
         f"Stage I: {res.num_fitted} image(s) fitted ({res.num_images} in the store) in {res.seconds:.1f} s "
         f"({res.images_per_s:.3f} images/s); store: {res.store_path}"
@@ -80,7 +91,8 @@ def _info(args: argparse.Namespace) -> int:
     from slopekp.train.multiplex import CameraMultiplex
 
     s = CameraMultiplex.load(args.store)
-    print(f"{args.store}: {len(s)} images × {s.num_hypotheses} hypotheses, template fingerprint {s.fingerprint}")
+    print(f"{args.store}: {len(s)} images × {s.num_hypotheses} hypotheses, template fingerprint {s.fingerprint}, "
+          f"data fingerprint {s.data_fingerprint or 'unknown'}")  # fmt: skip
     print(f"offset settings: {s.settings}")
     if len(s):
         best = s.scores.amax(-1)
@@ -91,17 +103,23 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _topk(args: argparse.Namespace) -> int:
+    from slopekp.manifest import prepare_output_file
     from slopekp.train.multiplex import CameraMultiplex
 
-    CameraMultiplex.load(args.store).top_k(args.k).save(args.out)
+    store = CameraMultiplex.load(args.store)
+    prepare_output_file(args.out, overwrite=args.overwrite)
+    store.top_k(args.k).save(args.out)
     print(f"wrote {args.out}")
     return 0
 
 
 def _merge(args: argparse.Namespace) -> int:
+    from slopekp.manifest import prepare_output_file
     from slopekp.train.multiplex import CameraMultiplex
 
     a, b = CameraMultiplex.load(args.first), CameraMultiplex.load(args.second)
-    a.merge(b, on_conflict=args.on_conflict).save(args.out)
+    merged = a.merge(b, on_conflict=args.on_conflict, allow_different_data=args.allow_different_data)
+    prepare_output_file(args.out, overwrite=args.overwrite)
+    merged.save(args.out)
     print(f"wrote {args.out}")
     return 0

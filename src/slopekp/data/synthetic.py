@@ -44,7 +44,7 @@ from torch import Tensor
 
 from slopekp.data.matfiles import CubRecord, SfmAnnotations, write_cub_cleaned, write_sfm_anno
 from slopekp.data.viewpoints import sample_viewpoint
-from slopekp.utils import atomic_save_json, atomic_write
+from slopekp.utils import MAX_SYNTH_COUNT, MAX_SYNTH_SIZE, atomic_save_json, atomic_write
 
 __all__ = [
     "BirdInstance",
@@ -692,6 +692,37 @@ def _worker_run(args) -> list[_Instance]:
     return _make_batch(w["template"], w["renderer"], w["kp"], seed, jobs, opts, out_dir)
 
 
+def check_synth_options(
+    n_train: int,
+    n_test: int,
+    size: int = 128,
+    deform: float = 1.0,
+    workers: int = 0,
+    occlusion_prob: float = 0.2,
+    truncation_prob: float = 0.1,
+    supersample: int = 1,
+) -> None:
+    """Raise ``ValueError`` for options :func:`generate_synthbirds` cannot honour (checked before anything is
+    written or allocated)."""
+    if n_train < 0 or n_test < 0 or n_train + n_test == 0:
+        raise ValueError(f"n_train and n_test must be >= 0 and not both 0, got {n_train}, {n_test}")
+    for name, n in (("n_train", n_train), ("n_test", n_test)):
+        if n > MAX_SYNTH_COUNT:
+            raise ValueError(f"{name} must be <= {MAX_SYNTH_COUNT} per split, got {n}")
+    if size < 16:
+        raise ValueError(f"size must be >= 16 pixels, got {size}")
+    if size > MAX_SYNTH_SIZE:
+        raise ValueError(f"size must be <= {MAX_SYNTH_SIZE} pixels, got {size}")
+    if not (0 <= occlusion_prob <= 1 and 0 <= truncation_prob <= 1):
+        raise ValueError(
+            f"occlusion_prob/truncation_prob must be in [0, 1], got {occlusion_prob}, {truncation_prob}"
+        )
+    if deform < 0 or not math.isfinite(deform):
+        raise ValueError(f"deform must be a finite number >= 0, got {deform}")
+    if supersample < 1 or workers < 0:
+        raise ValueError(f"supersample must be >= 1 and workers >= 0, got {supersample}, {workers}")
+
+
 def generate_synthbirds(
     out_dir: str | os.PathLike,
     n_train: int,
@@ -714,22 +745,12 @@ def generate_synthbirds(
     (0 = in this process; N = N worker processes).
 
     Raises:
-        ValueError: non-positive sizes or counts, probabilities outside [0, 1], negative deform.
+        ValueError: sizes or counts out of range (``16 <= size <= MAX_SYNTH_SIZE``, counts ``<= MAX_SYNTH_COUNT``
+            per split; see :mod:`slopekp.utils`), probabilities outside [0, 1], negative deform.
     """
     from slopekp.mesh import load_template
 
-    if n_train < 0 or n_test < 0 or n_train + n_test == 0:
-        raise ValueError(f"n_train and n_test must be >= 0 and not both 0, got {n_train}, {n_test}")
-    if size < 16:
-        raise ValueError(f"size must be >= 16 pixels, got {size}")
-    if not (0 <= occlusion_prob <= 1 and 0 <= truncation_prob <= 1):
-        raise ValueError(
-            f"occlusion_prob/truncation_prob must be in [0, 1], got {occlusion_prob}, {truncation_prob}"
-        )
-    if deform < 0 or not math.isfinite(deform):
-        raise ValueError(f"deform must be a finite number >= 0, got {deform}")
-    if supersample < 1 or workers < 0:
-        raise ValueError(f"supersample must be >= 1 and workers >= 0, got {supersample}, {workers}")
+    check_synth_options(n_train, n_test, size, deform, workers, occlusion_prob, truncation_prob, supersample)
     opts = SynthOptions(
         size=int(size),
         deform=float(deform),

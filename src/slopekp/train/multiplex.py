@@ -231,6 +231,55 @@ def adam_update(
     return AdamResult(new, m, v, step + 1)
 
 
+#: Offset-gradient components at most this fraction of the largest one of their group are float rounding noise.
+GRAD_NOISE_FLOOR = 1e-5
+
+
+def suppress_gradient_noise(grad: Tensor, rel: float = GRAD_NOISE_FLOOR) -> Tensor:
+    """Zero the offset-gradient components that are float32 rounding noise, so that Adam does not amplify them.
+
+    A hypothesis of the grid often starts on a symmetry of the problem: a side view of a mirror-symmetric bird
+    (turning it left or right changes its silhouette the same way) or a front view whose silhouette lies
+    inside the mask. There the true gradient of some offsets is exactly zero, and the computed one is
+    rounding noise (``~1e-8`` of the others) whose sign depends on the summation order: on which other
+    images share the batch, or on the device. Adam's first step is ``lr·g/(|g| + eps)``, a full step in the
+    noise's direction, and the hypothesis then rolls off the symmetry to a side chosen by chance. That made
+    Stage I depend on the batch size (issue 8). Components no larger than ``rel`` times the largest of their
+    group (``[δs, δtx, δty]`` or ``[α_az, α_el, α_cr]``: each group shares its units) are set to zero, which
+    is what exact arithmetic gives there; a hypothesis on a symmetry then stays on it.
+
+    Args:
+        grad: ``(..., 6)`` gradients of offsets ``[δs, δtx, δty, α_az, α_el, α_cr]``.
+        rel: the relative noise floor (``1e-5`` leaves a margin of ~100 over float32 summation noise).
+
+    Returns:
+        ``(..., 6)``, a new tensor.
+    """
+    if grad.shape[-1] != NUM_OFFSETS:
+        raise ValueError(f"grad must be (..., {NUM_OFFSETS}), got {tuple(grad.shape)}")
+    g = grad.unflatten(-1, (2, 3))
+    floor = rel * g.abs().amax(-1, keepdim=True)
+    return torch.where(g.abs() <= floor, torch.zeros_like(g), g).flatten(-2)
+
+
+def best_hypothesis(scores: Tensor, rtol: float = 1e-4) -> Tensor:
+    """Index of each image's best hypothesis, ties broken towards the lower index.
+
+    Mirror-symmetric hypotheses (e.g. a camera and its depth mirror, METHOD §2.3) fit a symmetric mask
+    equally well, so their scores agree up to rounding; a plain ``argmax`` would pick between them by float
+    noise (batch size, device). Scores within ``rtol`` (relative) of the row's maximum count as tied.
+
+    Args:
+        scores: ``(..., P)``.
+
+    Returns:
+        ``(...)`` int64.
+    """
+    top = scores.amax(-1, keepdim=True)
+    tied = scores >= top - rtol * top.abs()
+    return tied.to(torch.int8).argmax(-1)  # the first True
+
+
 def minmax_rescale(x: Tensor, eps: float = 1e-6) -> Tensor:
     """``(x − min) / (max − min + eps)`` over the last dim; ``(..., P)`` → ``(..., P)`` in [0, 1)."""
     lo = x.amin(-1, keepdim=True)
@@ -366,6 +415,9 @@ class CameraMultiplex:
             on load and merge).
         settings: the offset parametrisation.
         device: where the tensors live.
+        data_fingerprint: the fingerprint of the data the cameras were fitted to
+            (:func:`slopekp.manifest.cmr_data_fingerprint`; ``""`` = unknown). Merging refuses stores of
+            different data.
     """
 
     def __init__(
@@ -375,11 +427,13 @@ class CameraMultiplex:
         settings: OffsetSettings | None = None,
         *,
         device: torch.device | str | None = None,
+        data_fingerprint: str = "",
     ) -> None:
         if int(num_hypotheses) != num_hypotheses or num_hypotheses < 1:
             raise ValueError(f"num_hypotheses must be a positive integer, got {num_hypotheses!r}")
         self.num_hypotheses = int(num_hypotheses)
         self.fingerprint = str(fingerprint)
+        self.data_fingerprint = str(data_fingerprint)
         self.settings = settings or OffsetSettings()
         self.device = torch.device(device or "cpu")
         self._n = 0
@@ -535,7 +589,7 @@ class CameraMultiplex:
     def best_cameras(self, ids: Tensor, crops: Tensor) -> Tensor:
         """``(B, 7)``: each image's highest-scoring hypothesis for its crop (METHOD §5.6's pose target)."""
         cams = self.cameras(ids, crops)
-        best = self.get_scores(ids).argmax(-1)
+        best = best_hypothesis(self.get_scores(ids))
         return cams[torch.arange(cams.shape[0], device=cams.device), best]
 
     def _express(self, cams: Tensor, rows: Tensor, crops: Tensor, flipped: Tensor) -> Tensor:
@@ -561,6 +615,7 @@ class CameraMultiplex:
         rows, inverse = torch.unique(lookup.rows, return_inverse=True)
         g = torch.zeros(rows.numel(), *grad.shape[1:], dtype=grad.dtype, device=grad.device)
         g.index_add_(0, inverse, grad)
+        g = suppress_gradient_noise(g)  # else Adam turns rounding noise into steps: see its docstring
         res = adam_update(self._offsets[rows], g, self._m[rows], self._v[rows], self._step[rows], lr, betas, eps)
         self._offsets[rows] = res.param
         self._m[rows] = res.exp_avg
@@ -569,7 +624,10 @@ class CameraMultiplex:
 
     # -- derived stores ---------------------------------------------------------------------------------
     def _derived(self, num_hypotheses: int, settings: OffsetSettings | None = None) -> CameraMultiplex:
-        return CameraMultiplex(num_hypotheses, self.fingerprint, settings or self.settings, device=self.device)
+        return CameraMultiplex(
+            num_hypotheses, self.fingerprint, settings or self.settings, device=self.device,
+            data_fingerprint=self.data_fingerprint,
+        )  # fmt: skip
 
     def _fill(self, ids, base, offsets, scores, crops, m, v, step) -> None:
         self._alloc(max(16, ids.shape[0]))
@@ -612,7 +670,11 @@ class CameraMultiplex:
         return out
 
     def merge(
-        self, other: CameraMultiplex, on_conflict: Literal["error", "keep_first", "keep_second"] = "error"
+        self,
+        other: CameraMultiplex,
+        on_conflict: Literal["error", "keep_first", "keep_second"] = "error",
+        *,
+        allow_different_data: bool = False,
     ) -> CameraMultiplex:
         """The union of two stores (this one's rows first).
 
@@ -620,16 +682,26 @@ class CameraMultiplex:
             other: a store for the same template, P and offset settings.
             on_conflict: what to do with ids present in both: ``"error"``, keep this store's entry
                 (``"keep_first"``) or ``other``'s (``"keep_second"``).
+            allow_different_data: merge stores fitted to different data folders (their image ids then
+                name different images: only for data that share their ids, e.g. a re-exported folder).
+                The result's data fingerprint is then unknown (``""``).
 
         Raises:
-            ValueError: on a different template fingerprint, P or settings, or on ids in both stores
-                with ``on_conflict="error"``.
+            ValueError: on a different template fingerprint, P or settings, on different data (unless
+                ``allow_different_data``), or on ids in both stores with ``on_conflict="error"``.
         """
         if on_conflict not in _ON_CONFLICT:
             raise ValueError(f"on_conflict must be one of {_ON_CONFLICT}, got {on_conflict!r}")
         _check_compatible(self, other.fingerprint, other.num_hypotheses, "the other store")
         if other.settings != self.settings:
             raise ValueError(f"cannot merge stores with different offset settings: {self.settings} vs {other.settings}")
+        same_data = self.data_fingerprint == other.data_fingerprint
+        if not same_data and not allow_different_data:
+            a, b = self.data_fingerprint or "unknown", other.data_fingerprint or "unknown"
+            raise ValueError(
+                f"the stores were fitted to different data (data fingerprints {a} and {b}): their image ids name "
+                "different images; merge stores of one data folder, or allow it explicitly (--allow-different-data)"
+            )
         common = sorted(set(self._row_of) & set(other._row_of))
         if common and on_conflict == "error":
             raise ValueError(f"{len(common)} image id(s) are in both stores, e.g. {common[:5]} (choose on_conflict)")
@@ -644,6 +716,7 @@ class CameraMultiplex:
         for a, b in zip(self._fields(), o._fields()):
             fields.append(torch.cat([a[keep_self], b[keep_other]]))
         out = self._derived(self.num_hypotheses)
+        out.data_fingerprint = self.data_fingerprint if same_data else ""
         out._fill(*fields)
         return out
 
@@ -656,7 +729,9 @@ class CameraMultiplex:
         device = torch.device(device)
         if device == self.device:
             return self
-        out = CameraMultiplex(self.num_hypotheses, self.fingerprint, self.settings, device=device)
+        out = CameraMultiplex(
+            self.num_hypotheses, self.fingerprint, self.settings, device=device, data_fingerprint=self.data_fingerprint
+        )
         out._fill(*(t.to(device) for t in self._fields()))
         return out
 
@@ -669,6 +744,8 @@ class CameraMultiplex:
         ========================= =============== ==========================================================
         ``format``                str             ``"slopekp.camera_multiplex/1"``
         ``template_fingerprint``  str             :func:`template_fingerprint` of the mesh
+        ``data_fingerprint``      str             fingerprint of the data folder fitted (``""`` unknown;
+                                                  optional on load)
         ``num_hypotheses``        int64 ()        P
         ``offset_settings``       float64 (4,)    ``[gain, az_range_deg, el_range_deg, cr_range_deg]``
         ``ids``                   int64 (N,)      unflipped image ids (dataset indices)
@@ -686,6 +763,7 @@ class CameraMultiplex:
             path,
             format=np.array(STORE_FORMAT),
             template_fingerprint=np.array(self.fingerprint),
+            data_fingerprint=np.array(self.data_fingerprint),
             num_hypotheses=np.array(self.num_hypotheses, dtype=np.int64),
             offset_settings=self.settings.as_array(),
             ids=_np(self.ids),
@@ -737,7 +815,7 @@ class CameraMultiplex:
             raise ValueError(f"{path}: missing array(s) {missing}")
         P = int(data["num_hypotheses"])
         store = cls(P, str(data["template_fingerprint"]), OffsetSettings.from_array(data["offset_settings"]),
-                    device=device)  # fmt: skip
+                    device=device, data_fingerprint=str(data.get("data_fingerprint", "")))  # fmt: skip
         _check_compatible(store, fingerprint, num_hypotheses, str(path))
         ids = data["ids"]
         N = ids.shape[0]

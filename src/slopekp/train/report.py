@@ -27,7 +27,12 @@ from PIL import Image
 from torch import Tensor
 
 from slopekp.train.losses import mask_iou, mask_loss
-from slopekp.train.multiplex import CameraMultiplex, depth_mirror_cameras, hypothesis_rotation_errors
+from slopekp.train.multiplex import (
+    CameraMultiplex,
+    best_hypothesis,
+    depth_mirror_cameras,
+    hypothesis_rotation_errors,
+)
 from slopekp.utils import atomic_save_json, atomic_write
 
 #: Rotation errors below this many degrees count as "right" (the usual viewpoint-accuracy threshold).
@@ -93,7 +98,7 @@ def evaluate_multiplex(
         batch = batch.to(dev)
         cams = store.cameras(batch.id, batch.crop)  # (B, P, 7)
         scores = store.get_scores(batch.id)
-        best = scores.argmax(-1)
+        best = best_hypothesis(scores)
         ar = torch.arange(len(batch), device=dev)
         best_cams = cams[ar, best]
         with torch.no_grad():

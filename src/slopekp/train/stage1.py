@@ -19,6 +19,7 @@ Ground truth never reaches the optimisation: the training data set is built with
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
@@ -30,6 +31,7 @@ import torch
 from torch import Tensor
 
 from slopekp.config import Config, save_config
+from slopekp.manifest import MANIFEST_NAME, Manifest, cmr_data_fingerprint, flat_settings, prepare_output_dir
 from slopekp.render import Renderer, RenderSettings
 from slopekp.train.losses import mask_loss
 from slopekp.train.multiplex import (
@@ -40,6 +42,7 @@ from slopekp.train.multiplex import (
     hypothesis_cameras_from_config,
     hypothesis_scores,
     positive_scale_cameras,
+    suppress_gradient_noise,
     template_fingerprint,
 )
 from slopekp.utils import resolve_device, seed_everything
@@ -88,13 +91,23 @@ def fit_hypotheses(
     peakiness: float = 20.0,
     betas: tuple[float, float] = (0.9, 0.999),
     ids: Tensor | None = None,
+    batch_invariant: bool = True,
 ) -> HypothesisFit:
     """Fit P camera hypotheses per image to its mask (METHOD §5.3).
 
     Each hypothesis has its own offsets ``(δs, δt, α_az, α_el, α_cr)`` (METHOD §5.2) and Adam moments. The
-    objective is the *sum* over images and hypotheses of the per-silhouette mask loss, so every hypothesis'
-    trajectory is independent of the others and of the batch composition (an image gets the same cameras
-    in any batch; with a mean, Adam's ``eps`` would couple them weakly).
+    objective is the *sum* over images and hypotheses of the per-silhouette mask loss (with a mean, Adam's
+    ``eps`` would couple them), so in exact arithmetic every trajectory is independent of the others.
+
+    In float arithmetic it is not, and the difference is not small: the rasteriser's summation order and the
+    SIMD layout of its element-wise kernels depend on everything rendered in the same call, which changes the
+    result in the last bit; Adam at lr 0.1 on the sharp silhouette loss is chaotic, and amplifies a 1e-8
+    difference about fivefold per step (measured: 1e-7 after 2 steps, 2e-3 after 7, 0.2 after 20), so the
+    same image fitted in batches of 4 or 12 ended on other cameras and other best hypotheses. With
+    ``batch_invariant`` (the default) each image is therefore optimised in a call of its own, whose tensors
+    have the same shapes whatever the batch: an image gets bit-identical cameras alone or in any batch (on
+    one device and thread count). ``batch_invariant=False`` renders the whole batch per call, about 1.8x
+    faster on a CPU, but its results then depend on the batch composition.
 
     Args:
         verts: ``(V, 3)`` template vertices (object frame).
@@ -105,6 +118,7 @@ def fit_hypotheses(
         settings: the offset parametrisation (gain ``c`` = 0.1 in Stage I).
         steps, lr, peakiness, betas: optimiser and scoring settings.
         ids: optional ``(B,)`` image ids, only to name images in error messages.
+        batch_invariant: optimise image by image (see above).
 
     Returns:
         :class:`HypothesisFit`.
@@ -124,6 +138,17 @@ def fit_hypotheses(
         init_cameras = init_cameras.expand(B, *init_cameras.shape)
     if init_cameras.dim() != 3 or init_cameras.shape[0] != B or init_cameras.shape[-1] != 7:
         raise ValueError(f"init_cameras must be (P, 7) or (B={B}, P, 7), got {tuple(init_cameras.shape)}")
+    if batch_invariant and B > 1:
+        fits = [
+            fit_hypotheses(
+                verts, faces, renderer, mask[i : i + 1], mask_dt[i : i + 1], init_cameras[i : i + 1],
+                settings=settings, steps=steps, lr=lr, peakiness=peakiness, betas=betas,
+                ids=None if ids is None else ids[i : i + 1], batch_invariant=False,
+            )
+            for i in range(B)
+        ]  # fmt: skip
+        return HypothesisFit(*(torch.cat([getattr(f, k) for f in fits]) for k in ("cameras", "loss", "scores")),
+                             torch.stack([f.loss_curve for f in fits]).mean(0))  # fmt: skip
     base = init_cameras.to(mask.device, torch.float32)
     offsets = torch.zeros(*base.shape[:2], 6, dtype=torch.float32, device=mask.device)
     exp_avg, exp_avg_sq = torch.zeros_like(offsets), torch.zeros_like(offsets)
@@ -134,6 +159,7 @@ def fit_hypotheses(
         cams = apply_offsets(base, leaf, settings)
         loss = mask_loss(renderer(verts, faces, cams, mode="silhouette").alpha, mask, mask_dt)  # (B, P)
         (grad,) = torch.autograd.grad(loss.sum(), leaf)
+        grad = suppress_gradient_noise(grad)  # else Adam turns rounding noise into steps: see its docstring
         curve.append(loss.detach().mean())
         # every image of the batch steps, so the per-row step counts stay equal here (the store's Adam is the
         # same function, used there on a subset of rows)
@@ -213,48 +239,89 @@ def build_stage1_dataset(
     )
 
 
+STAGE1_COMMAND = "multiplex init"
+
+#: Config fields that change Stage I's results only through their effect on speed, or that are recorded as
+#: inputs instead: left out of the manifest, so changing them and resuming is allowed.
+_NOT_RESULT_SETTINGS = {
+    "render": ("image_size",),  # Stage I renders at multiplex.image_size
+    # the data folder is an input (fingerprinted); max_items only limits which images are fitted, and each
+    # image's cameras do not depend on the others: raising it and resuming extends the store
+    "data": ("root", "images_dir", "sfm_dir", "img_size", "max_items"),
+    "multiplex": ("save_every", "batch_size"),  # batch_size is added back when batch_invariant is off
+}
+
+
+def stage1_manifest(cfg: Config, data_dir: str | os.PathLike, template_fp: str) -> Manifest:
+    """What a Stage I store is made from: the data folder and template (fingerprints) and every setting that
+    changes the fitted cameras (:mod:`slopekp.manifest`). Not included: device, threads, ``save_every``,
+    ``data.max_items`` (resuming with more extends the store), and ``batch_size`` while
+    ``multiplex.batch_invariant`` holds (the results do not depend on it)."""
+    d = cfg.data
+    data = cmr_data_fingerprint(data_dir, d.split, images_dir=d.images_dir or None, sfm_dir=d.sfm_dir or None)
+    mp_skip = _NOT_RESULT_SETTINGS["multiplex"]
+    if not cfg.multiplex.batch_invariant:
+        mp_skip = tuple(k for k in mp_skip if k != "batch_size")
+    settings = {
+        "seed": cfg.seed,
+        **flat_settings(cfg.render, "render", _NOT_RESULT_SETTINGS["render"]),
+        **flat_settings(cfg.data, "data", _NOT_RESULT_SETTINGS["data"]),
+        **flat_settings(cfg.multiplex, "multiplex", mp_skip),
+    }
+    inputs = {"data": data, "template": {"fingerprint": template_fp, "path": cfg.template.path}}
+    return Manifest(STAGE1_COMMAND, inputs=inputs, settings=settings)
+
+
 def run_stage1(
     cfg: Config,
     data_dir: str | os.PathLike,
     out_dir: str | os.PathLike,
     progress: bool = True,
     report: bool = True,
+    *,
+    overwrite: bool = False,
+    force_new: bool = False,
 ) -> Stage1Result:
     """Stage I end to end: fit the multiplex of every image of ``data_dir`` and write ``out_dir``.
 
-    Writes ``out_dir/config.yaml`` (the resolved config), ``out_dir/multiplex.npz`` (the store; rewritten
-    atomically every ``cfg.multiplex.save_every`` batches), ``out_dir/tb/`` (TensorBoard scalars) and
-    ``out_dir/report/`` (:func:`slopekp.train.report.write_multiplex_report`). Rerunning with the same
-    ``out_dir`` resumes: images already in the store are skipped.
+    Writes ``out_dir/manifest.json`` (:func:`stage1_manifest`), ``out_dir/config.yaml`` (the resolved config,
+    with ``data.root`` and ``out_dir`` set to the folders really used), ``out_dir/multiplex.npz`` (the store;
+    rewritten atomically every ``cfg.multiplex.save_every`` batches), ``out_dir/tb/`` (TensorBoard scalars) and
+    ``out_dir/report/`` (:func:`slopekp.train.report.write_multiplex_report`).
+
+    Rerunning into the same ``out_dir`` with the same data, template and settings resumes: images already in
+    the store are skipped. Anything else is refused with the list of differences (:mod:`slopekp.manifest`),
+    unless ``force_new`` (the old folder is moved aside, Stage I starts over) or ``overwrite`` (it is emptied).
 
     Raises:
-        ValueError: a bad data folder, an empty mask (naming the image id), or an existing store made for a
-            different template or number of hypotheses.
+        ValueError: a bad data folder, an empty mask (naming the image id), an output folder made from other
+            data or settings (:class:`~slopekp.manifest.RunMismatchError`) or by something else
+            (:class:`~slopekp.manifest.OutputExistsError`).
     """
     from slopekp.mesh import load_template
 
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    cfg = dataclasses.replace(cfg, out_dir=str(out_dir), data=dataclasses.replace(cfg.data, root=str(data_dir)))
+    mp = cfg.multiplex
+    device = resolve_device(cfg.device)
+    template = load_template(cfg.template.path)
+    fingerprint = template_fingerprint(template.verts, template.faces)
+    manifest = stage1_manifest(cfg, data_dir, fingerprint)
+    state = prepare_output_dir(out_dir, manifest, overwrite=overwrite, force_new=force_new)
     seed_everything(cfg.seed)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
-    device = resolve_device(cfg.device)
-    mp = cfg.multiplex
-    template = load_template(cfg.template.path)
     verts, faces = template.verts.to(device), template.faces.to(device)
-    fingerprint = template_fingerprint(template.verts, template.faces)
     init = hypothesis_cameras_from_config(mp, device=device)
     settings = OffsetSettings.from_config(mp)
     store_path = out_dir / STORE_NAME
-    if store_path.exists():
+    data_fp = manifest.inputs["data"]["fingerprint"]
+    if state == "resume" and store_path.exists():
         store = CameraMultiplex.load(store_path, fingerprint=fingerprint, num_hypotheses=init.shape[0], device=device)
-        if store.settings != settings:
-            raise ValueError(
-                f"{store_path}: stored offset settings {store.settings} differ from the config's {settings}; "
-                "use another --out"
-            )
+        if store.settings != settings or store.data_fingerprint != data_fp:  # the manifest matched: not expected
+            raise ValueError(f"{store_path}: the store does not match its folder's {MANIFEST_NAME}; use --force-new")
     else:
-        store = CameraMultiplex(init.shape[0], fingerprint, settings, device=device)
+        store = CameraMultiplex(init.shape[0], fingerprint, settings, device=device, data_fingerprint=data_fp)
     save_config(cfg, out_dir / "config.yaml")
 
     dataset = build_stage1_dataset(cfg, data_dir, return_gt_camera=False)
@@ -313,6 +380,7 @@ def _fit_dataset(dataset, store, store_path, verts, faces, renderer, init, cfg, 
             fit = fit_hypotheses(
                 verts, faces, renderer, batch.mask, batch.mask_dt, init,
                 settings=settings, steps=mp.steps, lr=mp.lr, peakiness=mp.peakiness, ids=batch.id,
+                batch_invariant=mp.batch_invariant,
             )  # fmt: skip
             store.add(batch.id, fit.cameras, fit.scores, batch.crop)
             done += len(batch)

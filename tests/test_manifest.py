@@ -1,0 +1,250 @@
+"""Run manifests and the output-folder gate (issue 8): resume only what was made from the same inputs and
+settings, never write into somebody else's folder, and leave no stale file behind after --overwrite."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from slopekp.cli import main
+from slopekp.manifest import (
+    MANIFEST_NAME,
+    Manifest,
+    OutputExistsError,
+    RunMismatchError,
+    cmr_data_fingerprint,
+    prepare_output_dir,
+    prepare_output_file,
+)
+
+
+def _m(**settings) -> Manifest:
+    return Manifest("demo", inputs={"data": {"fingerprint": "aa", "path": "/d"}}, settings=settings)
+
+
+# ------------------------------------------------------------------------------------------- the gate
+def test_new_resume_and_mismatch(tmp_path):
+    out = tmp_path / "run"
+    assert prepare_output_dir(out, _m(lr=0.1, steps=5), log=lambda s: None) == "new"
+    assert json.loads((out / MANIFEST_NAME).read_text())["settings"] == {"lr": 0.1, "steps": 5}
+    (out / "result.txt").write_text("old")
+    assert prepare_output_dir(out, _m(lr=0.1, steps=5)) == "resume"
+    with pytest.raises(RunMismatchError) as e:
+        prepare_output_dir(out, _m(lr=0.1, steps=50))
+    msg = str(e.value)
+    assert "steps: 5 in the folder, 50 now" in msg and "lr" not in msg.split("\n", 1)[1].split("Rerun")[0]
+    assert "--force-new" in msg
+    other_data = Manifest(
+        "demo", inputs={"data": {"fingerprint": "bb", "path": "/e"}}, settings={"lr": 0.1, "steps": 5}
+    )
+    with pytest.raises(RunMismatchError, match=r"input data: fingerprint aa \(/d\) in the folder, bb \(/e\) now"):
+        prepare_output_dir(out, other_data)
+    assert (out / "result.txt").read_text() == "old"  # nothing was touched by the refusals
+
+
+def test_force_new_moves_the_old_run_aside(tmp_path):
+    out = tmp_path / "run"
+    prepare_output_dir(out, _m(steps=5))
+    (out / "result.txt").write_text("old")
+    said = []
+    assert prepare_output_dir(out, _m(steps=50), force_new=True, log=said.append) == "new"
+    aside = [p for p in tmp_path.iterdir() if p.name.startswith("run.old-")]
+    assert len(aside) == 1 and (aside[0] / "result.txt").read_text() == "old"
+    assert sorted(p.name for p in out.iterdir()) == [MANIFEST_NAME]
+    assert str(aside[0]) in said[0]
+    # a second move in the same second gets its own name
+    prepare_output_dir(out, _m(steps=7), force_new=True, log=said.append)
+    assert len([p for p in tmp_path.iterdir() if p.name.startswith("run.old-")]) == 2
+
+
+def test_restart_on_mismatch_is_for_self_contained_demos(tmp_path):
+    out = tmp_path / "run"
+    prepare_output_dir(out, _m(seed=0))
+    said = []
+    assert prepare_output_dir(out, _m(seed=5), restart_on_mismatch=True, log=said.append) == "new"
+    assert "seed: 0 in the folder, 5 now" in said[0]
+    assert Manifest.load(out).settings == {"seed": 5}
+    assert any(p.name.startswith("run.old-") for p in tmp_path.iterdir())
+
+
+def test_foreign_folders_are_refused_then_emptied_by_overwrite(tmp_path):
+    out = tmp_path / "somebody"
+    (out / "sub").mkdir(parents=True)
+    (out / "anno_train.mat").write_bytes(b"precious")
+    (out / "sub" / "x.jpg").write_bytes(b"img")
+    with pytest.raises(OutputExistsError, match="no slopekp run manifest.*--overwrite"):
+        prepare_output_dir(out, _m())
+    assert (out / "anno_train.mat").read_bytes() == b"precious"
+    # a folder of another command is somebody else's too
+    made = tmp_path / "made"
+    prepare_output_dir(made, Manifest("other"))
+    with pytest.raises(OutputExistsError, match="made by `slopekp other`"):
+        prepare_output_dir(made, _m())
+    assert prepare_output_dir(out, _m(), overwrite=True, log=lambda s: None) == "new"
+    assert sorted(p.name for p in out.iterdir()) == [MANIFEST_NAME]
+    # an empty folder is fine, a file is not
+    (tmp_path / "empty").mkdir()
+    assert prepare_output_dir(tmp_path / "empty", _m()) == "new"
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(OutputExistsError, match="is a file"):
+        prepare_output_dir(tmp_path / "f", _m())
+
+
+def test_output_file_gate(tmp_path):
+    p = tmp_path / "a" / "b.png"
+    assert prepare_output_file(p) == p and p.parent.is_dir()
+    p.write_bytes(b"x")
+    with pytest.raises(OutputExistsError, match="exists; pass --overwrite"):
+        prepare_output_file(p)
+    assert prepare_output_file(p, overwrite=True) == p
+    with pytest.raises(OutputExistsError, match="is a folder"):
+        prepare_output_file(tmp_path / "a")
+    with pytest.raises(OutputExistsError, match="is a file"):
+        prepare_output_file(p / "c.png")
+
+
+def test_manifest_roundtrip_and_bad_files(tmp_path):
+    m = _m(steps=5, size=(1, 2))
+    m.save(tmp_path)
+    back = Manifest.load(tmp_path)
+    assert back.differences(m) == [] and back.argv == m.argv and back.version == m.version
+    (tmp_path / MANIFEST_NAME).write_text("[1, 2]")
+    with pytest.raises(ValueError, match="not a slopekp run manifest"):
+        Manifest.load(tmp_path)
+    (tmp_path / MANIFEST_NAME).write_text("{")
+    with pytest.raises(ValueError, match="unreadable run manifest"):
+        Manifest.load(tmp_path)
+    assert Manifest.load(tmp_path / "nowhere") is None
+
+
+# ------------------------------------------------------------------------------------ data fingerprints
+@pytest.fixture(scope="module")
+def tiny_synth(tmp_path_factory):
+    from slopekp.data.synthetic import generate_synthbirds
+
+    root = tmp_path_factory.mktemp("fp")
+    kw = dict(n_train=3, n_test=1, size=32, deform=0.0, progress=False)
+    return (
+        generate_synthbirds(root / "a", seed=1, **kw),
+        generate_synthbirds(root / "a_again", seed=1, **kw),
+        generate_synthbirds(root / "b", seed=2, **kw),
+    )
+
+
+def test_data_fingerprint_follows_content_not_dates_or_paths(tiny_synth):
+    a, a_again, b = tiny_synth
+    fa = cmr_data_fingerprint(a, "train")
+    assert fa["fingerprint"] == cmr_data_fingerprint(a_again, "train")["fingerprint"]  # .mat headers hold dates
+    assert fa["path"] == str(a.resolve()) and fa["split"] == "train"
+    assert fa["fingerprint"] != cmr_data_fingerprint(b, "train")["fingerprint"]
+    assert fa["fingerprint"] != cmr_data_fingerprint(a, "test")["fingerprint"]
+    with pytest.raises(FileNotFoundError, match="no val_cub_cleaned.mat"):
+        cmr_data_fingerprint(a, "val")
+
+
+def test_data_fingerprint_sees_an_added_image(tiny_synth, tmp_path):
+    a = shutil.copytree(tiny_synth[0], tmp_path / "copy")
+    before = cmr_data_fingerprint(a, "train")["fingerprint"]
+    jpg = next(a.rglob("*.jpg"))
+    shutil.copy(jpg, jpg.with_name("extra.jpg"))
+    assert cmr_data_fingerprint(a, "train")["fingerprint"] != before
+
+
+# ------------------------------------------------------------------------------------------ commands
+SYNTH = ["data", "synth", "--n-train", "3", "--n-test", "1", "--size", "32", "--no-progress"]
+
+
+def test_data_synth_never_clobbers(tmp_path, capsys):
+    out = tmp_path / "sb"
+    assert main([*SYNTH, "--out", str(out)]) == 0
+    first = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file() and p.suffix != ".json"}
+    # the same command again regenerates the same files
+    assert main([*SYNTH, "--out", str(out)]) == 0
+    again = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file() and p.suffix != ".json"}
+    assert again == first
+    # other options: refused with the difference, nothing touched
+    capsys.readouterr()
+    assert main([*SYNTH, "--out", str(out), "--seed", "5"]) == 2
+    err = capsys.readouterr().err
+    assert "synth.seed: 0 in the folder, 5 now" in err and "Traceback" not in err
+    # an older/foreign folder with extra images: refused; --overwrite leaves no stale file
+    stale = out / "images" / "stale.jpg"
+    stale.write_bytes(b"old")
+    (out / MANIFEST_NAME).unlink()
+    assert main([*SYNTH, "--out", str(out), "--n-train", "2"]) == 2
+    assert "no slopekp run manifest" in capsys.readouterr().err and stale.exists()
+    assert main([*SYNTH, "--out", str(out), "--n-train", "2", "--overwrite"]) == 0
+    assert not stale.exists()
+    assert len(list((out / "images").rglob("*.jpg"))) == 3  # 2 train + 1 test, nothing left of the first run
+
+
+def test_data_synth_refuses_a_real_cmr_folder(tmp_path, capsys):
+    sfm = tmp_path / "sfm"
+    sfm.mkdir()
+    (sfm / "anno_train.mat").write_bytes(b"real SfM cameras")
+    assert main([*SYNTH, "--out", str(sfm)]) == 2
+    assert (sfm / "anno_train.mat").read_bytes() == b"real SfM cameras"
+    assert str(sfm) in capsys.readouterr().err
+
+
+TINY = ["multiplex.num_az=2", "multiplex.num_el=1", "multiplex.steps=2", "multiplex.image_size=16"]
+
+
+def test_multiplex_init_on_other_data_is_refused(tiny_synth, tmp_path, capsys):
+    a, _, b = tiny_synth
+    out = tmp_path / "run"
+    def init(data, *extra):
+        flags = [x for x in extra if x.startswith("--")]
+        overrides = [x for x in extra if not x.startswith("--")]
+        return main(["multiplex", "init", "--data", str(data), "--out", str(out), "--quiet", "--no-report", *flags,
+                     *TINY, *overrides])  # fmt: skip
+
+    assert init(a) == 0
+    capsys.readouterr()
+    assert init(b) == 2
+    err = capsys.readouterr().err
+    assert "input data: fingerprint" in err and str(b.resolve()) in err and "--force-new" in err
+    assert init(a, "multiplex.steps=50") == 2
+    assert "multiplex.steps: 2 in the folder, 50 now" in capsys.readouterr().err
+    # the batch size does not change results (Stage I is batch-invariant): resuming with another is fine
+    assert init(a, "multiplex.batch_size=1") == 0
+    assert "0 image(s) fitted (3 in the store)" in capsys.readouterr().out
+    # --force-new: the old run is kept aside, the new one fitted on the other data
+    assert init(b, "--force-new") == 0
+    assert "3 image(s) fitted (3 in the store)" in capsys.readouterr().out
+    assert len(list(tmp_path.glob("run.old-*/multiplex.npz"))) == 1
+    assert Manifest.load(out).inputs["data"]["path"] == str(b.resolve())
+
+
+def test_quickstart_with_another_seed_fits_fresh_cameras(tmp_path, capsys):
+    args = ["quickstart", f"out_dir={tmp_path / 'qs'}", "synth.n_train=2", "synth.n_test=1", "synth.size=32", *TINY]
+    assert main(args) == 0
+    store = tmp_path / "qs" / "stage1" / "multiplex.npz"
+    with np.load(store) as z:
+        first = z["cameras"].copy()
+    assert main([*args, "seed=5"]) == 0
+    out = capsys.readouterr().out
+    assert "seed: 0 in the folder, 5 now" in out
+    with np.load(store) as z:
+        assert not np.allclose(z["cameras"], first)  # fitted afresh on the new images
+    old = list(tmp_path.glob("qs.old-*/stage1/multiplex.npz"))
+    assert len(old) == 1
+    with np.load(old[0]) as z:
+        np.testing.assert_array_equal(z["cameras"], first)  # the first run is kept, intact
+
+
+def test_data_synth_video_never_clobbers(tmp_path, capsys):
+    out = tmp_path / "v"
+    argv = ["data", "synth-video", "--out", str(out), "--n-seq", "1", "--height", "48", "--min-frames", "3",
+            "--max-frames", "3", "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    capsys.readouterr()
+    assert main([*argv, "--seed", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "synth_video.seed: 0 in the folder, 3 now" in err and "--overwrite" in err
+    stale = out / "stale.txt"
+    stale.write_text("x")
+    assert main([*argv, "--seed", "3", "--overwrite"]) == 0 and not stale.exists()
