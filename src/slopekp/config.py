@@ -118,6 +118,66 @@ class MultiplexConfig:
 
 
 @dataclass
+class ModelConfig:
+    """The reconstruction network (METHOD §4). Defaults are CPU-sized; ``configs/cub_*.yaml`` has the paper's."""
+
+    image_size: int = 64
+    """Side of the square network input (256 in the paper)."""
+    encoder_width: int = 16
+    """ResNet channel width: 64 = ResNet-18 (needed for ``pretrained``), 16 for a small CPU model."""
+    pretrained: str = ""
+    """A torchvision-format ResNet-18 state dict file for the encoder (``.pth``; loaded with weights_only)."""
+    shape_hidden: int = 200
+    """Width of the shape head's fc stack (``nz_feat``)."""
+    uv_height: int = 32
+    """Height of the predicted UV texture (its width is twice this; 128 in the paper)."""
+    texture_width: int = 16
+    """Base width ``nf`` of the texture generator."""
+    pose_head: str = "keypoints"
+    """``quaternion``, ``gramschmidt``, ``svd`` or ``keypoints`` (SLOPE-KP: heatmaps → PnP)."""
+    num_keypoints: int = 32
+    """K keypoint vertices of the keypoint head (farthest-point sampled on the template)."""
+    end2end: bool = False
+    """Keypoint head: back-propagate a camera loss through PnP into the keypoints and confidences."""
+
+
+@dataclass
+class TrainConfig:
+    """Stages II and III (METHOD §5.4, §5.6, §8)."""
+
+    batch_size: int = 8
+    epochs: int = 10
+    """Stage II epochs."""
+    pose_epochs: int = 10
+    """Stage III epochs."""
+    lr: float = 1e-4
+    """Adam learning rate of the network."""
+    multiplex_lr: float = 1e-4
+    """Adam learning rate of the live multiplex offsets in Stage II (U-CMR's ``optimizeLR``)."""
+    multiplex_gain: float = 1.0
+    """Offset gain ``c`` of the multiplex in Stage II (U-CMR: 1; Stage I's store is rebased to it)."""
+    render_size: int = 64
+    """Side of the silhouettes and textures rendered for the losses."""
+    mask_weight: float = 10.0
+    texture_weight: float = 1.0
+    ssim_weight: float = 1.0
+    """Weight of ``1 − SSIM`` inside the texture loss (beside L1)."""
+    deform_weight: float = 1.0
+    laplacian_weight: float = 0.5
+    edge_weight: float = 0.0
+    camera_weight: float = 1.0
+    heatmap_weight: float = 10.0
+    grad_clip: float = 100.0
+    """Gradient-norm clipping of the network (0 = off)."""
+    checkpoint_every: int = 50
+    """Write ``checkpoints/last.pt`` every this many steps (and at each epoch's end and on SIGINT/SIGTERM)."""
+    freeze_backbone: bool = True
+    """Stage III: train the pose head only (U-CMR); false also trains the encoder with the pose loss."""
+    num_workers: int = 0
+    """DataLoader worker processes."""
+
+
+@dataclass
 class Config:
     seed: int = 0
     device: str = "auto"
@@ -130,6 +190,8 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     synth: SynthConfig = field(default_factory=SynthConfig)
     multiplex: MultiplexConfig = field(default_factory=MultiplexConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -223,6 +285,30 @@ RULES: dict[str, Range] = {
     "multiplex.batch_size": _AT_LEAST_ONE,
     "multiplex.image_size": _IMAGE_SIDE,
     "multiplex.save_every": _AT_LEAST_ONE,
+    "model.image_size": Range(64, MAX_IMAGE_SIZE),
+    "model.encoder_width": Range(4, 256),
+    "model.shape_hidden": _AT_LEAST_ONE,
+    "model.uv_height": Range(4, MAX_IMAGE_SIZE),
+    "model.texture_width": _AT_LEAST_ONE,
+    "model.num_keypoints": Range(4, 1024),
+    "train.batch_size": _AT_LEAST_ONE,
+    "train.epochs": _NON_NEGATIVE,
+    "train.pose_epochs": _NON_NEGATIVE,
+    "train.lr": _POSITIVE,
+    "train.multiplex_lr": _NON_NEGATIVE,
+    "train.multiplex_gain": _POSITIVE,
+    "train.render_size": _IMAGE_SIDE,
+    "train.mask_weight": _NON_NEGATIVE,
+    "train.texture_weight": _NON_NEGATIVE,
+    "train.ssim_weight": _NON_NEGATIVE,
+    "train.deform_weight": _NON_NEGATIVE,
+    "train.laplacian_weight": _NON_NEGATIVE,
+    "train.edge_weight": _NON_NEGATIVE,
+    "train.camera_weight": _NON_NEGATIVE,
+    "train.heatmap_weight": _NON_NEGATIVE,
+    "train.grad_clip": _NON_NEGATIVE,
+    "train.checkpoint_every": _AT_LEAST_ONE,
+    "train.num_workers": _NON_NEGATIVE,
 }
 """The allowed range of every numeric field of :class:`Config`, by dotted key (a test keeps it complete)."""
 

@@ -1,15 +1,18 @@
 """Training losses as pure tensor functions (METHOD §7).
 
-Only the silhouette term that the camera multiplex needs lives here so far:
-
-* :func:`mask_loss` — METHOD §7.1, ``L_mask = mean_px[ D·S + (S − M)² ]`` per rendered silhouette, where
-``S`` is the
-  rendered soft silhouette, ``M`` the (soft, bilinearly resized) ground-truth mask and ``D`` the mask's
-  distance
-  transform ``EDT(1 − (M > 0.5)) / max(H, W)`` (0 inside the mask). The ``D·S`` term pulls silhouette
-  pixels that
-  lie outside the mask back towards it from any distance; the squared term matches the mask where they
-  overlap.
+* :func:`mask_loss` — §7.1, ``L_mask = mean_px[ D·S + (S − M)² ]`` per rendered silhouette, where ``S`` is the
+  rendered soft silhouette, ``M`` the (soft, bilinearly resized) ground-truth mask and ``D`` the mask's distance
+  transform ``EDT(1 − (M > 0.5)) / max(H, W)`` (0 inside the mask). The ``D·S`` term pulls silhouette pixels that
+  lie outside the mask back towards it from any distance; the squared term matches the mask where they overlap.
+* :func:`texture_loss` — §7.2 with the issue's choice of distance: ``L1 + (1 − SSIM)`` between the rendered and
+  the input image, **both** masked by the ground-truth mask. SSIM is ``pytorch_msssim.ssim`` (a small, focused,
+  maintained implementation of Wang et al. 2004 with the standard 11-px Gaussian window; kornia would also do,
+  but it is a large dependency for one function). The perceptual (AlexNet) distance of the original needs
+  ImageNet weights and is not part of this package.
+* :func:`camera_loss` — §7.8, ``(1 − |⟨q̂, q*⟩|) + mean((s, tx, ty) − (s*, tx*, ty*))²`` per image.
+* :func:`heatmap_loss` — §7.7, ``10 · mean_{b,k,i,j} (w_bk (Ĥ_bk − G_bk))²``.
+* :func:`hypothesis_weights` — §5.4, the detached per-hypothesis weights of Stage II's network loss.
+* The shape priors (§7.3–7.6) are in :mod:`slopekp.mesh.regularizers`.
 """
 
 from __future__ import annotations
@@ -17,14 +20,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from slopekp.geometry.rotations import quat_normalize
+
 
 def mask_loss(silhouette: Tensor, mask: Tensor, mask_dt: Tensor) -> Tensor:
     """Per-silhouette mask loss ``mean_px[D·S + (S − M)²]`` (METHOD §7.1).
 
     Args:
         silhouette: ``(B, H, W)`` or ``(B, P, H, W)`` rendered soft silhouettes ``S`` in [0, 1] (``P``
-        hypotheses
-            of the same image share its mask).
+            hypotheses of the same image share its mask).
         mask: ``(B, H, W)`` ground-truth masks ``M`` in [0, 1].
         mask_dt: ``(B, H, W)`` distance transform ``D`` of the mask (0 inside, grows outside).
 
@@ -67,3 +71,105 @@ def mask_iou(pred: Tensor, target: Tensor, threshold: float = 0.5) -> Tensor:
     inter = (p & t).flatten(-2).sum(-1).to(torch.float32)
     union = (p | t).flatten(-2).sum(-1).to(torch.float32)
     return torch.where(union > 0, inter / union.clamp_min(1.0), torch.ones_like(union))
+
+
+def _masked(img: Tensor, mask: Tensor) -> Tensor:
+    return img * mask.unsqueeze(-3)
+
+
+def texture_loss(rendered: Tensor, image: Tensor, mask: Tensor, ssim_weight: float = 1.0) -> Tensor:
+    """Per-render texture loss ``mean|Î·M − I·M| + ssim_weight·(1 − SSIM(Î·M, I·M))`` (METHOD §7.2).
+
+    Args:
+        rendered: ``(B, 3, H, W)`` or ``(B, P, 3, H, W)`` rendered RGB ``Î`` in [0, 1] (``P`` hypotheses of an
+            image share its target).
+        image: ``(B, 3, H, W)`` the input image ``I`` in [0, 1].
+        mask: ``(B, H, W)`` the ground-truth mask ``M``.
+        ssim_weight: weight of the structural term (0 = L1 only).
+
+    Returns:
+        ``(B,)`` or ``(B, P)``.
+    """
+    from pytorch_msssim import ssim
+
+    if image.dim() != 4 or image.shape[1] != 3 or mask.shape != (image.shape[0], *image.shape[-2:]):
+        raise ValueError(
+            f"image must be (B, 3, H, W) and mask (B, H, W), got {tuple(image.shape)}, {tuple(mask.shape)}"
+        )
+    lead = rendered.shape[:-3]
+    if rendered.shape[-3:] != image.shape[-3:] or rendered.dim() not in (4, 5) or lead[0] != image.shape[0]:
+        raise ValueError(f"rendered {tuple(rendered.shape)} does not match image {tuple(image.shape)}")
+    target = _masked(image, mask)
+    if rendered.dim() == 5:
+        target = target.unsqueeze(1).expand_as(rendered)
+        m = mask.unsqueeze(1).expand(*lead, *mask.shape[-2:])
+    else:
+        m = mask
+    pred = _masked(rendered, m)
+    l1 = (pred - target).abs().flatten(-3).mean(-1)
+    if ssim_weight == 0:
+        return l1
+    side = min(image.shape[-2:])
+    win = min(11, side - (1 - side % 2))  # odd, no larger than the image
+    s = ssim(pred.reshape(-1, *pred.shape[-3:]), target.reshape(-1, *target.shape[-3:]), data_range=1.0,
+             size_average=False, win_size=win)  # fmt: skip
+    return l1 + ssim_weight * (1 - s.reshape(lead))
+
+
+def camera_loss(pred: Tensor, target: Tensor) -> Tensor:
+    """Per-image camera loss ``(1 − |⟨q̂, q*⟩|) + mean_{s,tx,ty}(x̂ − x*)²`` (METHOD §7.8).
+
+    The quaternion term is 0 for the same rotation (either sign of ``q``) and 1 for a half turn apart.
+
+    Args:
+        pred, target: ``(B, 7)`` cameras.
+
+    Returns:
+        ``(B,)``.
+    """
+    if pred.shape != target.shape or pred.shape[-1] != 7:
+        raise ValueError(f"pred and target must both be (B, 7), got {tuple(pred.shape)}, {tuple(target.shape)}")
+    q, q_t = quat_normalize(pred[..., 3:]), quat_normalize(target[..., 3:])
+    rot = 1 - (q * q_t).sum(-1).abs()
+    return rot + (pred[..., :3] - target[..., :3]).square().mean(-1)
+
+
+def heatmap_loss(pred: Tensor, target: Tensor, visible: Tensor, weight: float = 10.0) -> Tensor:
+    """``weight · mean_{b,k,i,j} (w_bk (Ĥ_bk − G_bk))²`` (METHOD §7.7): invisible keypoints contribute nothing.
+
+    Args:
+        pred: ``(B, K, H, W)`` raw decoder heatmaps; target: the same shape (Gaussians, zero when invisible).
+        visible: ``(B, K)`` bool or {0, 1}.
+
+    Returns:
+        Scalar.
+    """
+    if pred.shape != target.shape or visible.shape != pred.shape[:2]:
+        raise ValueError(
+            f"pred {tuple(pred.shape)}, target {tuple(target.shape)} and visible {tuple(visible.shape)} disagree"
+        )
+    w = visible.to(pred.dtype)[..., None, None]
+    return weight * (w * (pred - target)).square().mean()
+
+
+def hypothesis_weights(
+    mask_losses: Tensor, texture_losses: Tensor | None = None, peakiness: float = 20.0, eps: float = 1e-4
+) -> Tensor:
+    """Stage II's detached weights of P hypotheses per image (METHOD §5.4).
+
+    ``T = 0.5·minmax(L_mask) + 0.5·minmax(L_tex)`` (``T = L_mask`` without texture), with
+    ``minmax(x) = (x − min)/(max − min + eps)`` over the hypotheses, then ``softmin(peakiness · minmax(T))``.
+
+    Args:
+        mask_losses, texture_losses: ``(B, P)``.
+
+    Returns:
+        ``(B, P)`` rows summing to 1, detached.
+    """
+    from slopekp.train.multiplex import hypothesis_scores, minmax_rescale
+
+    with torch.no_grad():
+        t = minmax_rescale(mask_losses.detach(), eps)
+        if texture_losses is not None:
+            t = 0.5 * t + 0.5 * minmax_rescale(texture_losses.detach(), eps)
+        return hypothesis_scores(t, peakiness)

@@ -720,6 +720,39 @@ class CameraMultiplex:
         out._fill(*fields)
         return out
 
+    _STATE_KEYS = ("ids", "base", "offsets", "scores", "crops", "exp_avg", "exp_avg_sq", "adam_step")
+
+    def state_dict(self) -> dict:
+        """The whole store as plain tensors, strings and numbers (what a checkpoint saves; loadable with
+        ``torch.load(weights_only=True)``); :meth:`from_state_dict` rebuilds it."""
+        return {
+            "num_hypotheses": self.num_hypotheses,
+            "fingerprint": self.fingerprint,
+            "data_fingerprint": self.data_fingerprint,
+            "settings": list(self.settings.as_array().tolist()),
+            **{k: t.detach().cpu().clone() for k, t in zip(self._STATE_KEYS, self._fields())},
+        }
+
+    @classmethod
+    def from_state_dict(cls, state: dict, device: torch.device | str | None = None) -> CameraMultiplex:
+        """Inverse of :meth:`state_dict`. Raises ``ValueError`` for a malformed state."""
+        try:
+            store = cls(
+                int(state["num_hypotheses"]), str(state["fingerprint"]),
+                OffsetSettings.from_array(np.asarray(state["settings"], dtype=np.float64)), device=device,
+                data_fingerprint=str(state.get("data_fingerprint", "")),
+            )  # fmt: skip
+            fields = [state[k] for k in cls._STATE_KEYS]
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"malformed camera multiplex state: {e}") from e
+        n, P = fields[0].shape[0], store.num_hypotheses
+        want = [(n,), (n, P, 7), (n, P, 6), (n, P), (n, 3), (n, P, 6), (n, P, 6), (n,)]
+        for k, t, shape in zip(cls._STATE_KEYS, fields, want):
+            if tuple(t.shape) != shape:
+                raise ValueError(f"malformed camera multiplex state: {k} has shape {tuple(t.shape)}, expected {shape}")
+        store._fill(*(t.to(store.device) for t in fields))
+        return store
+
     def _fields(self) -> tuple[Tensor, ...]:
         return (self.ids, self.base, self.offsets, self.scores, self.crops, self.exp_avg, self.exp_avg_sq,
                 self.adam_step_count)  # fmt: skip

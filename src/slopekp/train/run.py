@@ -1,0 +1,87 @@
+"""What every training stage sets up the same way: seeding, device, threads, deterministic resumable batches,
+TensorBoard, and a SIGINT/SIGTERM guard that lets the loop write a checkpoint before it stops.
+
+The stages (:mod:`slopekp.train.stage2`, :mod:`slopekp.train.stage3`) read top to bottom with these.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from slopekp.config import Config
+from slopekp.utils import resolve_device, seed_everything
+
+
+def setup(cfg: Config) -> torch.device:
+    """Seed everything, set the thread count and return the device (:func:`slopekp.utils.resolve_device`)."""
+    device = resolve_device(cfg.device)
+    seed_everything(cfg.seed)
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    return device
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    """The dataset order of ``epoch``: a permutation of ``range(n)`` that depends on ``(seed, epoch)`` only, so a
+    resumed run sees the same batches as an uninterrupted one."""
+    g = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(epoch))
+    return torch.randperm(n, generator=g).tolist()
+
+
+def epoch_loader(dataset, batch_size: int, seed: int, epoch: int, skip_batches: int = 0, num_workers: int = 0):
+    """A DataLoader over ``dataset`` in :func:`epoch_order`, without its first ``skip_batches`` batches.
+
+    Sets ``dataset.epoch`` (the CMR data set draws its jitter and flips from ``(seed, epoch, index)``). The last
+    batch may be smaller (nothing is dropped: every image advances its multiplex)."""
+    from torch.utils.data import DataLoader, Subset
+
+    from slopekp.data.cub import collate_samples
+
+    if hasattr(dataset, "epoch"):
+        dataset.epoch = epoch
+    order = epoch_order(len(dataset), seed, epoch)[skip_batches * batch_size :]
+    return DataLoader(
+        Subset(dataset, order), batch_size=batch_size, shuffle=False, num_workers=num_workers,
+        collate_fn=collate_samples,
+    )  # fmt: skip
+
+
+def num_batches(n: int, batch_size: int) -> int:
+    return -(-n // batch_size)
+
+
+def summary_writer(path: Path):
+    from torch.utils.tensorboard import SummaryWriter  # a declared dependency; imported late (slow import)
+
+    return SummaryWriter(str(path))
+
+
+class StopRequested(KeyboardInterrupt):
+    """SIGINT or SIGTERM arrived; the loop saved a checkpoint and stops (rerun the command to resume)."""
+
+
+@contextlib.contextmanager
+def stop_guard() -> Iterator[list[int]]:
+    """While active, SIGINT and SIGTERM only record themselves in the yielded list, so the training loop can
+    finish its step, write a checkpoint and raise :class:`StopRequested`. The old handlers come back after."""
+    received: list[int] = []
+
+    def handler(signum, frame):
+        received.append(signum)
+
+    old = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            old[sig] = signal.signal(sig, handler)
+        except ValueError:  # not the main thread: leave signals alone
+            pass
+    try:
+        yield received
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)

@@ -1,0 +1,315 @@
+"""Stage II: learn shape, texture, mean shape and encoder with the live camera multiplex (METHOD §5.4, App. B).
+
+Each step, for a batch of B images and the P hypotheses of each (read from the store, re-expressed for the
+batch's crops and mirrors):
+
+1. the network predicts the shape ``(B, V, 3)`` and the UV texture ``(B, 3, Hu, Wu)``;
+2. every hypothesis renders the predicted mesh: soft silhouette and texture, ``B·P`` renders;
+3. per hypothesis: ``L_mask (B, P)`` and ``L_tex (B, P)`` (:mod:`slopekp.train.losses`);
+4. **network loss** ``mean_b Σ_p q_bp (w_m L_mask + w_t L_tex)`` + shape priors, with the detached weights ``q``
+   of :func:`~slopekp.train.losses.hypothesis_weights`; it updates the network only;
+5. **camera loss** ``w_m mean L_mask + w_t mean L_tex`` (unweighted: every hypothesis moves to explain the image
+   under the current shape and texture); it advances only the batch's rows of the store's per-image Adam;
+6. the batch's scores become ``q``.
+
+Self-supervised: the data set is built with ``return_gt_camera=False`` and the loop refuses one that returns
+cameras. Ground truth is read only by the report at the end (best camera vs GT, strictly and up to the depth
+mirror, before and after Stage II).
+
+Writes ``OUT/manifest.json``, ``config.yaml``, ``checkpoints/last.pt`` (atomically every
+``train.checkpoint_every`` steps, at each epoch's end and on SIGINT/SIGTERM), ``multiplex.npz`` (the store after
+Stage II: Stage III's pose targets), ``tb/`` and ``report/metrics.json``. Rerunning the same command resumes
+from the checkpoint, exactly (the next step's loss is the one the uninterrupted run would have had).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from slopekp.config import Config, config_to_yaml, save_config
+from slopekp.manifest import Manifest, cmr_data_fingerprint, file_digest, flat_settings, prepare_output_dir
+from slopekp.mesh import regularizers
+from slopekp.render import Renderer, RenderSettings
+from slopekp.train import run
+from slopekp.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from slopekp.train.losses import hypothesis_weights, mask_loss, texture_loss
+from slopekp.train.multiplex import CameraMultiplex, OffsetSettings, template_fingerprint
+from slopekp.utils import resolve_device
+
+STAGE2_COMMAND = "train stage2"
+CHECKPOINT = Path("checkpoints") / "last.pt"
+STORE_NAME = "multiplex.npz"
+
+#: Settings left out of the manifest: they change speed or how long the run goes, not what a step computes.
+_NOT_RESULT = {
+    "data": ("root", "images_dir", "sfm_dir", "img_size"),
+    "model": ("pose_head", "num_keypoints", "end2end"),  # Stage II does not run the pose head
+    "train": ("epochs", "pose_epochs", "checkpoint_every", "num_workers", "camera_weight", "heatmap_weight",
+              "freeze_backbone"),  # fmt: skip
+}
+
+
+@dataclass
+class Stage2Result:
+    out_dir: Path
+    checkpoint: Path
+    store_path: Path
+    steps: int
+    """Global steps done (this call and before)."""
+    seconds: float
+    """Wall time of this call's training."""
+    metrics: dict[str, Any]
+    """``report/metrics.json``."""
+
+
+def stage2_manifest(cfg: Config, data_dir, multiplex_path, template_fp: str) -> Manifest:
+    d = cfg.data
+    data = cmr_data_fingerprint(data_dir, d.split, images_dir=d.images_dir or None, sfm_dir=d.sfm_dir or None)
+    mp = {"fingerprint": file_digest(multiplex_path).hexdigest()[:16], "path": str(Path(multiplex_path).resolve())}
+    settings = {"seed": cfg.seed, **flat_settings(cfg.render, "render", ("image_size",))}
+    for name in ("data", "model", "train"):
+        settings.update(flat_settings(getattr(cfg, name), name, _NOT_RESULT.get(name, ())))
+    inputs = {"data": data, "template": {"fingerprint": template_fp, "path": cfg.template.path}, "stage1": mp}
+    return Manifest(STAGE2_COMMAND, inputs=inputs, settings=settings)
+
+
+def build_train_dataset(cfg: Config, data_dir, return_gt_camera: bool = False, augment: bool = True):
+    """The CMR data set at the network's input size, with ``cfg.data``'s crops, jitter and flips (train split)."""
+    from slopekp.data.cub import CubDataset
+
+    d = cfg.data
+    on = augment and d.split == "train"
+    return CubDataset(
+        data_dir, split=d.split, img_size=cfg.model.image_size, padding_frac=d.padding_frac,
+        jitter_frac=d.jitter_frac, flip=d.flip and on, jitter=on, seed=cfg.seed, return_gt_camera=return_gt_camera,
+        max_items=d.max_items, images_dir=d.images_dir or None, sfm_dir=d.sfm_dir or None,
+    )  # fmt: skip
+
+
+def build_renderer(cfg: Config) -> Renderer:
+    r = cfg.render
+    return Renderer(RenderSettings(image_size=cfg.train.render_size, sigma=r.sigma, gamma=r.gamma,
+                                   z_offset=r.z_offset, near=r.near, far=r.far))  # fmt: skip
+
+
+def resize_targets(batch, size: int):
+    """``(img, mask, mask_dt)`` of a batch at the render size (bilinear; the distance transform is normalised by
+    the image side, so it resizes as a field)."""
+    img, mask, dt = batch.img, batch.mask, batch.mask_dt
+    if img.shape[-1] == size:
+        return img, mask, dt
+    f = torch.nn.functional.interpolate
+    kw = {"size": (size, size), "mode": "bilinear", "align_corners": False, "antialias": True}
+    return f(img, **kw), f(mask[:, None], **kw)[:, 0], f(dt[:, None], **kw)[:, 0]
+
+
+def shape_priors(pred, faces: Tensor, template_verts: Tensor, w) -> dict[str, Tensor]:
+    """METHOD §7.3–7.6: deformation size, graph Laplacian of the predicted mesh, and (if weighted) edge lengths."""
+    out = {
+        "deform": w.deform_weight * regularizers.deform_loss(pred.delta_v),
+        "laplacian": w.laplacian_weight * regularizers.graph_laplacian_loss(pred.verts, faces),
+    }
+    if w.edge_weight > 0:
+        out["edge"] = w.edge_weight * regularizers.edge_length_loss(pred.verts, faces, template_verts)
+    return out
+
+
+def stage2_losses(model, store: CameraMultiplex, renderer: Renderer, template, batch, cfg: Config):
+    """One step's losses. Returns ``(network_loss, camera_loss, lookup, q (B, P), logs)``."""
+    from slopekp.models.encoder import normalize_image
+
+    w = cfg.train
+    pred = model(normalize_image(batch.img), pose=False)
+    lk = store.lookup(batch.id, batch.crop)
+    img, mask, dt = resize_targets(batch, cfg.train.render_size)
+    res = renderer(pred.verts, template.faces, lk.cameras, mode="rgb", uv_image=pred.uv_image,
+                   verts_uv=template.verts_uv)  # fmt: skip
+    l_mask = mask_loss(res.alpha, mask, dt)  # (B, P)
+    l_tex = texture_loss(res.rgb, img, mask, ssim_weight=w.ssim_weight) if w.texture_weight > 0 else None
+    per_hyp = w.mask_weight * l_mask + (w.texture_weight * l_tex if l_tex is not None else 0)
+    q = hypothesis_weights(l_mask, l_tex)
+    priors = shape_priors(pred, template.faces, template.verts, w)
+    net = (q * per_hyp).sum(-1).mean() + sum(priors.values())
+    cam = per_hyp.mean()
+    logs = {"mask": l_mask.detach().mean(), "best_mask": l_mask.detach().amin(-1).mean(), **priors,
+            "total": net.detach(), "camera_update": cam.detach(), "best_score": q.amax(-1).mean()}  # fmt: skip
+    if l_tex is not None:
+        logs["texture"] = l_tex.detach().mean()
+    return net, cam, lk, q, {k: float(v.detach() if isinstance(v, Tensor) else v) for k, v in logs.items()}, (pred, res)
+
+
+def run_stage2(
+    cfg: Config,
+    data_dir: str | os.PathLike,
+    multiplex_path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    progress: bool = True,
+    overwrite: bool = False,
+    force_new: bool = False,
+    max_steps: int | None = None,
+) -> Stage2Result:
+    """Stage II end to end; see the module docstring. ``max_steps`` stops early (tests, smoke runs)."""
+    from tqdm.auto import tqdm
+
+    from slopekp.mesh import load_template
+    from slopekp.models.reconstructor import build_model
+
+    out_dir = Path(out_dir)
+    cfg = dataclasses.replace(cfg, out_dir=str(out_dir), data=dataclasses.replace(cfg.data, root=str(data_dir)))
+    resolve_device(cfg.device)  # a device this machine lacks fails before anything is written
+    template = load_template(cfg.template.path)
+    fp = template_fingerprint(template.verts, template.faces)
+    manifest = stage2_manifest(cfg, data_dir, multiplex_path, fp)
+    state = prepare_output_dir(out_dir, manifest, overwrite=overwrite, force_new=force_new)
+    device = run.setup(cfg)
+    save_config(cfg, out_dir / "config.yaml")
+    template = template.to(device)
+
+    dataset = build_train_dataset(cfg, data_dir, return_gt_camera=False)
+    if getattr(dataset, "return_gt_camera", False):
+        raise ValueError("Stage II must not see ground-truth cameras")
+    model = build_model(cfg.model, template, cfg.template.symmetry_tol).to(device)
+    params = [p for n, p in model.named_parameters() if not n.startswith("pose.")]
+    opt = torch.optim.Adam(params, lr=cfg.train.lr)
+    renderer = build_renderer(cfg)
+    ckpt_path = out_dir / CHECKPOINT
+    epoch, step, done_in_epoch = 0, 0, 0
+    if state == "resume" and ckpt_path.exists():
+        ck = load_checkpoint(ckpt_path, kind="stage2", template_fingerprint=fp, map_location=device)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        store = CameraMultiplex.from_state_dict(ck["multiplex"], device=device)
+        epoch, step, done_in_epoch = ck["epoch"], ck["step"], ck["batch_in_epoch"]
+        set_rng_state(ck["rng"])
+    else:
+        store = initial_store(multiplex_path, fp, manifest.inputs["data"]["fingerprint"], cfg, device)
+    missing = [i for i in range(len(dataset)) if i not in store]
+    if missing:
+        raise ValueError(
+            f"{multiplex_path}: {len(missing)} image(s) of the data set have no Stage I cameras (e.g. ids "
+            f"{missing[:5]}); run `slopekp multiplex init` on the whole data set first"
+        )
+
+    def checkpoint(ep: int, in_epoch: int, logs: dict) -> None:
+        save_checkpoint(ckpt_path, {
+            "kind": "stage2", "head": cfg.model.pose_head, "template_fingerprint": fp,
+            "config": config_to_yaml(cfg), "manifest": manifest.to_dict(), "model": model.state_dict(),
+            "optimizer": opt.state_dict(), "multiplex": store.state_dict(), "epoch": ep, "step": step,
+            "batch_in_epoch": in_epoch, "rng": rng_state(), "metrics": logs,
+        })  # fmt: skip
+
+    B = cfg.train.batch_size
+    per_epoch = run.num_batches(len(dataset), B)
+    total = cfg.train.epochs * per_epoch
+    writer = run.summary_writer(out_dir / "tb")
+    bar = tqdm(total=total, initial=min(step, total), unit="step", desc="Stage II", disable=not progress,
+               dynamic_ncols=True)  # fmt: skip
+    logs: dict[str, float] = {}
+    t0, steps_now = time.perf_counter(), 0
+    model.train()
+    try:
+        with run.stop_guard() as stop:
+            while epoch < cfg.train.epochs and (max_steps is None or steps_now < max_steps):
+                loader = run.epoch_loader(dataset, B, cfg.seed, epoch, done_in_epoch, cfg.train.num_workers)
+                for batch in loader:
+                    batch = batch.to(device)
+                    if batch.gt_camera is not None:
+                        raise ValueError("Stage II received ground-truth cameras")
+                    net, cam, lk, q, logs, _ = stage2_losses(model, store, renderer, template, batch, cfg)
+                    opt.zero_grad(set_to_none=True)
+                    net.backward(inputs=params, retain_graph=True)
+                    if cfg.train.grad_clip > 0:
+                        logs["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, cfg.train.grad_clip))
+                    opt.step()
+                    if cfg.train.multiplex_lr > 0:
+                        (lk.offsets.grad,) = torch.autograd.grad(cam, lk.offsets)
+                        store.adam_step(lk, lr=cfg.train.multiplex_lr)
+                    store.set_scores(batch.id, q)
+                    step, done_in_epoch, steps_now = step + 1, done_in_epoch + 1, steps_now + 1
+                    for k, v in logs.items():
+                        writer.add_scalar(f"stage2/{k}", v, step)
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{logs['total']:.4f}", mask=f"{logs['best_mask']:.4f}", epoch=epoch)
+                    if step % cfg.train.checkpoint_every == 0:
+                        checkpoint(epoch, done_in_epoch, logs)
+                    if stop:
+                        checkpoint(epoch, done_in_epoch, logs)
+                        raise run.StopRequested(f"stopped by signal {stop[0]}; checkpoint {ckpt_path}")
+                    if max_steps is not None and steps_now >= max_steps:
+                        break
+                if done_in_epoch >= per_epoch:
+                    epoch, done_in_epoch = epoch + 1, 0
+                checkpoint(epoch, done_in_epoch, logs)
+    finally:
+        bar.close()
+        writer.close()
+    seconds = time.perf_counter() - t0
+    store_path = out_dir / STORE_NAME
+    store.save(store_path)
+    metrics = write_stage2_report(cfg, data_dir, multiplex_path, store, template, out_dir / "report", logs, step)
+    return Stage2Result(out_dir, ckpt_path, store_path, step, seconds, metrics)
+
+
+def initial_store(multiplex_path, fp: str, data_fp: str, cfg: Config, device) -> CameraMultiplex:
+    """The Stage I store, checked against the data and template, rebased to Stage II's offset gain."""
+    store = CameraMultiplex.load(multiplex_path, fingerprint=fp, device=device)
+    if store.data_fingerprint and store.data_fingerprint != data_fp:
+        raise ValueError(
+            f"{multiplex_path}: the camera multiplex was fitted to other data (data fingerprint "
+            f"{store.data_fingerprint}, this data set has {data_fp})"
+        )
+    mp = cfg.multiplex
+    settings = OffsetSettings(cfg.train.multiplex_gain, mp.az_range_deg, mp.el_range_deg, mp.cr_range_deg)
+    return store.rebase(settings)
+
+
+def write_stage2_report(cfg, data_dir, multiplex_path, store, template, out: Path, logs: dict, step: int) -> dict:
+    """``report/metrics.json``: the last losses and, with ground truth, the quality of the pose targets (the best
+    hypothesis against GT, strictly and up to the depth mirror, and how often the best is the depth mirror)
+    before (the Stage I store) and after Stage II."""
+    from slopekp.train.report import evaluate_multiplex
+    from slopekp.train.stage1 import build_stage1_dataset, build_stage1_renderer
+    from slopekp.utils import atomic_save_json
+
+    metrics: dict[str, Any] = {"steps": step, "last_losses": logs}
+    size_cfg = dataclasses.replace(cfg, multiplex=dataclasses.replace(cfg.multiplex, image_size=cfg.train.render_size))
+    try:
+        ds = build_stage1_dataset(size_cfg, data_dir, return_gt_camera=True, augment=False)
+    except (FileNotFoundError, ValueError):
+        ds = None
+    if ds is not None and getattr(ds, "return_gt_camera", False):
+        r = build_stage1_renderer(size_cfg)
+        before = CameraMultiplex.load(multiplex_path, device=store.device)
+        for name, s in (("stage1", before), ("stage2", store)):
+            ev, _ = evaluate_multiplex(s, ds, template.verts, template.faces, r)
+            metrics[f"targets_{name}"] = target_quality(ev)
+    atomic_save_json(metrics, out / "metrics.json")
+    return metrics
+
+
+def target_quality(ev) -> dict[str, float]:
+    """Best-hypothesis rotation error against GT (degrees), strictly and up to the depth mirror, and the share of
+    images whose best hypothesis is the depth mirror of the truth (closer to the mirror than to GT, within 30°)."""
+    if ev.best_err is None:
+        return {}
+    deg = torch.rad2deg(ev.best_err.double())
+    deg_m = torch.rad2deg(ev.best_err_mirror.double())
+    mirror = (deg_m < deg) & (deg_m < 30)
+    return {
+        "num_images": int(deg.numel()),
+        "median_deg": float(deg.median()),
+        "mean_deg": float(deg.mean()),
+        "pct_under_30deg": float(100 * (deg < 30).double().mean()),
+        "median_deg_up_to_mirror": float(deg_m.median()),
+        "pct_under_30deg_up_to_mirror": float(100 * (deg_m < 30).double().mean()),
+        "pct_best_is_depth_mirror": float(100 * mirror.double().mean()),
+    }

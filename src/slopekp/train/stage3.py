@@ -1,0 +1,241 @@
+"""Stage III: train one pose head on the Stage II best cameras (METHOD §5.6, §8 step 3).
+
+The targets are self-supervised: each image's best-scoring hypothesis of the Stage II multiplex
+(:meth:`~slopekp.train.multiplex.CameraMultiplex.best_cameras`), re-expressed for the crop and mirror of every
+sample. No ground-truth camera or keypoint is read (the data set returns none; the loop refuses one that does).
+
+* Regression heads (``quaternion``, ``gramschmidt``, ``svd``): ``w_cam · camera_loss(π̂, π*)`` (§7.8).
+* The keypoint head: heatmap targets are Gaussians at the keypoint vertices of the predicted shape (detached)
+  projected with ``π*``, for the keypoints that ``π*`` sees (:func:`~slopekp.models.keypoints.keypoint_visibility`,
+  from the hard renderer's z-buffer); ``w_hm · heatmap_loss`` (§7.7). Its pose always comes from its keypoints
+  through PnP; with ``model.end2end`` a camera loss on that PnP camera is added and back-propagated through PnP.
+
+The encoder, shape and texture come from the Stage II checkpoint. ``train.freeze_backbone`` (default) trains the
+pose head only (U-CMR); otherwise the encoder is trained by the pose loss too.
+
+Writes ``OUT/manifest.json``, ``config.yaml``, ``checkpoints/last.pt`` (a complete model: backbone + this head),
+``tb/`` and ``report/metrics.json``; rerunning the same command resumes exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from slopekp.config import Config, config_to_yaml, load_config, save_config
+from slopekp.manifest import Manifest, cmr_data_fingerprint, file_digest, flat_settings, prepare_output_dir
+from slopekp.train import run
+from slopekp.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from slopekp.train.losses import camera_loss, heatmap_loss
+from slopekp.train.multiplex import CameraMultiplex, template_fingerprint
+from slopekp.train.stage2 import CHECKPOINT, STORE_NAME, build_train_dataset
+from slopekp.utils import atomic_save_json
+
+STAGE3_COMMAND = "train stage3"
+_POSE_FIELDS = ("pose_head", "num_keypoints", "end2end")
+
+
+@dataclass
+class Stage3Result:
+    out_dir: Path
+    checkpoint: Path
+    steps: int
+    seconds: float
+    metrics: dict[str, Any]
+
+
+def stage3_config(cfg: Config, stage2_dir: Path, head: str) -> Config:
+    """``cfg`` with the backbone settings of the Stage II run (its ``config.yaml``) and the pose head ``head``."""
+    s2 = load_config(stage2_dir / "config.yaml")
+    pose = {k: getattr(cfg.model, k) for k in _POSE_FIELDS}
+    pose["pose_head"] = head
+    model = dataclasses.replace(s2.model, **pose)
+    return dataclasses.replace(cfg, model=model, template=s2.template, render=s2.render)
+
+
+def stage3_manifest(cfg: Config, data_dir, stage2_dir: Path, template_fp: str) -> Manifest:
+    d = cfg.data
+    data = cmr_data_fingerprint(data_dir, d.split, images_dir=d.images_dir or None, sfm_dir=d.sfm_dir or None)
+    s2 = {
+        "fingerprint": file_digest(stage2_dir / STORE_NAME).hexdigest()[:16]
+        + file_digest(stage2_dir / CHECKPOINT).hexdigest()[:16],
+        "path": str(stage2_dir.resolve()),
+    }
+    settings = {"seed": cfg.seed, **flat_settings(cfg.data, "data", ("root", "images_dir", "sfm_dir", "img_size"))}
+    settings.update(flat_settings(cfg.model, "model"))
+    settings.update(flat_settings(cfg.train, "train", ("pose_epochs", "epochs", "checkpoint_every", "num_workers")))
+    inputs = {"data": data, "template": {"fingerprint": template_fp, "path": cfg.template.path}, "stage2": s2}
+    return Manifest(f"{STAGE3_COMMAND} {cfg.model.pose_head}", inputs=inputs, settings=settings)
+
+
+def stage3_loss(model, batch, target: torch.Tensor, cfg: Config, faces, hard_renderer) -> tuple[torch.Tensor, dict]:
+    """The pose loss of one batch against the target cameras ``(B, 7)``."""
+    from slopekp.models.encoder import normalize_image
+    from slopekp.models.keypoints import heatmap_targets, keypoint_visibility
+
+    w = cfg.train
+    img = normalize_image(batch.img)
+    frozen = w.freeze_backbone
+    with torch.set_grad_enabled(not frozen):
+        enc = model.encoder(img)
+        verts = model.shape(enc.flat).verts
+    logs: dict[str, float] = {}
+    if model.pose_head != "keypoints":
+        out = model.pose(enc, verts)
+        loss = w.camera_weight * camera_loss(out.camera, target).mean()
+        logs["camera"] = float(loss.detach())
+        return loss, logs
+    head = model.pose
+    heat = head.decoder(enc.features)
+    with torch.no_grad():
+        vis = keypoint_visibility(verts.detach(), faces, target, head.keypoint_index, hard_renderer)
+        goal = heatmap_targets(vis.points2d, vis.visible, tuple(heat.shape[-2:]))
+    loss = heatmap_loss(heat, goal, vis.visible, weight=w.heatmap_weight)
+    logs["heatmap"] = float(loss.detach())
+    logs["visible_keypoints"] = float(vis.visible.float().mean())
+    if head.end2end and w.camera_weight > 0:
+        cam = head.pose_from_heatmaps(heat, verts).camera
+        l_cam = w.camera_weight * camera_loss(cam, target).mean()
+        logs["camera"] = float(l_cam.detach())
+        loss = loss + l_cam
+    return loss, logs
+
+
+def run_stage3(
+    cfg: Config,
+    data_dir: str | os.PathLike,
+    stage2_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    head: str,
+    *,
+    progress: bool = True,
+    overwrite: bool = False,
+    force_new: bool = False,
+    max_steps: int | None = None,
+) -> Stage3Result:
+    """Stage III end to end for pose head ``head``; see the module docstring."""
+    from tqdm.auto import tqdm
+
+    from slopekp.mesh import load_template
+    from slopekp.models.reconstructor import BACKBONE, build_model
+    from slopekp.render import Renderer, RenderSettings
+
+    out_dir, stage2_dir = Path(out_dir), Path(stage2_dir)
+    for need in (stage2_dir / CHECKPOINT, stage2_dir / STORE_NAME, stage2_dir / "config.yaml"):
+        if not need.is_file():
+            raise FileNotFoundError(f"{stage2_dir}: not a finished Stage II run (no {need.relative_to(stage2_dir)})")
+    cfg = stage3_config(cfg, stage2_dir, head)
+    cfg = dataclasses.replace(cfg, out_dir=str(out_dir), data=dataclasses.replace(cfg.data, root=str(data_dir)))
+    device = run.setup(cfg)  # seeds before the pose head is initialised
+    template = load_template(cfg.template.path)
+    fp = template_fingerprint(template.verts, template.faces)
+    s2 = load_checkpoint(stage2_dir / CHECKPOINT, kind="stage2", template_fingerprint=fp)
+    model_probe = build_model(cfg.model, template, cfg.template.symmetry_tol)  # a bad head name fails here
+    manifest = stage3_manifest(cfg, data_dir, stage2_dir, fp)
+    state = prepare_output_dir(out_dir, manifest, overwrite=overwrite, force_new=force_new)
+    save_config(cfg, out_dir / "config.yaml")
+    template = template.to(device)
+    model = model_probe.to(device)
+    backbone = {k: v for k, v in s2["model"].items() if k.startswith(BACKBONE)}
+    missing, _ = model.load_state_dict(backbone, strict=False)
+    missing = [k for k in missing if k.startswith(BACKBONE)]
+    if missing:
+        raise ValueError(
+            f"{stage2_dir / CHECKPOINT}: Stage II checkpoint lacks {len(missing)} weights, e.g. {missing[:5]}"
+        )
+    store = CameraMultiplex.load(stage2_dir / STORE_NAME, fingerprint=fp, device=device)
+    dataset = build_train_dataset(cfg, data_dir, return_gt_camera=False)
+    missing_ids = [i for i in range(len(dataset)) if i not in store]
+    if missing_ids:
+        raise ValueError(
+            f"{stage2_dir / STORE_NAME}: no pose target for {len(missing_ids)} image(s), e.g. {missing_ids[:5]}"
+        )
+    params = [p for n, p in model.named_parameters() if n.startswith("pose.")]
+    if not cfg.train.freeze_backbone:
+        params += [p for n, p in model.named_parameters() if n.startswith("encoder.")]
+    opt = torch.optim.Adam(params, lr=cfg.train.lr)
+    heat_size = None
+    if head == "keypoints":
+        with torch.no_grad():
+            model.eval()
+            probe = model.pose.decoder(model.encoder(torch.zeros(1, 3, cfg.model.image_size, cfg.model.image_size,
+                                                                 device=device)).features)  # fmt: skip
+        heat_size = probe.shape[-1]
+    hard = Renderer(RenderSettings(image_size=heat_size or cfg.model.image_size, z_offset=cfg.render.z_offset,
+                                   near=cfg.render.near, far=cfg.render.far))  # fmt: skip
+    ckpt_path = out_dir / CHECKPOINT
+    epoch, step, done_in_epoch = 0, 0, 0
+    if state == "resume" and ckpt_path.exists():
+        ck = load_checkpoint(ckpt_path, kind="stage3", head=head, template_fingerprint=fp, map_location=device)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        epoch, step, done_in_epoch = ck["epoch"], ck["step"], ck["batch_in_epoch"]
+        set_rng_state(ck["rng"])
+
+    def checkpoint(ep: int, in_epoch: int, logs: dict) -> None:
+        save_checkpoint(ckpt_path, {
+            "kind": "stage3", "head": head, "template_fingerprint": fp, "config": config_to_yaml(cfg),
+            "manifest": manifest.to_dict(), "model": model.state_dict(), "optimizer": opt.state_dict(),
+            "multiplex": None, "epoch": ep, "step": step, "batch_in_epoch": in_epoch, "rng": rng_state(),
+            "metrics": logs,
+        })  # fmt: skip
+
+    def set_modes() -> None:
+        model.train()
+        if cfg.train.freeze_backbone:  # frozen BatchNorm statistics too
+            model.encoder.eval()
+        model.shape.eval()
+        model.texture.eval()
+
+    B = cfg.train.batch_size
+    per_epoch = run.num_batches(len(dataset), B)
+    total = cfg.train.pose_epochs * per_epoch
+    writer = run.summary_writer(out_dir / "tb")
+    bar = tqdm(total=total, initial=min(step, total), unit="step", desc=f"Stage III {head}", disable=not progress,
+               dynamic_ncols=True)  # fmt: skip
+    logs: dict[str, float] = {}
+    t0, steps_now = time.perf_counter(), 0
+    set_modes()
+    try:
+        with run.stop_guard() as stop:
+            while epoch < cfg.train.pose_epochs and (max_steps is None or steps_now < max_steps):
+                loader = run.epoch_loader(dataset, B, cfg.seed, epoch, done_in_epoch, cfg.train.num_workers)
+                for batch in loader:
+                    batch = batch.to(device)
+                    if batch.gt_camera is not None:
+                        raise ValueError("Stage III received ground-truth cameras")
+                    target = store.best_cameras(batch.id, batch.crop)
+                    loss, logs = stage3_loss(model, batch, target, cfg, template.faces, hard)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    if cfg.train.grad_clip > 0:
+                        logs["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, cfg.train.grad_clip))
+                    opt.step()
+                    logs["total"] = float(loss.detach())
+                    step, done_in_epoch, steps_now = step + 1, done_in_epoch + 1, steps_now + 1
+                    for k, v in logs.items():
+                        writer.add_scalar(f"stage3/{k}", v, step)
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{logs['total']:.4f}", epoch=epoch)
+                    if step % cfg.train.checkpoint_every == 0:
+                        checkpoint(epoch, done_in_epoch, logs)
+                    if stop:
+                        checkpoint(epoch, done_in_epoch, logs)
+                        raise run.StopRequested(f"stopped by signal {stop[0]}; checkpoint {ckpt_path}")
+                    if max_steps is not None and steps_now >= max_steps:
+                        break
+                if done_in_epoch >= per_epoch:
+                    epoch, done_in_epoch = epoch + 1, 0
+                checkpoint(epoch, done_in_epoch, logs)
+    finally:
+        bar.close()
+        writer.close()
+    metrics = {"steps": step, "last_losses": logs, "head": head}
+    atomic_save_json(metrics, out_dir / "report" / "metrics.json")
+    return Stage3Result(out_dir, ckpt_path, step, time.perf_counter() - t0, metrics)

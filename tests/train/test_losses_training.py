@@ -1,0 +1,100 @@
+"""Stage II/III losses (METHOD §5.4, §7.2, §7.7, §7.8) against hand-computed values and independent references."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.spatial.transform import Rotation
+
+from slopekp.train.losses import camera_loss, heatmap_loss, hypothesis_weights, texture_loss
+
+
+def _cam(q_xyzw, s=1.0, t=(0.0, 0.0)):
+    x, y, z, w = q_xyzw
+    return torch.tensor([[s, *t, w, x, y, z]], dtype=torch.float64)
+
+
+def test_camera_loss_hand_values():
+    ident = _cam([0, 0, 0, 1])
+    assert camera_loss(ident, ident).item() == pytest.approx(0.0, abs=1e-12)
+    # q and -q are the same rotation
+    assert camera_loss(ident, _cam([0, 0, 0, -1])).item() == pytest.approx(0.0, abs=1e-12)
+    # a half turn: <q, q*> = 0 -> 1; a 90° turn: cos(45°)
+    half = _cam(Rotation.from_euler("y", 180, degrees=True).as_quat())
+    quarter = _cam(Rotation.from_euler("x", 90, degrees=True).as_quat())
+    assert camera_loss(ident, half).item() == pytest.approx(1.0, abs=1e-12)
+    assert camera_loss(ident, quarter).item() == pytest.approx(1 - math.cos(math.pi / 4), abs=1e-12)
+    # scale/translation: mean of squared differences over (s, tx, ty)
+    assert camera_loss(_cam([0, 0, 0, 1], 1.5, (0.3, -0.6)), ident).item() == pytest.approx(
+        (0.25 + 0.09 + 0.36) / 3, abs=1e-12
+    )
+    with pytest.raises(ValueError, match=r"\(B, 7\)"):
+        camera_loss(ident[:, :6], ident[:, :6])
+
+
+def test_texture_loss_is_zero_for_the_target_and_ignores_the_background():
+    g = torch.Generator().manual_seed(0)
+    img = torch.rand(2, 3, 24, 24, generator=g)
+    mask = torch.zeros(2, 24, 24)
+    mask[:, 6:18, 6:18] = 1
+    other_bg = img.clone()
+    other_bg[..., :4, :] = torch.rand(2, 3, 4, 24, generator=g)  # differs only outside the mask
+    assert texture_loss(img, img, mask).abs().max() < 1e-6
+    assert texture_loss(other_bg, img, mask).abs().max() < 1e-6
+    # (B, P) form: one hypothesis right, one wrong
+    stack = torch.stack([img, 1 - img], 1)
+    out = texture_loss(stack, img, mask)
+    assert out.shape == (2, 2) and (out[:, 0] < 1e-6).all() and (out[:, 1] > 0.1).all()
+    # the L1 part equals a hand computation
+    l1 = texture_loss(1 - img, img, mask, ssim_weight=0.0)
+    ref = ((1 - 2 * img).abs() * mask[:, None]).flatten(1).mean(1)
+    torch.testing.assert_close(l1, ref)
+
+
+def test_texture_loss_ssim_term_matches_an_independent_formula():
+    """The structural term against a direct NumPy SSIM with the same 11-px Gaussian window (σ 1.5)."""
+    from scipy.ndimage import gaussian_filter1d
+
+    g = torch.Generator().manual_seed(1)
+    a = torch.rand(1, 3, 32, 32, generator=g, dtype=torch.float64)
+    b = (a + 0.2 * torch.rand(1, 3, 32, 32, generator=g, dtype=torch.float64)).clamp(0, 1)
+    mask = torch.ones(1, 32, 32, dtype=torch.float64)
+    ours = (texture_loss(a, b, mask) - texture_loss(a, b, mask, ssim_weight=0.0)).item()
+
+    def filt(x):  # 'valid' separable Gaussian, 11 taps
+        for ax in (-1, -2):
+            x = gaussian_filter1d(x, 1.5, axis=ax, mode="constant", truncate=5 / 1.5)
+        return x[..., 5:-5, 5:-5]
+
+    x, y = a.numpy()[0], b.numpy()[0]
+    c1, c2 = 0.01**2, 0.03**2
+    mx, my = filt(x), filt(y)
+    sxx, syy, sxy = filt(x * x) - mx**2, filt(y * y) - my**2, filt(x * y) - mx * my
+    ssim = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx**2 + my**2 + c1) * (sxx + syy + c2))
+    assert ours == pytest.approx(1 - ssim.mean(), abs=1e-6)
+
+
+def test_heatmap_loss_counts_only_visible_keypoints():
+    pred = torch.ones(1, 2, 4, 4)
+    target = torch.zeros(1, 2, 4, 4)
+    vis = torch.tensor([[True, False]])
+    assert heatmap_loss(pred, target, vis, weight=10.0).item() == pytest.approx(10 * 16 / 32)
+    assert heatmap_loss(pred, target, torch.zeros(1, 2, dtype=torch.bool)).item() == 0.0
+
+
+def test_hypothesis_weights_follow_method_5_4():
+    lm = torch.tensor([[0.1, 0.3, 0.2]])
+    lt = torch.tensor([[0.5, 0.1, 0.3]])
+    q = hypothesis_weights(lm, lt)
+    tm = (lm - 0.1) / (0.2 + 1e-4)
+    tt = (lt - 0.1) / (0.4 + 1e-4)
+    t = 0.5 * tm + 0.5 * tt
+    ref = torch.softmax(-20 * (t - t.min()) / (t.max() - t.min() + 1e-6), -1)
+    torch.testing.assert_close(q, ref)
+    assert not q.requires_grad
+    only_mask = hypothesis_weights(lm)
+    assert only_mask.argmax().item() == 0
+    np.testing.assert_allclose(only_mask.sum(-1).numpy(), 1.0, rtol=1e-6)
