@@ -99,6 +99,10 @@ def test_stage3_every_head_trains(stage2, tmp_path, head):
     assert min(losses[-2:]) < losses[0], losses
     ck = torch.load(res.checkpoint, weights_only=True)
     assert ck["head"] == head and ck["kind"] == "stage3"
+    test = res.metrics["test"]  # the report evaluates the test split (it has ground truth)
+    assert test["num_images"] == 2 and 0 <= test["mask_iou_0.5"] <= 1
+    assert set(test["rotation_error"]) == {"mean_deg", "median_deg", "pct_under_15deg", "pct_under_30deg",
+                                           "pct_under_45deg"}  # fmt: skip
 
 
 def test_stage3_resume_and_checkpoint_checks(stage2, tmp_path):

@@ -237,5 +237,24 @@ def run_stage3(
         bar.close()
         writer.close()
     metrics = {"steps": step, "last_losses": logs, "head": head}
+    test = evaluate_split(model, cfg, data_dir, template.faces, "test")
+    if test is not None:
+        metrics["test"] = test
     atomic_save_json(metrics, out_dir / "report" / "metrics.json")
     return Stage3Result(out_dir, ckpt_path, step, time.perf_counter() - t0, metrics)
+
+
+def evaluate_split(model, cfg: Config, data_dir, faces, split: str) -> dict | None:
+    """:func:`slopekp.eval.evaluate.evaluate_model` on ``split`` when the folder has it with ground-truth cameras
+    (the report's only reader of ground truth); None otherwise."""
+    from slopekp.eval.evaluate import benchmark_dataset, evaluate_model
+
+    d = cfg.data
+    try:
+        ds = benchmark_dataset(data_dir, split, cfg.model.image_size, images_dir=d.images_dir or None,
+                               sfm_dir=d.sfm_dir or None)  # fmt: skip
+    except (FileNotFoundError, ValueError):
+        return None
+    if len(ds) == 0:
+        return None
+    return evaluate_model(model, ds, faces, batch_size=cfg.train.batch_size).metrics
