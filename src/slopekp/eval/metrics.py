@@ -62,7 +62,9 @@ def rotation_error(pred: Tensor, target: Tensor) -> Tensor:
     q1 = pred[..., 3:] if pred.shape[-1] == 7 else pred
     q2 = target[..., 3:] if target.shape[-1] == 7 else target
     if q1.shape[-1] != 4 or q2.shape[-1] != 4:
-        raise ValueError(f"expected (..., 7) cameras or (..., 4) quaternions, got {tuple(pred.shape)}, {tuple(target.shape)}")
+        raise ValueError(
+            f"expected (..., 7) cameras or (..., 4) quaternions, got {tuple(pred.shape)}, {tuple(target.shape)}"
+        )
     return quat_geodesic_angle(q1, q2)
 
 
@@ -79,7 +81,8 @@ def rotation_error_stats(err: Tensor, thresholds_deg=ROTATION_THRESHOLDS_DEG) ->
     The median is the lower middle value for an even N (``torch.median``)."""
     deg = torch.rad2deg(err.detach().double().flatten())
     if deg.numel() == 0:
-        return {"mean_deg": math.nan, "median_deg": math.nan, **{f"pct_under_{t:g}deg": math.nan for t in thresholds_deg}}
+        nan = {f"pct_under_{t:g}deg": math.nan for t in thresholds_deg}
+        return {"mean_deg": math.nan, "median_deg": math.nan, **nan}
     out = {"mean_deg": float(deg.mean()), "median_deg": float(deg.median())}
     for t in thresholds_deg:
         out[f"pct_under_{t:g}deg"] = float(100.0 * (deg < t).double().mean())
