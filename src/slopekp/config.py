@@ -369,7 +369,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         try:
             base = OmegaConf.merge(base, file_cfg)
         except OmegaConfBaseException as e:
-            raise ConfigError(f"{path}: {_first_line(e)}") from e
+            key = getattr(e, "full_key", None)
+            raise ConfigError(f"{path}: {f'{key}: ' if key else ''}{_first_line(e)}") from e
     for ov in overrides:
         if "=" not in ov:
             raise ConfigError(f"override {ov!r} is not of the form key=value")

@@ -39,7 +39,7 @@ import json
 import os
 import shutil
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -241,6 +241,8 @@ def prepare_output_dir(
     force_new: bool = False,
     resumable: bool = True,
     restart_on_mismatch: bool = False,
+    results: Sequence[str] = (),
+    inputs: Sequence[str | os.PathLike] = (),
     log=print,
 ) -> Literal["new", "resume"]:
     """Make ``out`` ready for a command described by ``manifest``; see the module docstring's table.
@@ -255,6 +257,11 @@ def prepare_output_dir(
         restart_on_mismatch: a folder of the same command made from other inputs or settings is moved aside
             (as with ``force_new``) instead of refused: for self-contained demos (``quickstart``) whose
             outputs follow from their settings alone.
+        results: the command's result files, relative to ``out`` (``multiplex.npz``, a checkpoint). A folder
+            of the same command that holds none of them produced nothing (it failed before its first save,
+            e.g. on a bad image): it is emptied and started afresh whatever its manifest says.
+        inputs: folders and files this command reads. ``out`` must not be one of them or contain one, since
+            ``overwrite`` and ``force_new`` would delete or move it (and a run written into its input changes it).
         log: where to say that a folder was moved aside or emptied.
 
     Returns:
@@ -266,6 +273,7 @@ def prepare_output_dir(
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"{out}: is a file, not a folder; choose another output folder")
+    _check_not_an_input(out, inputs)
     if out.is_dir() and any(out.iterdir()):
         try:
             old = Manifest.load(out)
@@ -273,6 +281,11 @@ def prepare_output_dir(
             old = None
         if old is not None and old.command == manifest.command:
             diffs = old.differences(manifest)
+            if diffs and results and not any((out / r).exists() for r in results):
+                log(f"{out} held an unfinished run of `slopekp {manifest.command}` with no results yet: starting over")
+                _empty_folder(out)
+                _write_manifest(out, manifest)
+                return "new"
             if not diffs and not (overwrite or force_new):
                 if resumable:
                     return "resume"
@@ -312,6 +325,16 @@ def prepare_output_dir(
             log(f"--overwrite: removed the previous contents of {out}")
     _write_manifest(out, manifest)
     return "new"
+
+
+def _check_not_an_input(out: Path, inputs: Sequence[str | os.PathLike]) -> None:
+    here = out.resolve()
+    for inp in inputs:
+        p = Path(inp).resolve()
+        if p == here or here in p.parents:
+            raise OutputExistsError(
+                f"{out}: is, or contains, the input {inp}; choose an output folder outside the data the command reads"
+            )
 
 
 def _write_manifest(out: Path, manifest: Manifest) -> None:

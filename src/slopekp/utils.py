@@ -157,7 +157,7 @@ def check_device_name(name: str) -> None:
     """Raise ``ValueError`` unless ``name`` is a device name slopekp accepts (``auto``, ``cpu``, ``cuda``,
     ``cuda:N``, ``mps``), whether or not this machine has that device: a config saved on a GPU machine stays
     loadable elsewhere, and :func:`resolve_device` says what is missing when the device is used."""
-    if re.fullmatch(r"auto|cpu|mps|cuda(?::\d+)?", str(name)) is None:
+    if re.fullmatch(r"auto|cpu(?::\d+)?|mps|cuda(?::\d+)?", str(name)) is None:
         raise ValueError(f"device must be one of {DEVICE_NAMES}, got {str(name)!r}")
 
 
@@ -172,7 +172,7 @@ def resolve_device(name: str = "auto") -> torch.device:
     name = str(name)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    m = re.fullmatch(r"cpu|mps|cuda(?::(\d+))?", name)
+    m = re.fullmatch(r"cpu(?::\d+)?|mps|cuda(?::(\d+))?", name)
     if m is None:
         raise ValueError(f"device must be one of {DEVICE_NAMES}, got {name!r}")
     if name == "mps" and not torch.backends.mps.is_available():

@@ -204,7 +204,7 @@ def test_settings_validation():
         VideoSynthSettings(max_birds=0)
     with pytest.raises(ValueError, match="layout must be one of"):
         generate_synth_videos("/nonexistent", 1, layout="kinetics")
-    with pytest.raises(ValueError, match="n_seq must be a positive integer"):
+    with pytest.raises(ValueError, match=r"n_seq must be an integer in \[1, 100000\]"):
         generate_synth_videos("/nonexistent", 0)
     assert split_names(1, 1 / 3) == ["train"]
     assert split_names(6, 1 / 3) == ["train"] * 4 + ["val"] * 2

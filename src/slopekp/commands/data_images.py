@@ -47,7 +47,7 @@ def register(g) -> None:
         "outline in red and the visible keypoints in the CUB part colours.",
     )
     p.add_argument("--data", required=True, help="dataset folder (with <split>_cub_cleaned.mat, images/)")
-    p.add_argument("--out", required=True, help="output PNG file")
+    p.add_argument("--out", required=True, help="output PNG file (.png)")
     p.add_argument("--n", type=int, default=24, help="number of images (default 24)")
     p.add_argument("--split", default="train")
     p.add_argument("--ncols", type=int, default=6)
@@ -70,8 +70,9 @@ def write_synthbirds(out, options: dict, *, overwrite: bool = False, force_new: 
     unless ``overwrite`` (emptied first, so no stale image stays) or ``force_new`` (moved aside)."""
     from slopekp.data.synthetic import check_synth_options, generate_synthbirds
 
-    check_synth_options(**{k: v for k, v in options.items() if k != "seed"})  # before the folder is touched
-    prepare_output_dir(out, synth_manifest(options), overwrite=overwrite, force_new=force_new, resumable=False)
+    check_synth_options(**options)  # before the output folder is touched
+    prepare_output_dir(out, synth_manifest(options), overwrite=overwrite, force_new=force_new, resumable=False,
+                       results=("meta.json",))  # fmt: skip
     return generate_synthbirds(out, progress=progress, **options)
 
 
@@ -98,6 +99,8 @@ def _synth(args: argparse.Namespace) -> int:
 def _contact_sheet(args: argparse.Namespace) -> int:
     from slopekp.viz.figures import contact_sheet, save_png
 
+    if not str(args.out).lower().endswith(".png"):
+        raise ValueError(f"--out {args.out}: the contact sheet is a PNG; give a file name ending in .png")
     prepare_output_file(args.out, overwrite=args.overwrite)
     save_png(args.out, contact_sheet(args.data, n=args.n, split=args.split, ncols=args.ncols))
     print(f"wrote {args.out}")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from slopekp.commands import add_output_dir_args
 
@@ -76,7 +77,7 @@ def register(g) -> None:
     p.add_argument("--root", required=True)
     p.add_argument("--kind", choices=("cmr", "cub", "davis", "youtubevos", "auto"), default="auto")
     p.add_argument("--images-dir", default=None, help="cmr kind: images folder (default ROOT/images)")
-    p.add_argument("--max-problems", type=int, default=20, help="list at most this many problems")
+    p.add_argument("--max-problems", type=_positive_int, default=20, help="list at most this many problems")
     p.add_argument(
         "--quick",
         action="store_true",
@@ -90,7 +91,7 @@ def register(g) -> None:
 def _synth_video(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from slopekp.data.synthetic_video import VideoSynthSettings, generate_synth_videos
+    from slopekp.data.synthetic_video import VideoSynthSettings, check_video_options, generate_synth_videos
     from slopekp.manifest import Manifest, prepare_output_dir
 
     settings = VideoSynthSettings(
@@ -100,6 +101,7 @@ def _synth_video(args: argparse.Namespace) -> int:
         max_birds=args.max_birds,
         deform=args.deform,
     )
+    check_video_options(args.n_seq, args.seed, args.layout)  # before the output folder is touched
     options = {"n_seq": args.n_seq, "seed": args.seed, "layout": args.layout, **dataclasses.asdict(settings)}
     manifest = Manifest("data synth-video", settings={f"synth_video.{k}": v for k, v in sorted(options.items())})
     prepare_output_dir(args.out, manifest, overwrite=args.overwrite, force_new=args.force_new, resumable=False)
@@ -115,8 +117,24 @@ def _synth_video(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
 def _fetch(args: argparse.Namespace) -> int:
     from slopekp.data.download import fetch
+
+    if not args.timeout > 0:
+        raise ValueError(f"--timeout must be a positive number of seconds, got {args.timeout}")
+    root = Path(args.root)
+    if root.exists() and not root.is_dir():
+        raise ValueError(f"--root {root}: is a file, not a folder")
 
     fetch(
         args.name,

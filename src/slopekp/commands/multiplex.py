@@ -70,9 +70,10 @@ def _init(args: argparse.Namespace) -> int:
         cfg, data, out, progress=not args.quiet, report=not args.no_report,
         overwrite=args.overwrite, force_new=args.force_new,
     )  # fmt: skip
+    rate = f" ({res.images_per_s:.3f} images/s)" if res.num_fitted else ""
     print(
-        f"Stage I: {res.num_fitted} image(s) fitted ({res.num_images} in the store) in {res.seconds:.1f} s "
-        f"({res.images_per_s:.3f} images/s); store: {res.store_path}"
+        f"Stage I: {res.num_fitted} image(s) fitted ({res.num_images} in the store) in {res.seconds:.1f} s"
+        f"{rate}; store: {res.store_path}"
     )
     if res.metrics is not None:
         m = res.metrics

@@ -32,7 +32,7 @@ QUICKSTART_DEFAULTS = (
 
 QUICKSTART_COMMAND = "quickstart"
 #: Settings that do not change the results (speed, where the output goes).
-_NOT_RESULT_SETTINGS = ("device", "threads", "out_dir", "synth.workers", "multiplex.save_every")
+_NOT_RESULT_SETTINGS = ("device", "threads", "out_dir", "data.root", "synth.workers", "multiplex.save_every")
 
 
 def register(sub) -> None:

@@ -701,9 +701,12 @@ def check_synth_options(
     occlusion_prob: float = 0.2,
     truncation_prob: float = 0.1,
     supersample: int = 1,
+    seed: int = 0,
 ) -> None:
     """Raise ``ValueError`` for options :func:`generate_synthbirds` cannot honour (checked before anything is
     written or allocated)."""
+    if not (isinstance(seed, int) and 0 <= seed < 2**32):
+        raise ValueError(f"seed must be an integer in [0, 2**32 - 1], got {seed!r}")
     if n_train < 0 or n_test < 0 or n_train + n_test == 0:
         raise ValueError(f"n_train and n_test must be >= 0 and not both 0, got {n_train}, {n_test}")
     for name, n in (("n_train", n_train), ("n_test", n_test)):
@@ -719,8 +722,10 @@ def check_synth_options(
         )
     if deform < 0 or not math.isfinite(deform):
         raise ValueError(f"deform must be a finite number >= 0, got {deform}")
-    if supersample < 1 or workers < 0:
-        raise ValueError(f"supersample must be >= 1 and workers >= 0, got {supersample}, {workers}")
+    if workers < 0:
+        raise ValueError(f"workers must be >= 0, got {workers}")
+    if supersample < 1:
+        raise ValueError(f"supersample must be >= 1, got {supersample}")
 
 
 def generate_synthbirds(
@@ -750,7 +755,7 @@ def generate_synthbirds(
     """
     from slopekp.mesh import load_template
 
-    check_synth_options(n_train, n_test, size, deform, workers, occlusion_prob, truncation_prob, supersample)
+    check_synth_options(n_train, n_test, size, deform, workers, occlusion_prob, truncation_prob, supersample, seed)
     opts = SynthOptions(
         size=int(size),
         deform=float(deform),

@@ -58,7 +58,7 @@ from tqdm import tqdm
 
 from slopekp.geometry.camera import affine_camera
 from slopekp.geometry.rotations import quat_about_axis, quat_multiply
-from slopekp.utils import atomic_save_json, atomic_save_npz, atomic_write
+from slopekp.utils import atomic_save_json, atomic_save_npz, atomic_write, current_umask
 
 GENERATOR_VERSION = "synth-video-1"
 LAYOUTS = ("davis", "youtubevos", "both")
@@ -435,6 +435,7 @@ def _write_sequence_dir(parent: Path, name: str, files: list[tuple[str, object]]
     through a temporary sibling folder, so that a killed run never leaves a half-written sequence."""
     parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=parent))
+    os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700: give the folder the mode mkdir would
     try:
         for fname, arr in files:
             if fname.endswith(".jpg"):
@@ -524,6 +525,21 @@ def split_names(n_seq: int, val_fraction: float) -> list[str]:
     return ["train"] * (n_seq - n_val) + ["val"] * n_val
 
 
+MAX_SEQUENCES = 100_000
+"""Upper bound of ``n_seq`` (each sequence is a folder of frames; the list of them is made up front)."""
+
+
+def check_video_options(n_seq: int, seed: int = 0, layout: str = "davis") -> None:
+    """Raise ``ValueError`` naming the option for values :func:`generate_synth_videos` cannot honour (checked
+    before anything is written)."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+    if not (isinstance(n_seq, int) and 1 <= n_seq <= MAX_SEQUENCES):
+        raise ValueError(f"n_seq must be an integer in [1, {MAX_SEQUENCES}], got {n_seq!r}")
+    if not (isinstance(seed, int) and 0 <= seed < 2**32):
+        raise ValueError(f"seed must be an integer in [0, 2**32 - 1], got {seed!r}")
+
+
 def generate_synth_videos(
     out: str | Path,
     n_seq: int,
@@ -548,10 +564,7 @@ def generate_synth_videos(
     from slopekp.mesh import load_template
 
     settings = settings if settings is not None else VideoSynthSettings()
-    if layout not in LAYOUTS:
-        raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
-    if not (isinstance(n_seq, int) and n_seq >= 1):
-        raise ValueError(f"n_seq must be a positive integer, got {n_seq!r}")
+    check_video_options(n_seq, seed, layout)
     out = Path(out)
     template = load_template("procedural")
     splits = split_names(n_seq, settings.val_fraction)

@@ -704,7 +704,10 @@ class CameraMultiplex:
             )
         common = sorted(set(self._row_of) & set(other._row_of))
         if common and on_conflict == "error":
-            raise ValueError(f"{len(common)} image id(s) are in both stores, e.g. {common[:5]} (choose on_conflict)")
+            raise ValueError(
+                f"{len(common)} image id(s) are in both stores, e.g. {common[:5]} "
+                "(pass on_conflict / --on-conflict keep_first or keep_second)"
+            )
         keep_self = torch.ones(self._n, dtype=torch.bool, device=self.device)
         keep_other = torch.ones(other._n, dtype=torch.bool, device=self.device)
         if common and on_conflict == "keep_second":
@@ -835,7 +838,7 @@ class CameraMultiplex:
             with np.load(path, allow_pickle=False) as z:
                 data = {k: z[k] for k in z.files}
         except ValueError as e:
-            raise ValueError(f"{path}: not a camera multiplex .npz (or it holds pickled objects): {e}") from e
+            raise ValueError(f"{path}: not a camera multiplex .npz file ({e})") from e
         except (OSError, EOFError, zipfile.BadZipFile) as e:
             raise ValueError(f"{path}: cannot read: {e}") from e
         fmt = str(data.get("format", ""))

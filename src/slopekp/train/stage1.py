@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -307,7 +308,10 @@ def run_stage1(
     template = load_template(cfg.template.path)
     fingerprint = template_fingerprint(template.verts, template.faces)
     manifest = stage1_manifest(cfg, data_dir, fingerprint)
-    state = prepare_output_dir(out_dir, manifest, overwrite=overwrite, force_new=force_new)
+    state = prepare_output_dir(
+        out_dir, manifest, overwrite=overwrite, force_new=force_new, results=(STORE_NAME,),
+        inputs=[p for p in (data_dir, cfg.data.images_dir, cfg.data.sfm_dir) if p],
+    )  # fmt: skip
     seed_everything(cfg.seed)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
@@ -331,6 +335,8 @@ def run_stage1(
     seconds = time.perf_counter() - t0
     store.save(store_path)
     metrics, report_dir = None, None
+    if not report and fitted and (out_dir / "report").exists():
+        shutil.rmtree(out_dir / "report")  # it described fewer images: no stale report stays
     if report:
         from slopekp.train.report import write_multiplex_report
 

@@ -169,7 +169,10 @@ def run_stage2(
     template = load_template(cfg.template.path)
     fp = template_fingerprint(template.verts, template.faces)
     manifest = stage2_manifest(cfg, data_dir, multiplex_path, fp)
-    state = prepare_output_dir(out_dir, manifest, overwrite=overwrite, force_new=force_new)
+    state = prepare_output_dir(
+        out_dir, manifest, overwrite=overwrite, force_new=force_new, results=(str(CHECKPOINT),),
+        inputs=[p for p in (data_dir, multiplex_path, cfg.data.images_dir, cfg.data.sfm_dir) if p],
+    )  # fmt: skip
     device = run.setup(cfg)
     save_config(cfg, out_dir / "config.yaml")
     template = template.to(device)

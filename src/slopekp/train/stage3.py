@@ -138,7 +138,10 @@ def run_stage3(
     s2 = load_checkpoint(stage2_dir / CHECKPOINT, kind="stage2", template_fingerprint=fp)
     model_probe = build_model(cfg.model, template, cfg.template.symmetry_tol)  # a bad head name fails here
     manifest = stage3_manifest(cfg, data_dir, stage2_dir, fp)
-    state = prepare_output_dir(out_dir, manifest, overwrite=overwrite, force_new=force_new)
+    state = prepare_output_dir(
+        out_dir, manifest, overwrite=overwrite, force_new=force_new, results=(str(CHECKPOINT),),
+        inputs=[p for p in (data_dir, stage2_dir, cfg.data.images_dir, cfg.data.sfm_dir) if p],
+    )  # fmt: skip
     save_config(cfg, out_dir / "config.yaml")
     template = template.to(device)
     model = model_probe.to(device)
