@@ -226,34 +226,34 @@ def multiplex_metrics(ev: MultiplexEvaluation, num_hypotheses: int) -> Multiplex
 
 def write_multiplex_report(
     store: CameraMultiplex,
-    cfg,
-    data_dir: str | os.PathLike,
+    dataset,
     out_dir: str | os.PathLike,
     *,
     template,
     renderer,
+    info: dict | None = None,
     num_examples: int = 24,
 ) -> MultiplexMetrics:
-    """Evaluate ``store`` on the data of ``data_dir`` and write the report files into ``out_dir``.
+    """Evaluate ``store`` on ``dataset`` and write the report files into ``out_dir``.
 
-    Ground truth is used when ``data_dir/anno_<split>.mat`` exists. Returns the metrics (also written to
-    ``out_dir/metrics.json`` with the data folder, split, template and mask size).
+    Args:
+        dataset: the data set at the renderer's size without jitter or flips, returning ground-truth cameras
+            when they exist (``CubDataset(..., return_gt_camera=True)``); the rotation errors need them.
+        info: extra entries for ``metrics.json`` (the data folder, split, template, mask size).
+
+    Returns the metrics (also written to ``out_dir/metrics.json``).
     """
-    from slopekp.train.stage1 import build_stage1_dataset
     from slopekp.viz.figures import histogram_image, make_grid, save_png
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    has_gt = (Path(data_dir) / f"anno_{cfg.data.split}.mat").is_file()
-    dataset = build_stage1_dataset(cfg, data_dir, return_gt_camera=has_gt, augment=False)
     dev = store.device
     ev, tiles = evaluate_multiplex(
         store, dataset, template.verts.to(dev), template.faces.to(dev), renderer, examples=num_examples
     )
     metrics = multiplex_metrics(ev, store.num_hypotheses)
     record = metrics.to_json()
-    record.update(data_dir=str(data_dir), split=cfg.data.split, template=cfg.template.path)
-    record["image_size"] = cfg.multiplex.image_size
+    record.update(info or {})
     atomic_save_json(record, out_dir / "metrics.json")
     save_png(
         out_dir / "best_score_hist.png",

@@ -340,8 +340,13 @@ def run_stage1(
     if report:
         from slopekp.train.report import write_multiplex_report
 
+        d = cfg.data
+        has_gt = (Path(d.sfm_dir or data_dir) / f"anno_{d.split}.mat").is_file()
+        gt_data = build_stage1_dataset(cfg, data_dir, return_gt_camera=has_gt, augment=False)
         report_dir = out_dir / "report"
-        metrics = write_multiplex_report(store, cfg, data_dir, report_dir, template=template, renderer=renderer)
+        info = {"data_dir": str(data_dir), "split": d.split, "template": cfg.template.path,
+                "image_size": cfg.multiplex.image_size}  # fmt: skip
+        metrics = write_multiplex_report(store, gt_data, report_dir, template=template, renderer=renderer, info=info)
     return Stage1Result(
         store_path=store_path,
         store=store,
