@@ -175,6 +175,10 @@ class TrainConfig:
     """Stage III: train the pose head only (U-CMR); false also trains the encoder with the pose loss."""
     num_workers: int = 0
     """DataLoader worker processes."""
+    amp: bool = True
+    """On CUDA, run the network under bf16 autocast (the renderer and the losses stay float32); no effect on CPU."""
+    image_every: int = 100
+    """Write example images to TensorBoard every this many steps."""
 
 
 @dataclass
@@ -309,6 +313,7 @@ RULES: dict[str, Range] = {
     "train.grad_clip": _NON_NEGATIVE,
     "train.checkpoint_every": _AT_LEAST_ONE,
     "train.num_workers": _NON_NEGATIVE,
+    "train.image_every": _AT_LEAST_ONE,
 }
 """The allowed range of every numeric field of :class:`Config`, by dotted key (a test keeps it complete)."""
 

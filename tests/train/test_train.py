@@ -72,6 +72,13 @@ def test_stage2_trains_and_writes_its_outputs(stage2):
         assert (out / name).is_file(), name
     losses = _losses(out)
     assert len(losses) == 8 and losses[-1] < losses[0]  # the same 4 images every step: the fit improves
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(out / "tb"))
+    acc.Reload()
+    assert any(t.startswith("stage2/input") for t in acc.Tags()["images"])  # example renders are logged
+    for term in ("mask", "texture", "deform", "laplacian", "grad_norm", "best_score"):
+        assert f"stage2/{term}" in acc.Tags()["scalars"], term
     assert "targets_stage2" in res.metrics and res.metrics["targets_stage2"]["num_images"] == 4
 
 

@@ -61,6 +61,27 @@ def summary_writer(path: Path):
     return SummaryWriter(str(path))
 
 
+def autocast(device: torch.device, enabled: bool):
+    """bf16 autocast for the network on CUDA when ``enabled`` (``train.amp``); a no-op context elsewhere."""
+    on = enabled and device.type == "cuda"
+    return torch.autocast(device_type="cuda", dtype=torch.bfloat16) if on else contextlib.nullcontext()
+
+
+def image_row(*images: torch.Tensor) -> torch.Tensor:
+    """Tile ``(3, H, W)`` or ``(H, W)`` images in [0, 1] side by side (resized to the first one's height) into one
+    ``(3, H, ΣW)`` image for TensorBoard."""
+    h = images[0].shape[-2]
+    out = []
+    for im in images:
+        im = im.detach().float().cpu()
+        im = im.expand(3, *im.shape) if im.dim() == 2 else im
+        if im.shape[-2] != h:
+            w = round(im.shape[-1] * h / im.shape[-2])
+            im = torch.nn.functional.interpolate(im[None], size=(h, w), mode="bilinear", align_corners=False)[0]
+        out.append(im.clamp(0, 1))
+    return torch.cat(out, dim=-1)
+
+
 class StopRequested(KeyboardInterrupt):
     """SIGINT or SIGTERM arrived; the loop saved a checkpoint and stops (rerun the command to resume)."""
 

@@ -127,7 +127,11 @@ def stage2_losses(model, store: CameraMultiplex, renderer: Renderer, template, b
     from slopekp.models.encoder import normalize_image
 
     w = cfg.train
-    pred = model(normalize_image(batch.img), pose=False)
+    with run.autocast(batch.img.device, w.amp):
+        pred = model(normalize_image(batch.img), pose=False)
+    if pred.verts.dtype != torch.float32:  # bf16 network: the renderer and the losses stay float32
+        pred = dataclasses.replace(pred, verts=pred.verts.float(), delta_v=pred.delta_v.float(),
+                                   uv_image=pred.uv_image.float())  # fmt: skip
     lk = store.lookup(batch.id, batch.crop)
     img, mask, dt = resize_targets(batch, cfg.train.render_size)
     res = renderer(pred.verts, template.faces, lk.cameras, mode="rgb", uv_image=pred.uv_image,
@@ -227,7 +231,7 @@ def run_stage2(
                     batch = batch.to(device)
                     if batch.gt_camera is not None:
                         raise ValueError("Stage II received ground-truth cameras")
-                    net, cam, lk, q, logs, _ = stage2_losses(model, store, renderer, template, batch, cfg)
+                    net, cam, lk, q, logs, (pred, res) = stage2_losses(model, store, renderer, template, batch, cfg)
                     opt.zero_grad(set_to_none=True)
                     net.backward(inputs=params, retain_graph=True)
                     if cfg.train.grad_clip > 0:
@@ -240,6 +244,8 @@ def run_stage2(
                     step, done_in_epoch, steps_now = step + 1, done_in_epoch + 1, steps_now + 1
                     for k, v in logs.items():
                         writer.add_scalar(f"stage2/{k}", v, step)
+                    if step % cfg.train.image_every == 1 or cfg.train.image_every == 1:
+                        write_examples(writer, step, batch, pred, res, q, cfg.train.render_size)
                     bar.update(1)
                     bar.set_postfix(loss=f"{logs['total']:.4f}", mask=f"{logs['best_mask']:.4f}", epoch=epoch)
                     if step % cfg.train.checkpoint_every == 0:
@@ -260,6 +266,22 @@ def run_stage2(
     store.save(store_path)
     metrics = write_stage2_report(cfg, data_dir, multiplex_path, store, template, out_dir / "report", logs, step)
     return Stage2Result(out_dir, ckpt_path, store_path, step, seconds, metrics)
+
+
+def write_examples(writer, step: int, batch, pred, res, q: Tensor, size: int, n: int = 4) -> None:
+    """TensorBoard image rows: input | best hypothesis' silhouette | its textured render | the UV texture, and the
+    scores of every hypothesis as a histogram."""
+    from slopekp.train.multiplex import best_hypothesis
+
+    best = best_hypothesis(q)
+    rows = []
+    for i in range(min(n, q.shape[0])):
+        b = int(best[i])
+        rows.append(run.image_row(batch.img[i], res.alpha[i, b], res.rgb[i, b], pred.uv_image[i]))
+    width = max(r.shape[-1] for r in rows)
+    rows = [torch.nn.functional.pad(r, (0, width - r.shape[-1])) for r in rows]
+    writer.add_image("stage2/input|best_mask|best_render|uv", torch.cat(rows, dim=-2), step)
+    writer.add_histogram("stage2/hypothesis_scores", q.detach().float().cpu(), step)
 
 
 def initial_store(multiplex_path, fp: str, data_fp: str, cfg: Config, device) -> CameraMultiplex:

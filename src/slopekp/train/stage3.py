@@ -76,15 +76,18 @@ def stage3_manifest(cfg: Config, data_dir, stage2_dir: Path, template_fp: str) -
 
 def stage3_loss(model, batch, target: torch.Tensor, cfg: Config, faces, hard_renderer) -> tuple[torch.Tensor, dict]:
     """The pose loss of one batch against the target cameras ``(B, 7)``."""
+    from slopekp.models.base import EncoderOutput
     from slopekp.models.encoder import normalize_image
     from slopekp.models.keypoints import heatmap_targets, keypoint_visibility
 
     w = cfg.train
     img = normalize_image(batch.img)
     frozen = w.freeze_backbone
-    with torch.set_grad_enabled(not frozen):
+    with torch.set_grad_enabled(not frozen), run.autocast(img.device, w.amp):
         enc = model.encoder(img)
-        verts = model.shape(enc.flat).verts
+        verts = model.shape(enc.flat).verts.float()
+    if enc.flat.dtype != torch.float32:  # bf16 backbone: the pose head (and PnP) run in float32
+        enc = EncoderOutput({k: v.float() for k, v in enc.features.items()}, enc.conv.float(), enc.flat.float())
     logs: dict[str, float] = {}
     if model.pose_head != "keypoints":
         out = model.pose(enc, verts)
