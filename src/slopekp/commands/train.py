@@ -4,6 +4,8 @@
 * ``slopekp train --stage 3 --head keypoints|quaternion|gramschmidt|svd --data DIR --from STAGE2_DIR --out OUT``
 
 Rerunning the same command resumes from ``OUT/checkpoints/last.pt``; Ctrl-C (or SIGTERM) writes a checkpoint first.
+Stage II runs on several processes with ``torchrun --nproc_per_node N -m slopekp.cli train --stage 2 ...``
+(``train.batch_size`` is then per process).
 """
 
 from __future__ import annotations
@@ -53,7 +55,16 @@ def _train(args: argparse.Namespace) -> int:
         mp = Path(args.multiplex)
         if mp.is_dir():
             mp = mp / "multiplex.npz"
-        res = run_stage2(cfg, data, mp, out, **common)
+        from slopekp.train import distributed as D
+        from slopekp.utils import resolve_device
+
+        dist = D.init_distributed(resolve_device(cfg.device))  # torchrun: one process per rank
+        try:
+            res = run_stage2(cfg, data, mp, out, dist=dist, **common)
+        finally:
+            D.cleanup()
+        if not dist.is_main:
+            return 0
         print(f"Stage II: {res.steps} step(s), {res.seconds:.0f} s this run; checkpoint {res.checkpoint}; "
               f"pose targets {res.store_path}")  # fmt: skip
         for name in ("targets_stage1", "targets_stage2"):

@@ -38,6 +38,7 @@ from slopekp.config import Config, config_to_yaml, save_config
 from slopekp.manifest import Manifest, cmr_data_fingerprint, file_digest, flat_settings, prepare_output_dir
 from slopekp.mesh import regularizers
 from slopekp.render import Renderer, RenderSettings
+from slopekp.train import distributed as D
 from slopekp.train import run
 from slopekp.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from slopekp.train.losses import hypothesis_weights, mask_loss, texture_loss
@@ -160,8 +161,15 @@ def run_stage2(
     overwrite: bool = False,
     force_new: bool = False,
     max_steps: int | None = None,
+    dist: D.DistInfo = D.SINGLE,
 ) -> Stage2Result:
-    """Stage II end to end; see the module docstring. ``max_steps`` stops early (tests, smoke runs)."""
+    """Stage II end to end; see the module docstring. ``max_steps`` stops early (tests, smoke runs).
+
+    Under ``torchrun`` (``dist`` from :func:`slopekp.train.distributed.init_distributed`) every rank takes its
+    share of each global batch of ``train.batch_size × world_size`` images, the network's gradients are averaged
+    (DDP), every rank applies every rank's multiplex updates after each step (so all ranks hold the same store),
+    and rank 0 alone writes the folder, the checkpoints and the logs.
+    """
     from tqdm.auto import tqdm
 
     from slopekp.mesh import load_template
@@ -173,18 +181,25 @@ def run_stage2(
     template = load_template(cfg.template.path)
     fp = template_fingerprint(template.verts, template.faces)
     manifest = stage2_manifest(cfg, data_dir, multiplex_path, fp)
-    state = prepare_output_dir(
-        out_dir, manifest, overwrite=overwrite, force_new=force_new, results=(str(CHECKPOINT),),
-        inputs=[p for p in (data_dir, multiplex_path, cfg.data.images_dir, cfg.data.sfm_dir) if p],
-    )  # fmt: skip
-    device = run.setup(cfg)
-    save_config(cfg, out_dir / "config.yaml")
+    if dist.distributed:  # the global batch, hence every step, depends on the number of ranks
+        manifest.settings["world_size"] = dist.world_size
+    state = None
+    if dist.is_main:
+        state = prepare_output_dir(
+            out_dir, manifest, overwrite=overwrite, force_new=force_new, results=(str(CHECKPOINT),),
+            inputs=[p for p in (data_dir, multiplex_path, cfg.data.images_dir, cfg.data.sfm_dir) if p],
+        )  # fmt: skip
+        save_config(cfg, out_dir / "config.yaml")
+    state = D.broadcast_object(state, dist)  # also a barrier: the folder is ready before anyone reads it
+    device = D.rank_device(run.setup(cfg), dist)
     template = template.to(device)
 
     dataset = build_train_dataset(cfg, data_dir, return_gt_camera=False)
     if getattr(dataset, "return_gt_camera", False):
         raise ValueError("Stage II must not see ground-truth cameras")
     model = build_model(cfg.model, template, cfg.template.symmetry_tol).to(device)
+    for n, p in model.named_parameters():  # Stage II does not run the pose head (DDP must not wait for it)
+        p.requires_grad_(not n.startswith("pose."))
     params = [p for n, p in model.named_parameters() if not n.startswith("pose.")]
     opt = torch.optim.Adam(params, lr=cfg.train.lr)
     renderer = build_renderer(cfg)
@@ -206,7 +221,11 @@ def run_stage2(
             f"{missing[:5]}); run `slopekp multiplex init` on the whole data set first"
         )
 
+    ddp = D.wrap_ddp(model, dist)
+
     def checkpoint(ep: int, in_epoch: int, logs: dict) -> None:
+        if not dist.is_main:
+            return
         save_checkpoint(ckpt_path, {
             "kind": "stage2", "head": cfg.model.pose_head, "template_fingerprint": fp,
             "config": config_to_yaml(cfg), "manifest": manifest.to_dict(), "model": model.state_dict(),
@@ -215,23 +234,23 @@ def run_stage2(
         })  # fmt: skip
 
     B = cfg.train.batch_size
-    per_epoch = run.num_batches(len(dataset), B)
+    per_epoch = D.num_steps(len(dataset), B, dist.world_size)
     total = cfg.train.epochs * per_epoch
-    writer = run.summary_writer(out_dir / "tb")
-    bar = tqdm(total=total, initial=min(step, total), unit="step", desc="Stage II", disable=not progress,
-               dynamic_ncols=True)  # fmt: skip
+    writer = run.summary_writer(out_dir / "tb") if dist.is_main else None
+    bar = tqdm(total=total, initial=min(step, total), unit="step", desc="Stage II",
+               disable=not progress or not dist.is_main, dynamic_ncols=True)  # fmt: skip
     logs: dict[str, float] = {}
     t0, steps_now = time.perf_counter(), 0
     model.train()
     try:
         with run.stop_guard() as stop:
             while epoch < cfg.train.epochs and (max_steps is None or steps_now < max_steps):
-                loader = run.epoch_loader(dataset, B, cfg.seed, epoch, done_in_epoch, cfg.train.num_workers)
+                loader = D.shard_loader(dataset, B, cfg.seed, epoch, dist, done_in_epoch, cfg.train.num_workers)
                 for batch in loader:
                     batch = batch.to(device)
                     if batch.gt_camera is not None:
                         raise ValueError("Stage II received ground-truth cameras")
-                    net, cam, lk, q, logs, (pred, res) = stage2_losses(model, store, renderer, template, batch, cfg)
+                    net, cam, lk, q, logs, (pred, res) = stage2_losses(ddp, store, renderer, template, batch, cfg)
                     opt.zero_grad(set_to_none=True)
                     net.backward(inputs=params, retain_graph=True)
                     if cfg.train.grad_clip > 0:
@@ -241,18 +260,21 @@ def run_stage2(
                         (lk.offsets.grad,) = torch.autograd.grad(cam, lk.offsets)
                         store.adam_step(lk, lr=cfg.train.multiplex_lr)
                     store.set_scores(batch.id, q)
+                    D.sync_store_rows(store, batch.id, dist)  # every rank applies every rank's rows
+                    logs = D.all_reduce_mean(logs, dist)
                     step, done_in_epoch, steps_now = step + 1, done_in_epoch + 1, steps_now + 1
-                    for k, v in logs.items():
-                        writer.add_scalar(f"stage2/{k}", v, step)
-                    if step % cfg.train.image_every == 1 or cfg.train.image_every == 1:
-                        write_examples(writer, step, batch, pred, res, q, cfg.train.render_size)
+                    if writer is not None:
+                        for k, v in logs.items():
+                            writer.add_scalar(f"stage2/{k}", v, step)
+                        if step % cfg.train.image_every == 1 or cfg.train.image_every == 1:
+                            write_examples(writer, step, batch, pred, res, q, cfg.train.render_size)
                     bar.update(1)
                     bar.set_postfix(loss=f"{logs['total']:.4f}", mask=f"{logs['best_mask']:.4f}", epoch=epoch)
                     if step % cfg.train.checkpoint_every == 0:
                         checkpoint(epoch, done_in_epoch, logs)
-                    if stop:
+                    if D.any_rank(bool(stop), dist):  # every rank stops after the same step
                         checkpoint(epoch, done_in_epoch, logs)
-                        raise run.StopRequested(f"stopped by signal {stop[0]}; checkpoint {ckpt_path}")
+                        raise run.StopRequested(f"stopped by a signal; checkpoint {ckpt_path}")
                     if max_steps is not None and steps_now >= max_steps:
                         break
                 if done_in_epoch >= per_epoch:
@@ -260,11 +282,18 @@ def run_stage2(
                 checkpoint(epoch, done_in_epoch, logs)
     finally:
         bar.close()
-        writer.close()
+        if writer is not None:
+            writer.close()
+        ddp = None  # a DDP wrapper alive past the process group's end can hang the exit (pytorch#56297)
     seconds = time.perf_counter() - t0
+    if not D.stores_in_sync(store, dist):
+        raise RuntimeError("the ranks' camera multiplex stores diverged")
     store_path = out_dir / STORE_NAME
-    store.save(store_path)
-    metrics = write_stage2_report(cfg, data_dir, multiplex_path, store, template, out_dir / "report", logs, step)
+    metrics = None
+    if dist.is_main:
+        store.save(store_path)
+        metrics = write_stage2_report(cfg, data_dir, multiplex_path, store, template, out_dir / "report", logs, step)
+    metrics = D.broadcast_object(metrics, dist)
     return Stage2Result(out_dir, ckpt_path, store_path, step, seconds, metrics)
 
 
