@@ -158,6 +158,10 @@ class TrainConfig:
     """Offset gain ``c`` of the multiplex in Stage II (U-CMR: 1; Stage I's store is rebased to it)."""
     render_size: int = 64
     """Side of the silhouettes and textures rendered for the losses."""
+    top_k: int = 0
+    """Stage II: after ``top_k_after`` epochs keep each image's ``top_k`` best hypotheses (U-CMR: 4 after 21; 0 =
+    never)."""
+    top_k_after: int = 0
     mask_weight: float = 10.0
     texture_weight: float = 1.0
     ssim_weight: float = 1.0
@@ -302,6 +306,8 @@ RULES: dict[str, Range] = {
     "train.multiplex_lr": _NON_NEGATIVE,
     "train.multiplex_gain": _POSITIVE,
     "train.render_size": _IMAGE_SIDE,
+    "train.top_k": _NON_NEGATIVE,
+    "train.top_k_after": _NON_NEGATIVE,
     "train.mask_weight": _NON_NEGATIVE,
     "train.texture_weight": _NON_NEGATIVE,
     "train.ssim_weight": _NON_NEGATIVE,

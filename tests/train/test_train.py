@@ -253,3 +253,13 @@ def test_stage2_under_torchrun_with_two_processes(stage1, tmp_path):
     ck = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
     assert ck["step"] == 2 and (out / "multiplex.npz").is_file()
     assert log.decode().count("Stage II: 2 step(s)") == 1  # rank 0 alone reports
+
+
+def test_stage2_prunes_to_the_top_k_hypotheses(stage1, tmp_path):
+    data, mp = stage1
+    cfg = load_config(overrides=[*SMOKE, "train.top_k=2", "train.top_k_after=1", "train.epochs=2"])
+    res = run_stage2(cfg, data, mp, tmp_path / "run", progress=False)
+    from slopekp.train.multiplex import CameraMultiplex
+
+    store = CameraMultiplex.load(res.store_path)
+    assert store.num_hypotheses == 2 and res.steps == 2  # 4 hypotheses in epoch 0, the best 2 in epoch 1

@@ -279,6 +279,7 @@ def run_stage2(
                         break
                 if done_in_epoch >= per_epoch:
                     epoch, done_in_epoch = epoch + 1, 0
+                    store = prune(store, epoch, cfg)
                 checkpoint(epoch, done_in_epoch, logs)
     finally:
         bar.close()
@@ -295,6 +296,15 @@ def run_stage2(
         metrics = write_stage2_report(cfg, data_dir, multiplex_path, store, template, out_dir / "report", logs, step)
     metrics = D.broadcast_object(metrics, dist)
     return Stage2Result(out_dir, ckpt_path, store_path, step, seconds, metrics)
+
+
+def prune(store: CameraMultiplex, epoch: int, cfg: Config) -> CameraMultiplex:
+    """U-CMR's pruning (METHOD §5.6): once ``train.top_k_after`` epochs are done, keep each image's
+    ``train.top_k`` best hypotheses (offsets and Adam state follow them). Identical on every rank."""
+    k = cfg.train.top_k
+    if k and epoch >= cfg.train.top_k_after and store.num_hypotheses > k:
+        return store.top_k(k)
+    return store
 
 
 def write_examples(writer, step: int, batch, pred, res, q: Tensor, size: int, n: int = 4) -> None:
