@@ -10,7 +10,8 @@ CUDA: ``torch.cuda.max_memory_allocated`` growth), ``threads`` (``torch.get_num_
 Cases: ``soft16_64`` / ``soft16_128`` (16 level-3 icospheres, 642 verts / 1280 faces, sigma 1e-4, random
 views), ``multiplex12x40_64`` (12 meshes x 40 cameras of the bird template, the real U-CMR one when
 ``../shared/data`` has it, else the procedural bird), ``hard16_256`` (hard mode, 16 icospheres at 256²),
-``rgb16_64`` (soft RGB from a UV image).
+``rgb16_64`` (soft RGB from a 128 x 256 UV image per mesh, the soft16_64 meshes and views; backward also w.r.t.
+the texture).
 
 Usage: ``python benchmarks/render.py [--cases soft16_64,hard16_256] [--runs 5] [--device cpu] [--threads N]``
 """
@@ -137,7 +138,7 @@ def _run_case(case: str, runs: int, device_name: str, threads: int | None, out_q
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--cases", default=",".join(CASES[:4]), help=f"comma-separated subset of {CASES}")
+    p.add_argument("--cases", default=",".join(CASES), help=f"comma-separated subset of {CASES}")
     p.add_argument("--runs", type=int, default=5, help="timed runs per case (after one warm-up)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")

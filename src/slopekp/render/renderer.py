@@ -5,7 +5,8 @@ Modes:
 * ``"silhouette"``: SoftRas soft alpha only (``rasterize.soft_rasterize``).
 * ``"rgb"``: soft alpha plus SoftRas depth-softmax colours (``shade.softmax_rgb_blend``) from a UV image
   sampled through the sphere-UV mapping (``texture``) or from per-vertex colours; optional Lambertian
-  ``Lighting``.
+  ``Lighting``. Pairs, UV sampling and blend have analytic backward passes (component-major ``(3, M)``
+  layouts between them); per-vertex colours and lighting use autograd on top.
 * ``"hard"``: z-buffer (``rasterize.hard_rasterize``): alpha in {0, 1}, face index, barycentrics, depth, and
   colours when a texture (or lighting) is given.
 
@@ -27,7 +28,7 @@ from torch import Tensor
 from slopekp.geometry.camera import project_points
 from slopekp.render.rasterize import hard_rasterize, soft_cutoff_radius, soft_rasterize
 from slopekp.render.shade import Lighting, face_normals, lambert_factor, softmax_rgb_blend
-from slopekp.render.texture import UV_SHIFT, sample_bilinear, sphere_to_uv, uv_to_sphere
+from slopekp.render.texture import UV_SHIFT, sample_bilinear, sample_sphere_uv, sphere_to_uv, uv_to_sphere
 
 __all__ = ["MODES", "RenderResult", "RenderSettings", "Renderer"]
 
@@ -125,6 +126,10 @@ def _shape_of(x) -> object:
 
 
 def _check_finite(name: str, t: Tensor) -> None:
+    if t.dtype.is_floating_point and t.numel() > 0:
+        lo, hi = torch.aminmax(t)  # NaN and ±inf reach the extremes; ~10x cheaper than isfinite(t).all()
+        if bool(torch.isfinite(lo) & torch.isfinite(hi)):
+            return
     if not torch.isfinite(t).all():
         bad = int((~torch.isfinite(t)).sum())
         raise ValueError(f"{name} contains {bad} non-finite value(s) (NaN or inf)")
@@ -348,14 +353,18 @@ class Renderer(torch.nn.Module):
         """Colours ``(M, 3)`` at flat faces ``g = n·F + f`` (``(M,)``) and barycentrics ``(M, 3)``."""
         n_faces = faces.shape[0]
         n = torch.div(g, n_faces, rounding_mode="floor")
-        fverts = faces[g % n_faces]  # (M, 3)
-        row = tex.index[n]
-        if tex.uv_image is not None:
-            pts = (tex.sphere[fverts] * bary.unsqueeze(-1)).sum(1)
+        f = g - n * n_faces
+        row = tex.index.index_select(0, n)
+        if tex.uv_image is not None and not tex.sphere.requires_grad:
+            # analytic backward (w.r.t. bary and the UV image) in component-major layouts
+            corners = tex.sphere.index_select(0, faces.reshape(-1)).view(n_faces, 9).T.contiguous()  # (9, F)
+            col = sample_sphere_uv(tex.uv_image.to(screen_verts.dtype), row, corners, f, bary.T, UV_SHIFT).T
+        elif tex.uv_image is not None:
+            pts = (tex.sphere[faces[f]] * bary.unsqueeze(-1)).sum(1)
             col = sample_bilinear(tex.uv_image.to(screen_verts.dtype), row, sphere_to_uv(pts, UV_SHIFT))
         elif tex.verts_rgb is not None:
             vr = tex.verts_rgb.to(screen_verts.dtype)
-            col = (vr[row.unsqueeze(1), fverts] * bary.unsqueeze(-1)).sum(1)
+            col = (vr[row.unsqueeze(1), faces[f]] * bary.unsqueeze(-1)).sum(1)
         else:
             col = screen_verts.new_ones(g.shape[0], 3)
         if lighting is not None:

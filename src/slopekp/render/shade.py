@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 __all__ = ["Lighting", "face_normals", "lambert_factor", "softmax_rgb_blend"]
 
@@ -51,6 +52,70 @@ def lambert_factor(normals: Tensor, lighting: Lighting) -> Tensor:
     return lighting.ambient + lighting.directional * (normals * d).sum(-1).clamp(min=0)
 
 
+_INT_OF = {torch.float64: torch.int64, torch.float32: torch.int32, torch.float16: torch.int16,
+           torch.bfloat16: torch.int16}
+
+
+def _pixel_max(pix: Tensor, values: Tensor, num_pixels: int, floor: float) -> Tensor:
+    """``max(floor, max_j values_j)`` per pixel (``floor >= 0``). Non-negative floats order like their bit
+    patterns read as integers, and an integer ``amax`` scatter is several times faster than a float one on
+    CPU; values below 0 cannot change the result and are clamped to 0 first."""
+    dtype = values.dtype
+    start = torch.full((num_pixels,), floor, dtype=dtype, device=values.device)
+    if dtype not in _INT_OF or floor < 0:
+        return start.scatter_reduce_(0, pix, values, "amax")
+    itype = _INT_OF[dtype]
+    keys = values.clamp(min=0).view(itype)
+    return start.view(itype).scatter_reduce_(0, pix, keys, "amax").view(dtype)
+
+
+class _SoftmaxBlend(torch.autograd.Function):
+    """Forward as documented in ``softmax_rgb_blend``, colours component-major ``(C, M)``; analytic backward.
+
+    With ``den_p = sum_j w_j + w_b`` and ``rgb_p``: ``dL/dc_j = w_j g_p / den_p``, ``dL/dw_j = g_p·(c_j -
+    rgb_p) / den_p``, ``dL/dD_j = dL/dw_j·e_j``, ``dL/dz_j = -dL/dw_j·w_j / (gamma (far - near))`` (``e_j =
+    exp((zn_j - m_p)/gamma)``; ``m_p`` is a constant shift) and ``dL/dbackground = sum_p w_b g_p / den_p``.
+    """
+
+    @staticmethod
+    def forward(ctx, pix, prob, depth, colours, background, num_pixels, gamma, near, far, bg_eps):
+        c = colours.shape[0]
+        zn = (far - depth) / (far - near)
+        zmax = _pixel_max(pix, zn, num_pixels, bg_eps)
+        x = zn.sub_(zmax.index_select(0, pix)).div_(gamma)
+        # weights below the smallest normal number are flushed to 0 (exp is several times slower when its
+        # result underflows; such a weight is < 1e-38 of the pixel's front pair, D >= eps, or background)
+        live = x >= math.log(torch.finfo(x.dtype).tiny)
+        e = torch.exp(x.mul_(live)).mul_(live)
+        src = e.new_empty(c + 1, e.shape[0])  # w_j c_j and w_j: one index_add_ for all channels
+        w = torch.mul(prob, e, out=src[c])
+        torch.mul(colours, w, out=src[:c])
+        w_bg = torch.exp((bg_eps - zmax).div_(gamma))
+        acc = torch.cat([background.to(colours.dtype).view(c, 1) * w_bg, w_bg.unsqueeze(0)])  # (C + 1, P)
+        acc.index_add_(1, pix, src)
+        inv_den = acc[c].reciprocal()
+        rgb = acc[:c].mul_(inv_den)
+        ctx.save_for_backward(pix, prob, e, colours, rgb, inv_den, w_bg)  # w = prob·e is recomputed
+        ctx.scale = 1.0 / (gamma * (far - near))
+        ctx.bg_dtype = background.dtype
+        return rgb
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_rgb):
+        pix, prob, e, colours, rgb, inv_den, w_bg = ctx.saved_tensors
+        w = prob * e
+        gnum = grad_rgb * inv_den  # (C, P)
+        r = (gnum * rgb).sum(0)
+        gp = gnum.index_select(1, pix)  # (C, M)
+        gw = (gp * colours).sum(0).sub_(r.index_select(0, pix))
+        grad_prob = gw * e if ctx.needs_input_grad[1] else None
+        grad_depth = (gw * w).mul_(-ctx.scale) if ctx.needs_input_grad[2] else None
+        grad_col = gp.mul_(w) if ctx.needs_input_grad[3] else None
+        grad_bg = (gnum * w_bg).sum(1).to(ctx.bg_dtype) if ctx.needs_input_grad[4] else None
+        return None, grad_prob, grad_depth, grad_col, grad_bg, None, None, None, None, None
+
+
 def softmax_rgb_blend(
     pix: Tensor,
     prob: Tensor,
@@ -71,6 +136,10 @@ def softmax_rgb_blend(
     ``m_p = max(bg_eps, max_j zn_j)`` (a constant shift for stability, which cancels), and
     ``rgb_p = (sum_j w_j c_j + w_b·background) / (sum_j w_j + w_b)``.
 
+    Weights whose ``exp`` falls below the dtype's smallest normal number (``< 1e-38`` in float32) count as 0:
+    such a pair is negligible next to the pixel's front pair (``D >= eps``) or the background. The backward
+    pass is analytic (one gather per channel and no scatter).
+
     Args:
         pix: ``(M,)`` int64 flat pixel index in ``[0, num_pixels)``.
         prob: ``(M,)`` ``D_j``; depth: ``(M,)``; colours: ``(M, C)``.
@@ -79,14 +148,10 @@ def softmax_rgb_blend(
         depth.
 
     Returns:
-        ``(num_pixels, C)`` colours.
+        ``(num_pixels, C)`` colours (a transposed view of a channel-major ``(C, num_pixels)`` tensor).
     """
-    zn = (far - depth) / (far - near)
-    zmax = torch.full((num_pixels,), bg_eps, dtype=depth.dtype, device=depth.device)
-    zmax = zmax.scatter_reduce(0, pix, zn.detach(), "amax")
-    w = prob * torch.exp((zn - zmax[pix]) / gamma)
-    w_bg = torch.exp((bg_eps - zmax) / gamma)
-    c = colours.shape[1]
-    num = (background.to(colours.dtype) * w_bg.unsqueeze(1)).index_add(0, pix, colours * w.unsqueeze(1))
-    den = w_bg.index_add(0, pix, w)
-    return num / den.unsqueeze(1).expand(-1, c)
+    dt = depth.dtype
+    rgb = _SoftmaxBlend.apply(
+        pix, prob.to(dt), depth, colours.T.to(dt), background, num_pixels, gamma, near, far, bg_eps
+    )
+    return rgb.T

@@ -5,7 +5,8 @@ UV convention: ``verts_uv`` in [-1, 1]², read as spherical coordinates ``phi = 
 renderer interpolates these *sphere points* with per-pixel barycentrics, maps the result back to ``(u, v)``
 and adds the U-CMR ``texture_uvshift`` (``u <- u + 0.5``, wrapped into [-1, 1)), then samples the UV image at
 ``(u, v)`` like ``grid_sample(..., align_corners=True, padding_mode="border")``: ``u = -1`` is the left
-column, ``v = -1`` the top row.
+column, ``v = -1`` the top row. ``sample_sphere_uv`` fuses interpolation, mapping and sampling with an analytic
+backward (the soft RGB renderer's path; ``sample_bilinear`` and ``sphere_to_uv`` are its autograd reference).
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ import math
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
-__all__ = ["UV_SHIFT", "sample_bilinear", "sphere_to_uv", "uv_to_sphere"]
+__all__ = ["UV_SHIFT", "sample_bilinear", "sample_sphere_uv", "sphere_to_uv", "uv_to_sphere"]
 
 UV_SHIFT = 0.5
 """U-CMR ``texture_uvshift``: added to ``u`` after the sphere round trip (moves the azimuth seam)."""
@@ -74,3 +76,142 @@ def sample_bilinear(images: Tensor, image_index: Tensor, uv: Tensor) -> Tensor:
     top = v00 + (v01 - v00) * fx
     bot = v10 + (v11 - v10) * fx
     return top + (bot - top) * fy
+
+
+class _SphereUVSample(torch.autograd.Function):
+    """``sample_bilinear(images, row, sphere_to_uv(sum_k bary_k·corner_k, shift))`` with an analytic backward
+    (w.r.t. ``bary`` and ``images``), in component-major layouts: ``bary (3, M)``, colours ``(C, M)``.
+
+    The texture is read in place: one int64 index per sample (its top-left texel in channel 0) and a shifted
+    view of the flat texture for each corner and channel. The forward pass also forms the Jacobian ``K = d
+    colour / d bary`` (``(C·3, M)``), so the backward pass w.r.t. ``bary`` is ``C·3`` multiply-adds and keeps
+    no sphere-to-UV intermediates; w.r.t. the texture it scatters the bilinear weights (``fx``, ``fy``).
+    """
+
+    @staticmethod
+    def forward(ctx, bary, images, table, prim, row, shift):
+        t, c, hu, wu = images.shape
+        m = bary.shape[1]
+        need_bary = ctx.needs_input_grad[0]
+        s = bary.new_empty(9, m)  # corner k's x, y, z at rows 3k, 3k + 1, 3k + 2
+        for r in range(9):
+            torch.index_select(table[r], 0, prim, out=s[r])
+        b0, b1, b2 = bary[0], bary[1], bary[2]
+        x, y, z = (torch.addcmul(torch.addcmul(b0 * s[k], b1, s[3 + k]), b2, s[6 + k]) for k in range(3))
+        # sphere_to_uv
+        r2xy = torch.addcmul(x * x, y, y)
+        pole = r2xy < 1e-20
+        u = torch.atan2(y.masked_fill(pole, 0), x.masked_fill(pole, 1)).div_(math.pi)
+        norm_raw = torch.addcmul(r2xy, z, z).sqrt_()
+        norm = norm_raw.clamp(min=1e-12)
+        cos_raw = z / norm
+        cos_t = cos_raw.clamp(-1 + 1e-7, 1 - 1e-7)
+        v = torch.acos(cos_t).mul_(2).div_(math.pi).sub_(1)
+        u = torch.remainder(u.add_(shift + 1), 2).sub_(1)
+        # bilinear, border padding, align_corners=True
+        ix_raw = u.add_(1).mul_(0.5 * (wu - 1))
+        iy_raw = v.add_(1).mul_(0.5 * (hu - 1))
+        x0 = ix_raw.clamp(0, wu - 1)
+        y0 = iy_raw.clamp(0, hu - 1)
+        fx = x0.clone()
+        fy = y0.clone()
+        x0.floor_().clamp_(max=max(wu - 2, 0))
+        y0.floor_().clamp_(max=max(hu - 2, 0))
+        fx.sub_(x0)
+        fy.sub_(y0)
+        plane = hu * wu
+        if plane <= 2 / torch.finfo(x0.dtype).eps:  # y0·wu + x0 is exact in floating point
+            itex = torch.addcmul(x0, y0, y0.new_full((), wu)).long()
+        else:
+            itex = y0.long().mul_(wu).add_(x0.long())
+        del x0, y0
+        i00 = itex.add(row, alpha=c * plane)  # channel-0 texel in the flat (T, C, Hu, Wu) texture
+        itex.add_(row, alpha=plane)  # texel in a flat (T, Hu, Wu) plane, for the backward
+        if need_bary:
+            # d ix / d p and d iy / d p (p = x, y, z); the clamps pass the gradient inside [0, size - 1]
+            a = ((ix_raw >= 0) & (ix_raw <= wu - 1)).to(x.dtype).mul_(0.5 * (wu - 1) / math.pi).div_(r2xy)
+            a.masked_fill_(pole, 0)  # u = atan2(y, x)/pi: du/dx = -y/(pi r²), du/dy = x/(pi r²); 0 at the poles
+            pux, puy = -a * y, a.mul_(x)
+            # v = 2 acos(cos)/pi - 1, cos = clamp(z/n): dv/dcos = -2/(pi sqrt(1 - cos²)); with n = |p| (not
+            # clamped) dcos/dp = (e_z - cos·p/n)/n
+            gc = torch.addcmul(torch.ones_like(cos_t), cos_t, cos_t, value=-1).rsqrt_().mul_(-(hu - 1) / math.pi)
+            gc.mul_(((iy_raw >= 0) & (iy_raw <= hu - 1) & (cos_raw >= -1 + 1e-7) & (cos_raw <= 1 - 1e-7)).to(x.dtype))
+            gc.div_(norm)
+            pvz = gc.clone()
+            gn = gc.mul_(cos_raw).masked_fill_(norm_raw < 1e-12, 0).div_(norm)
+            pvx = gn * x
+            pvy = gn * y
+            pvz.addcmul_(gn, z, value=-1)
+            pvx.neg_()
+            pvy.neg_()
+            ju = [torch.addcmul(pux * s[3 * k], puy, s[3 * k + 1]) for k in range(3)]
+            jv = [torch.addcmul(torch.addcmul(pvx * s[3 * k], pvy, s[3 * k + 1]), pvz, s[3 * k + 2]) for k in range(3)]
+            del a, pux, puy, pvx, pvy, pvz, gc, gn
+            jac = bary.new_empty(c, 3, m)
+        del s, x, y, z, r2xy, pole, norm_raw, norm, cos_raw, cos_t, u, v, ix_raw, iy_raw
+        flat = images.reshape(-1)
+        offsets = _corner_offsets(wu, hu)
+        out = images.new_empty(c, m)
+        for ch in range(c):
+            v00, v01, v10, v11 = (flat[ch * plane + o :].index_select(0, i00) for o in offsets)
+            d0 = v01.sub_(v00)
+            d1 = v11.sub_(v10)
+            top = v00.addcmul_(fx, d0)
+            bot = v10.addcmul_(fx, d1)
+            dy = bot.sub_(top)
+            torch.addcmul(top, fy, dy, out=out[ch])
+            if need_bary:
+                dx = d0.lerp_(d1, fy)  # d colour / d ix; d colour / d iy = dy
+                for k in range(3):
+                    torch.mul(dx, ju[k], out=jac[ch, k]).addcmul_(dy, jv[k])
+        ctx.shape = images.shape
+        ctx.save_for_backward(fx, fy, itex, jac if need_bary else None)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        fx, fy, itex, jac = ctx.saved_tensors
+        t, c, hu, wu = ctx.shape
+        grad_bary = grad_images = None
+        if ctx.needs_input_grad[1]:
+            # channel-major accumulator (C, T·Hu·Wu): one index_add_ per corner for all channels (several times
+            # faster on CPU than one per corner and channel), then one transposing copy
+            acc = grad_out.new_zeros(c, t * hu * wu)
+            w11 = fx * fy
+            w01 = fx - w11
+            w10 = fy - w11
+            w00 = (1 - fx).sub_(w10)
+            tmp = torch.empty_like(grad_out)
+            for o, wgt in zip(_corner_offsets(wu, hu), (w00, w01, w10, w11)):
+                acc[:, o:].index_add_(1, itex, torch.mul(grad_out, wgt, out=tmp))
+            grad_images = acc.view(c, t, hu, wu).transpose(0, 1).contiguous()
+        if ctx.needs_input_grad[0]:
+            grad_bary = grad_out[0] * jac[0]  # (3, M)
+            for ch in range(1, c):
+                grad_bary.addcmul_(grad_out[ch], jac[ch])
+        return grad_bary, grad_images, None, None, None, None
+
+
+def _corner_offsets(wu: int, hu: int) -> tuple[int, int, int, int]:
+    """Flat offsets of the texels right of, below and below-right of the top-left one (0 on a side of one
+    texel, where ``x1 = x0``)."""
+    dx = 1 if wu > 1 else 0
+    dy = wu if hu > 1 else 0
+    return 0, dx, dy, dx + dy
+
+
+def sample_sphere_uv(
+    images: Tensor, image_index: Tensor, corners: Tensor, prim: Tensor, bary: Tensor, shift: float = UV_SHIFT
+) -> Tensor:
+    """Colours ``(C, M)`` of samples interpolated on triangles of sphere points.
+
+    Sample ``m`` lies on triangle ``prim[m]`` (``(M,)`` int64) whose corners are the columns ``corners[:,
+    prim[m]]`` of ``corners (9, K)`` (corner ``k``'s ``x, y, z`` at rows ``3k, 3k+1, 3k+2``), with barycentrics
+    ``bary[:, m]`` (``(3, M)``); the point ``sum_k bary_k·corner_k`` is mapped to ``(u, v)`` by
+    ``sphere_to_uv(..., shift)`` and sampled bilinearly in ``images[image_index[m]]`` (``images (T, C, Hu,
+    Wu)``). Same values and gradients (w.r.t. ``bary`` and ``images``) as ``sample_bilinear(images,
+    image_index, sphere_to_uv(sum_k bary_k·corner_k, shift))``, with an analytic backward; ``corners`` gets no
+    gradient.
+    """
+    return _SphereUVSample.apply(bary, images, corners, prim, image_index, shift)
