@@ -1,0 +1,153 @@
+"""Training-step benchmark: seconds per Stage II step and per Stage III step of each pose head (JSON lines).
+
+Cases (each in a fresh subprocess, so ``peak_mb`` is per case; synthetic inputs, nothing read from disk):
+
+* ``stage2_b12_p40_64``: one Stage II step: the network on B = 12 images at 64², the B·P = 480 renders
+  (silhouette + texture) of the live multiplex at 64², the losses, both backward passes, the network's Adam step
+  and the multiplex's per-image Adam step;
+* ``stage3_<head>_b12_64``: one Stage III step of each head (frozen backbone; the keypoint head's heatmap targets
+  include the hard render that decides visibility).
+
+Keys: ``case``, ``step_s`` (median over ``--runs`` after a warm-up), ``peak_mb`` (resident-set growth),
+``threads``, ``device``, and the sizes. The model is the CPU config (``configs/synthbirds_train.yaml``'s sizes).
+
+Usage: ``python benchmarks/train_step.py [--cases ...] [--runs 3] [--threads N] [--device cpu]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import resource
+import statistics
+import sys
+import time
+
+HEADS = ("quaternion", "gramschmidt", "svd", "keypoints")
+CASES = ["stage2_b12_p40_64", *(f"stage3_{h}_b12_64" for h in HEADS)]
+OVERRIDES = ["model.image_size=64", "model.encoder_width=16", "model.uv_height=32", "model.texture_width=8",
+             "train.render_size=64", "train.batch_size=12"]  # fmt: skip
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+class _Batch:
+    """The fields of :class:`slopekp.data.cub.Batch` the steps read."""
+
+    def __init__(self, img, mask, mask_dt, crop, ids):
+        self.img, self.mask, self.mask_dt, self.crop, self.id = img, mask, mask_dt, crop, ids
+        self.gt_camera = None
+
+
+def _run_case(name: str, args: argparse.Namespace, queue) -> None:
+    import torch
+
+    from slopekp.config import load_config
+    from slopekp.mesh import load_template
+    from slopekp.models.reconstructor import build_model
+    from slopekp.render import Renderer, RenderSettings
+    from slopekp.train.multiplex import CameraMultiplex, OffsetSettings, hypothesis_cameras, template_fingerprint
+    from slopekp.train.stage2 import build_renderer, stage2_losses
+    from slopekp.train.stage3 import stage3_loss
+
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    head = name.split("_")[1] if name.startswith("stage3") else "keypoints"
+    cfg = load_config(overrides=[*OVERRIDES, f"model.pose_head={head}"])
+    torch.manual_seed(0)
+    template = load_template("procedural").to(device)
+    model = build_model(cfg.model, template).to(device)
+    B, S = cfg.train.batch_size, cfg.model.image_size
+    g = torch.Generator().manual_seed(0)
+    img = torch.rand(B, 3, S, S, generator=g).to(device)
+    cams = hypothesis_cameras(4, 3)[torch.randint(0, 12, (B,), generator=g)].to(device)
+    with torch.no_grad():
+        mask = Renderer(RenderSettings(image_size=S))(template.verts, template.faces, cams).alpha
+    batch = _Batch(img, mask, torch.zeros_like(mask), torch.tensor([[2.0 / S, -1.0, -1.0]] * B, device=device),
+                   torch.arange(B, device=device))  # fmt: skip
+
+    if name.startswith("stage2"):
+        store = CameraMultiplex(40, template_fingerprint(template.verts, template.faces), OffsetSettings(1.0),
+                                device=device)  # fmt: skip
+        init = hypothesis_cameras().to(device)
+        store.add(batch.id, init.expand(B, 40, 7), torch.full((B, 40), 1 / 40, device=device), batch.crop)
+        renderer = build_renderer(cfg)
+        params = [p for n, p in model.named_parameters() if not n.startswith("pose.")]
+        opt = torch.optim.Adam(params, lr=1e-4)
+
+        def step():
+            net, cam, lk, q, logs, _ = stage2_losses(model, store, renderer, template, batch, cfg)
+            opt.zero_grad(set_to_none=True)
+            net.backward(inputs=params, retain_graph=True)
+            opt.step()
+            (lk.offsets.grad,) = torch.autograd.grad(cam, lk.offsets)
+            store.adam_step(lk, lr=1e-4)
+
+    else:
+        params = [p for n, p in model.named_parameters() if n.startswith("pose.")]
+        opt = torch.optim.Adam(params, lr=1e-4)
+        model.train()
+        model.encoder.eval()
+        model.shape.eval()
+        hard_size = model.pose.decoder(model.encoder(img[:1]).features).shape[-1] if head == "keypoints" else S
+        hard = Renderer(RenderSettings(image_size=hard_size))
+
+        def step():
+            loss, _ = stage3_loss(model, batch, cams, cfg, template.faces, hard)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    rss0 = _rss_mb()
+    step()  # warm-up
+    times = []
+    for _ in range(args.runs):
+        sync()
+        t0 = time.perf_counter()
+        step()
+        sync()
+        times.append(time.perf_counter() - t0)
+    queue.put({
+        "case": name, "step_s": round(statistics.median(times), 4), "batch": B, "image_size": S,
+        "hypotheses": 40 if name.startswith("stage2") else 1,
+        "peak_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - rss0, 1),
+        "threads": torch.get_num_threads(), "device": str(device),
+    })  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--cases", default=",".join(CASES), help=f"comma-separated subset of {', '.join(CASES)}")
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    p.add_argument("--device", default="cpu")
+    args = p.parse_args(argv)
+    names = [c for c in args.cases.split(",") if c]
+    unknown = [c for c in names if c not in CASES]
+    if unknown:
+        p.error(f"unknown case(s) {unknown}; choose from {CASES}")
+    ctx = mp.get_context("spawn")
+    for name in names:
+        q = ctx.Queue()
+        proc = ctx.Process(target=_run_case, args=(name, args, q))
+        proc.start()
+        proc.join()
+        if proc.exitcode != 0 or q.empty():
+            print(json.dumps({"case": name, "error": f"case process exited with {proc.exitcode}"}), flush=True)
+            return 1
+        print(json.dumps(q.get()), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
