@@ -293,3 +293,24 @@ def test_keypoint_visibility_outside_image_is_invisible(template):
     visible, pts = keypoint_visibility(template.verts[None], template.faces, cam, idx, Renderer())
     assert not visible[pts[..., 0] >= 1].any()
     assert (pts[..., 0] >= 1).any() and visible.any()
+
+
+def test_local_soft_argmax_ignores_a_wide_background():
+    """An undertrained decoder: a low peak on a positive background. The global expectation is pulled towards
+    the centre; the windowed one stays on the peak (what PnP needs)."""
+    from slopekp.models.keypoints import heatmap_grid, soft_argmax
+
+    h = w = 32
+    gx, gy = heatmap_grid(h, w)
+    peak = torch.tensor([0.6, -0.5])
+    g = torch.exp(-((gx[None, :] - peak[0]) ** 2 + (gy[:, None] - peak[1]) ** 2) / (2 * 0.05**2))
+    maps = (0.02 + 0.05 * g)[None, None]  # background mass far exceeds the peak's
+    glob = soft_argmax(maps).points2d[0, 0]
+    loc = soft_argmax(maps, window=0.2).points2d[0, 0]
+    assert (glob - peak).norm() > 0.3  # biased towards the centre
+    assert (loc - peak).norm() < 0.02
+    maps.requires_grad_(True)
+    soft_argmax(maps, window=0.2).points2d.sum().backward()
+    assert maps.grad.abs().sum() > 0  # still differentiable
+    with pytest.raises(ValueError, match="window"):
+        soft_argmax(maps, window=-1.0)

@@ -91,7 +91,11 @@ class SoftArgmax(NamedTuple):
 
 
 def soft_argmax(
-    heatmaps: Tensor, confidence_sigma: float = CONFIDENCE_SIGMA, eps: float = 1e-6, floor: float = 1e-8
+    heatmaps: Tensor,
+    confidence_sigma: float = CONFIDENCE_SIGMA,
+    eps: float = 1e-6,
+    floor: float = 1e-8,
+    window: float | None = None,
 ) -> SoftArgmax:
     """Differentiable 2D keypoints and confidences from raw heatmaps (METHOD §4.6, the ``is_training`` path).
 
@@ -110,6 +114,11 @@ def soft_argmax(
         confidence_sigma: window width in NDC (default 13.5 px at 256²; the same NDC at any heatmap size).
         eps: added to each channel's mass before normalising (METHOD: 1e-6).
         floor: added to each raw confidence before normalising over keypoints.
+        window: if given (NDC), step 1 first keeps only the pixels within ``window`` (Chebyshev distance) of each
+            channel's maximum: a *local* soft-argmax. A decoder early in training outputs low, wide maps whose
+            background mass pulls the global expectation towards the image centre (the 2D points, and then the
+            PnP scale, collapse); around the peak the position is the peak's, as in METHOD's argmax inference,
+            and still differentiable. The confidence is then the mass near the peak relative to the whole map.
     Returns:
         :class:`SoftArgmax` ``(points2d (B, K, 2), confidence (B, K))``, differentiable w.r.t. ``heatmaps``.
     """
@@ -119,9 +128,24 @@ def soft_argmax(
     _, _, h, w = heatmaps.shape
     gx, gy = heatmap_grid(h, w, device=heatmaps.device, dtype=heatmaps.dtype)
     hm = F.relu(heatmaps)
-    prob = hm / (hm.sum(dim=(-2, -1), keepdim=True) + eps)  # (B, K, H, W)
-    px = (prob.sum(-2) * gx).sum(-1)  # marginal over rows, then E[x]  (B, K)
-    py = (prob.sum(-1) * gy).sum(-1)  # (B, K)
+    total = hm.sum(dim=(-2, -1), keepdim=True) + eps
+    if window is not None:
+        if not (window > 0 and math.isfinite(window)):
+            raise ValueError(f"window must be a positive finite number (NDC), got {window!r}")
+        with torch.no_grad():
+            flat = heatmaps.flatten(-2).argmax(-1)  # (B, K)
+            cx, cy = gx[flat % w], gy[flat // w]
+            keep_x = ((gx - cx[..., None]).abs() <= window).to(hm.dtype)  # (B, K, W)
+            keep_y = ((gy - cy[..., None]).abs() <= window).to(hm.dtype)  # (B, K, H)
+        local = hm * keep_y[..., :, None] * keep_x[..., None, :]
+        lp = local / (local.sum(dim=(-2, -1), keepdim=True) + eps)
+        px = (lp.sum(-2) * gx).sum(-1)
+        py = (lp.sum(-1) * gy).sum(-1)
+        prob = hm / total
+    else:
+        prob = hm / total  # (B, K, H, W)
+        px = (prob.sum(-2) * gx).sum(-1)  # marginal over rows, then E[x]  (B, K)
+        py = (prob.sum(-1) * gy).sum(-1)  # (B, K)
     # separable Gaussian window centred at the expected position: G = gx_win(x) · gy_win(y)
     inv = -0.5 / confidence_sigma**2
     wx = torch.exp(inv * (gx - px[..., None]) ** 2)  # (B, K, W)

@@ -231,7 +231,7 @@ class KeypointPoseHead(PoseHead):
         if not isinstance(verts, Tensor) or tuple(verts.shape) != (bsz, self.num_verts, 3):
             shape = tuple(verts.shape) if isinstance(verts, Tensor) else type(verts).__name__
             raise ValueError(f"verts must have shape (B, V, 3) = ({bsz}, {self.num_verts}, 3), got {shape}")
-        points2d, confidence = soft_argmax(heatmaps, self.confidence_sigma)
+        points2d, confidence = soft_argmax(heatmaps, self.confidence_sigma, window=2 * self.confidence_sigma)
         points3d = verts[:, self.keypoint_index].to(points2d.dtype)  # (B, K, 3)
         p2d, p3d, w = points2d, points3d, confidence
         if not self.end2end:
