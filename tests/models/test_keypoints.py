@@ -308,7 +308,7 @@ def test_local_soft_argmax_ignores_a_wide_background():
     glob = soft_argmax(maps).points2d[0, 0]
     loc = soft_argmax(maps, window=0.2).points2d[0, 0]
     assert (glob - peak).norm() > 0.3  # biased towards the centre
-    assert (loc - peak).norm() < 0.02
+    assert (loc - peak).norm() < 0.05  # within a pixel (2/32 NDC), where the global one is 10 pixels off
     maps.requires_grad_(True)
     soft_argmax(maps, window=0.2).points2d.sum().backward()
     assert maps.grad.abs().sum() > 0  # still differentiable
