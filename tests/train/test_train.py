@@ -263,3 +263,15 @@ def test_stage2_prunes_to_the_top_k_hypotheses(stage1, tmp_path):
 
     store = CameraMultiplex.load(res.store_path)
     assert store.num_hypotheses == 2 and res.steps == 2  # 4 hypotheses in epoch 0, the best 2 in epoch 1
+
+
+def test_a_no_op_stage2_rerun_does_not_invalidate_stage3(stage1, tmp_path):
+    """Rerunning a Stage II command with nothing left to do rewrites its outputs with the same content; the
+    Stage III runs made from it still resume."""
+    data, mp = stage1
+    cfg = load_config(overrides=SMOKE)
+    s2 = tmp_path / "s2"
+    run_stage2(cfg, data, mp, s2, progress=False, max_steps=1)
+    run_stage3(cfg, data, s2, tmp_path / "s3", "svd", progress=False, max_steps=1)
+    run_stage2(cfg, data, mp, s2, progress=False, max_steps=0)
+    assert run_stage3(cfg, data, s2, tmp_path / "s3", "svd", progress=False, max_steps=1).steps == 2

@@ -59,12 +59,13 @@ def stage3_config(cfg: Config, stage2_dir: Path, head: str) -> Config:
     return dataclasses.replace(cfg, model=model, template=s2.template, render=s2.render)
 
 
-def stage3_manifest(cfg: Config, data_dir, stage2_dir: Path, template_fp: str) -> Manifest:
+def stage3_manifest(cfg: Config, data_dir, stage2_dir: Path, template_fp: str, stage2_step: int) -> Manifest:
+    """The Stage II run is identified by its pose targets (the store's bytes: ``np.savez`` writes the same bytes
+    for the same arrays) and its checkpoint's step (``torch.save`` bytes differ between identical saves)."""
     d = cfg.data
     data = cmr_data_fingerprint(data_dir, d.split, images_dir=d.images_dir or None, sfm_dir=d.sfm_dir or None)
     s2 = {
-        "fingerprint": file_digest(stage2_dir / STORE_NAME).hexdigest()[:16]
-        + file_digest(stage2_dir / CHECKPOINT).hexdigest()[:16],
+        "fingerprint": f"{file_digest(stage2_dir / STORE_NAME).hexdigest()[:16]}@step{stage2_step}",
         "path": str(stage2_dir.resolve()),
     }
     settings = {"seed": cfg.seed, **flat_settings(cfg.data, "data", ("root", "images_dir", "sfm_dir", "img_size"))}
@@ -140,7 +141,7 @@ def run_stage3(
     fp = template_fingerprint(template.verts, template.faces)
     s2 = load_checkpoint(stage2_dir / CHECKPOINT, kind="stage2", template_fingerprint=fp)
     model_probe = build_model(cfg.model, template, cfg.template.symmetry_tol)  # a bad head name fails here
-    manifest = stage3_manifest(cfg, data_dir, stage2_dir, fp)
+    manifest = stage3_manifest(cfg, data_dir, stage2_dir, fp, int(s2["step"]))
     state = prepare_output_dir(
         out_dir, manifest, overwrite=overwrite, force_new=force_new, results=(str(CHECKPOINT),),
         inputs=[p for p in (data_dir, stage2_dir, cfg.data.images_dir, cfg.data.sfm_dir) if p],
