@@ -158,6 +158,9 @@ class TrainConfig:
     """Offset gain ``c`` of the multiplex in Stage II (U-CMR: 1; Stage I's store is rebased to it)."""
     render_size: int = 64
     """Side of the silhouettes and textures rendered for the losses."""
+    score_texture_weight: float = 0.5
+    """Share of the texture loss in Stage II's hypothesis scores ``T = (1 − w)·minmax(L_mask) + w·minmax(L_tex)``
+    (METHOD §5.4: 0.5). An under-trained texture makes these scores noisy; 0 scores by the mask alone."""
     top_k: int = 0
     """Stage II: after ``top_k_after`` epochs keep each image's ``top_k`` best hypotheses (U-CMR: 4 after 21; 0 =
     never)."""
@@ -306,6 +309,7 @@ RULES: dict[str, Range] = {
     "train.multiplex_lr": _NON_NEGATIVE,
     "train.multiplex_gain": _POSITIVE,
     "train.render_size": _IMAGE_SIDE,
+    "train.score_texture_weight": _PROBABILITY,
     "train.top_k": _NON_NEGATIVE,
     "train.top_k_after": _NON_NEGATIVE,
     "train.mask_weight": _NON_NEGATIVE,

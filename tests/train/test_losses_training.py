@@ -98,3 +98,11 @@ def test_hypothesis_weights_follow_method_5_4():
     only_mask = hypothesis_weights(lm)
     assert only_mask.argmax().item() == 0
     np.testing.assert_allclose(only_mask.sum(-1).numpy(), 1.0, rtol=1e-6)
+
+
+def test_hypothesis_weights_texture_share():
+    lm = torch.tensor([[0.1, 0.3, 0.2]])
+    lt = torch.tensor([[0.5, 0.1, 0.3]])
+    torch.testing.assert_close(hypothesis_weights(lm, lt, texture_share=0.0), hypothesis_weights(lm))
+    assert hypothesis_weights(lm, lt, texture_share=1.0).argmax().item() == 1  # the texture's best
+    assert hypothesis_weights(lm, lt, texture_share=0.0).argmax().item() == 0  # the mask's best

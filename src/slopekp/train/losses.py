@@ -153,11 +153,16 @@ def heatmap_loss(pred: Tensor, target: Tensor, visible: Tensor, weight: float = 
 
 
 def hypothesis_weights(
-    mask_losses: Tensor, texture_losses: Tensor | None = None, peakiness: float = 20.0, eps: float = 1e-4
+    mask_losses: Tensor,
+    texture_losses: Tensor | None = None,
+    peakiness: float = 20.0,
+    eps: float = 1e-4,
+    texture_share: float = 0.5,
 ) -> Tensor:
     """Stage II's detached weights of P hypotheses per image (METHOD §5.4).
 
-    ``T = 0.5·minmax(L_mask) + 0.5·minmax(L_tex)`` (``T = L_mask`` without texture), with
+    ``T = (1 − w)·minmax(L_mask) + w·minmax(L_tex)`` with ``w = texture_share`` (METHOD: 0.5; ``T = L_mask``
+    without texture), with
     ``minmax(x) = (x − min)/(max − min + eps)`` over the hypotheses, then ``softmin(peakiness · minmax(T))``.
 
     Args:
@@ -170,6 +175,6 @@ def hypothesis_weights(
 
     with torch.no_grad():
         t = minmax_rescale(mask_losses.detach(), eps)
-        if texture_losses is not None:
-            t = 0.5 * t + 0.5 * minmax_rescale(texture_losses.detach(), eps)
+        if texture_losses is not None and texture_share > 0:
+            t = (1 - texture_share) * t + texture_share * minmax_rescale(texture_losses.detach(), eps)
         return hypothesis_scores(t, peakiness)

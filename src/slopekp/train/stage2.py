@@ -140,7 +140,7 @@ def stage2_losses(model, store: CameraMultiplex, renderer: Renderer, template, b
     l_mask = mask_loss(res.alpha, mask, dt)  # (B, P)
     l_tex = texture_loss(res.rgb, img, mask, ssim_weight=w.ssim_weight) if w.texture_weight > 0 else None
     per_hyp = w.mask_weight * l_mask + (w.texture_weight * l_tex if l_tex is not None else 0)
-    q = hypothesis_weights(l_mask, l_tex)
+    q = hypothesis_weights(l_mask, l_tex, texture_share=w.score_texture_weight)
     priors = shape_priors(pred, template.faces, template.verts, w)
     net = (q * per_hyp).sum(-1).mean() + sum(priors.values())
     cam = per_hyp.mean()
