@@ -24,13 +24,12 @@ Usage: ``python benchmarks/multiplex.py [--cases stage1_p40_64] [--runs 3] [--th
 from __future__ import annotations
 
 import argparse
-import json
-import multiprocessing as mp
-import os
 import resource
 import statistics
 import sys
 import time
+
+from _cases import rss_mb, run_each, selected_cases
 
 CASES = {
     "stage1_p40_64": {"batch": 12, "image_size": 64},
@@ -40,11 +39,6 @@ CASES = {
     "stage1_p40_64_batched": {"batch": 12, "image_size": 64, "batch_invariant": False},
     "stage1_p40_32_batched": {"batch": 12, "image_size": 32, "batch_invariant": False},
 }
-
-
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def _run_case(name: str, args: argparse.Namespace, queue) -> None:
@@ -102,7 +96,7 @@ def _run_case(name: str, args: argparse.Namespace, queue) -> None:
             batch_invariant=invariant,
         )
 
-    rss0 = _rss_mb()
+    rss0 = rss_mb()
     fit(1)  # warm-up
     k = max(1, args.timed_steps)
     times = []
@@ -151,21 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--template", default="procedural", help="procedural, or a template file")
     p.add_argument("--full", action="store_true", help="also time one complete Stage I fit per case")
     args = p.parse_args(argv)
-    names = [c for c in args.cases.split(",") if c]
-    unknown = [c for c in names if c not in CASES]
-    if unknown:
-        p.error(f"unknown case(s) {unknown}; choose from {list(CASES)}")
-    ctx = mp.get_context("spawn")  # a fresh process per case, so peak RSS is per case
-    for name in names:
-        q = ctx.Queue()
-        proc = ctx.Process(target=_run_case, args=(name, args, q))
-        proc.start()
-        proc.join()
-        if proc.exitcode != 0 or q.empty():
-            print(json.dumps({"case": name, "error": f"case process exited with {proc.exitcode}"}), flush=True)
-            return 1
-        print(json.dumps(q.get()), flush=True)
-    return 0
+    return run_each(selected_cases(p, args.cases, CASES), _run_case, args)
 
 
 if __name__ == "__main__":

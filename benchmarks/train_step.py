@@ -17,23 +17,17 @@ Usage: ``python benchmarks/train_step.py [--cases ...] [--runs 3] [--threads N] 
 from __future__ import annotations
 
 import argparse
-import json
-import multiprocessing as mp
-import os
 import resource
 import statistics
 import sys
 import time
 
+from _cases import rss_mb, run_each, selected_cases
+
 HEADS = ("quaternion", "gramschmidt", "svd", "keypoints")
 CASES = ["stage2_b12_p40_64", *(f"stage3_{h}_b12_64" for h in HEADS)]
 OVERRIDES = ["model.image_size=64", "model.encoder_width=16", "model.uv_height=32", "model.texture_width=8",
              "train.render_size=64", "train.batch_size=12"]  # fmt: skip
-
-
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 class _Batch:
@@ -95,7 +89,7 @@ def _run_case(name: str, args: argparse.Namespace, queue) -> None:
         model.train()
         model.encoder.eval()
         model.shape.eval()
-        hard_size = model.pose.decoder(model.encoder(img[:1]).features).shape[-1] if head == "keypoints" else S
+        hard_size = model.pose.heatmap_side(model.encoder.feature_sizes["layer1"]) if head == "keypoints" else S
         hard = Renderer(RenderSettings(image_size=hard_size))
 
         def step():
@@ -108,7 +102,7 @@ def _run_case(name: str, args: argparse.Namespace, queue) -> None:
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    rss0 = _rss_mb()
+    rss0 = rss_mb()
     step()  # warm-up
     times = []
     for _ in range(args.runs):
@@ -132,21 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     p.add_argument("--device", default="cpu")
     args = p.parse_args(argv)
-    names = [c for c in args.cases.split(",") if c]
-    unknown = [c for c in names if c not in CASES]
-    if unknown:
-        p.error(f"unknown case(s) {unknown}; choose from {CASES}")
-    ctx = mp.get_context("spawn")
-    for name in names:
-        q = ctx.Queue()
-        proc = ctx.Process(target=_run_case, args=(name, args, q))
-        proc.start()
-        proc.join()
-        if proc.exitcode != 0 or q.empty():
-            print(json.dumps({"case": name, "error": f"case process exited with {proc.exitcode}"}), flush=True)
-            return 1
-        print(json.dumps(q.get()), flush=True)
-    return 0
+    return run_each(selected_cases(p, args.cases, CASES), _run_case, args)
 
 
 if __name__ == "__main__":

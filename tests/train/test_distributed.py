@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -23,12 +19,6 @@ def _load_worker():
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ------------------------------------------------------------------------------------------- torchrun env
@@ -92,7 +82,7 @@ def test_shard_indices_disjoint_equal_counts_and_covering(n, batch_size, world):
     assert set(seen) == set(order)  # every item, and repeats only from padding:
     tail = n % (batch_size * world)
     assert len(seen) - n == (world - tail if 0 < tail < world else 0)
-    if world == 1:  # run.epoch_loader's batches
+    if world == 1:  # consecutive slices of the epoch order
         assert shards[0] == [order[i : i + batch_size] for i in range(0, n, batch_size)]
 
 
@@ -107,7 +97,7 @@ def test_shard_indices_layout_and_padding():
         D.shard_indices(order, 2, 2, 2)
 
 
-def test_shard_loader_matches_epoch_loader_for_one_process():
+def test_shard_loader_for_one_process_gives_consecutive_slices():
     from slopekp.train.run import epoch_order
 
     class Items(list):
@@ -142,29 +132,10 @@ def test_stores_equal_ignores_row_order_and_sees_changes():
 
 
 # ------------------------------------------------------------------------------- 2 processes under torchrun
-def test_two_ranks_train_in_step_with_a_synced_store(tmp_path):
+def test_two_ranks_train_in_step_with_a_synced_store(tmp_path, run_torchrun):
     """torchrun, 2 CPU processes (gloo on 127.0.0.1): DDP network + camera multiplex synced each step. Both ranks
     end with identical stores and networks, equal to one process applying both ranks' updates."""
-    env = {k: v for k, v in os.environ.items() if k not in D.TORCHRUN_ENV}
-    env.update(OMP_NUM_THREADS="1", TORCH_NCCL_ASYNC_ERROR_HANDLING="1")
-    loopback = next((name for _, name in socket.if_nameindex() if name in ("lo", "lo0")), None)
-    if loopback:
-        env.setdefault("GLOO_SOCKET_IFNAME", loopback)  # keep gloo's traffic on the loopback interface
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
-           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "--max_restarts", "0",
-           str(WORKER), str(tmp_path)]  # fmt: skip
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        out, _ = proc.communicate(timeout=120)
-    except subprocess.TimeoutExpired:
-        proc.terminate()  # torchrun stops its workers on SIGTERM (and each has its own watchdog)
-        try:
-            out, _ = proc.communicate(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, _ = proc.communicate()
-        pytest.fail("torchrun did not finish in 120 s:\n" + out.decode(errors="replace")[-4000:])
-    assert proc.returncode == 0, out.decode(errors="replace")[-4000:]
+    run_torchrun([str(WORKER), str(tmp_path)], timeout=120)
 
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     assert tuple(r0["info"]) == (0, 2, 0, "gloo", True)

@@ -7,8 +7,9 @@ import math
 import pytest
 import torch
 
+from slopekp.eval.metrics import mask_iou
 from slopekp.geometry.camera import project_points
-from slopekp.train.losses import mask_iou, mask_loss
+from slopekp.train.losses import mask_loss
 from slopekp.train.multiplex import hypothesis_cameras, positive_scale_cameras
 from slopekp.train.report import MultiplexEvaluation, multiplex_metrics
 

@@ -17,6 +17,7 @@ from scipy.ndimage import distance_transform_edt
 
 from slopekp.cli import main
 from slopekp.config import load_config
+from slopekp.eval.metrics import mask_iou
 from slopekp.geometry.camera import (
     affine_camera,
     camera_from_sfm,
@@ -27,7 +28,6 @@ from slopekp.geometry.camera import (
 from slopekp.geometry.rotations import azelcr_to_quat, quat_geodesic_angle
 from slopekp.mesh import load_template
 from slopekp.render import Renderer, RenderSettings
-from slopekp.train.losses import mask_iou
 from slopekp.train.multiplex import (
     FLIP_ID_BASE,
     CameraMultiplex,

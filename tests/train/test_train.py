@@ -212,47 +212,20 @@ def test_kill_9_during_stage2_then_rerun_loses_nothing(stage1, tmp_path):
         assert torch.equal(a["multiplex"][k], b["multiplex"][k]), k
 
 
-def test_stage2_under_torchrun_with_two_processes(stage1, tmp_path):
+def test_stage2_under_torchrun_with_two_processes(stage1, tmp_path, run_torchrun):
     """`torchrun --nproc_per_node 2` on CPU (gloo on 127.0.0.1): the real Stage II command runs, both ranks keep
     the same camera multiplex (run_stage2 checks it after training and fails otherwise), rank 0 writes."""
     import json
-    import os
-    import socket
-    import subprocess
-    import sys
-
-    from slopekp.train import distributed as D
 
     data, mp = stage1
-    env = {k: v for k, v in os.environ.items() if k not in D.TORCHRUN_ENV}
-    env.update(OMP_NUM_THREADS="1")
-    loopback = next((name for _, name in socket.if_nameindex() if name in ("lo", "lo0")), None)
-    if loopback:
-        env.setdefault("GLOO_SOCKET_IFNAME", loopback)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
-           "--master_addr", "127.0.0.1", "--master_port", str(port), "--max_restarts", "0",
-           "-m", "slopekp.cli", "train", "--stage", "2", "--data", str(data), "--multiplex", str(mp),
-           "--out", str(out), "--quiet", "--max-steps", "2", *SMOKE, "train.batch_size=2"]  # fmt: skip
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        log, _ = proc.communicate(timeout=150)
-    except subprocess.TimeoutExpired:
-        proc.terminate()
-        try:
-            log, _ = proc.communicate(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            log, _ = proc.communicate()
-        pytest.fail("torchrun did not finish in 150 s:\n" + log.decode(errors="replace")[-4000:])
-    assert proc.returncode == 0, log.decode(errors="replace")[-4000:]
+    log = run_torchrun(["-m", "slopekp.cli", "train", "--stage", "2", "--data", str(data), "--multiplex", str(mp),
+                        "--out", str(out), "--quiet", "--max-steps", "2", *SMOKE, "train.batch_size=2"],
+                       timeout=150)  # fmt: skip
     assert json.loads((out / "manifest.json").read_text())["settings"]["world_size"] == 2
     ck = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
     assert ck["step"] == 2 and (out / "multiplex.npz").is_file()
-    assert log.decode().count("Stage II: 2 step(s)") == 1  # rank 0 alone reports
+    assert log.count("Stage II: 2 step(s)") == 1  # rank 0 alone reports
 
 
 def test_stage2_prunes_to_the_top_k_hypotheses(stage1, tmp_path):

@@ -213,6 +213,11 @@ class KeypointPoseHead(PoseHead):
         self.register_buffer("keypoint_index", farthest_point_sampling(template_verts.detach().cpu(), num_keypoints))
         self.decoder = HeatmapDecoder(in_channels, num_keypoints, base_width, heatmap_size)
 
+    def heatmap_side(self, layer1_side: int) -> int:
+        """Side of the (square) heatmaps for a ``layer1`` feature map of side ``layer1_side``."""
+        out = self.decoder.out_size
+        return out[0] if out is not None else 2 * layer1_side
+
     def forward(self, enc: EncoderOutput, verts: Tensor | None = None) -> PoseOutput:
         """``enc.features`` and ``verts (B, V, 3)`` (required) -> ``PoseOutput(camera (B, 7), extras)``."""
         if verts is None:

@@ -10,7 +10,7 @@ How Stage II runs on W ranks (``torchrun --nproc_per_node W ...``):
 * **Batches** (:func:`shard_indices`, :func:`shard_loader`): a *global* batch is ``batch_size · W`` consecutive
   items of the epoch order; rank ``r`` takes its positions ``r, r + W, ...`` (``batch_size`` per rank). Every
   rank gets the same number of batches, and within one step no two ranks hold the same image. With ``W = 1``
-  the batches are exactly those of :func:`slopekp.train.run.epoch_loader`.
+  the batches are exactly those of a single-process loader.
 * **Network**: wrapped in ``DistributedDataParallel``; gradients are averaged over ranks (each rank's loss is a
   mean over its own batch, so the result is the mean of the per-rank means).
 * **Camera multiplex** (:func:`sync_store_rows`): after each step's per-image Adam step and score update, every
@@ -257,7 +257,7 @@ def shard_indices(order: Sequence[int], batch_size: int, rank: int, world_size: 
       gradient: at most ``W − 1`` items per epoch, and only when ``len(order) mod G`` is in ``1..W−1``. No batch
       is empty (a zero-sized forward would break the loss means and DDP's gradient reduction);
     * with ``world_size = 1`` the batches are ``order`` cut into ``batch_size`` chunks, as
-      :func:`slopekp.train.run.epoch_loader` cuts them.
+      a single-process loader cuts them.
 
     Raises:
         ValueError: for ``batch_size`` < 1, ``rank`` outside ``[0, world_size)``, or a non-empty ``order``
@@ -293,7 +293,7 @@ def shard_loader(
     """This rank's DataLoader of ``epoch``: :func:`shard_indices` of :func:`slopekp.train.run.epoch_order`,
     without the first ``skip_batches`` steps (global steps: the same count on every rank).
 
-    The drop-in replacement of :func:`slopekp.train.run.epoch_loader` (identical batches for a single process).
+    The drop-in replacement of a single-process loader (identical batches for a single process).
     Sets ``dataset.epoch`` like it. ``collate_fn`` defaults to :func:`slopekp.data.cub.collate_samples`.
     """
     from torch.utils.data import DataLoader

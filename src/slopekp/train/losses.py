@@ -56,23 +56,6 @@ def mask_loss(silhouette: Tensor, mask: Tensor, mask_dt: Tensor) -> Tensor:
     return per_px.flatten(-2).mean(-1)
 
 
-def mask_iou(pred: Tensor, target: Tensor, threshold: float = 0.5) -> Tensor:
-    """Intersection over union of binarised masks (``> threshold``) over the last two dims.
-
-    Args:
-        pred: ``(..., H, W)`` predicted masks in [0, 1].
-        target: ``(..., H, W)`` target masks (broadcastable against ``pred``).
-
-    Returns:
-        ``(...)`` IoU in [0, 1]; 1 where both masks are empty (nothing to disagree on).
-    """
-    p = pred > threshold
-    t = target > threshold
-    inter = (p & t).flatten(-2).sum(-1).to(torch.float32)
-    union = (p | t).flatten(-2).sum(-1).to(torch.float32)
-    return torch.where(union > 0, inter / union.clamp_min(1.0), torch.ones_like(union))
-
-
 def _masked(img: Tensor, mask: Tensor) -> Tensor:
     return img * mask.unsqueeze(-3)
 

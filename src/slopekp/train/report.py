@@ -26,7 +26,8 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from slopekp.train.losses import mask_iou, mask_loss
+from slopekp.eval.metrics import mask_iou
+from slopekp.train.losses import mask_loss
 from slopekp.train.multiplex import (
     CameraMultiplex,
     best_hypothesis,

@@ -33,28 +33,6 @@ def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     return torch.randperm(n, generator=g).tolist()
 
 
-def epoch_loader(dataset, batch_size: int, seed: int, epoch: int, skip_batches: int = 0, num_workers: int = 0):
-    """A DataLoader over ``dataset`` in :func:`epoch_order`, without its first ``skip_batches`` batches.
-
-    Sets ``dataset.epoch`` (the CMR data set draws its jitter and flips from ``(seed, epoch, index)``). The last
-    batch may be smaller (nothing is dropped: every image advances its multiplex)."""
-    from torch.utils.data import DataLoader, Subset
-
-    from slopekp.data.cub import collate_samples
-
-    if hasattr(dataset, "epoch"):
-        dataset.epoch = epoch
-    order = epoch_order(len(dataset), seed, epoch)[skip_batches * batch_size :]
-    return DataLoader(
-        Subset(dataset, order), batch_size=batch_size, shuffle=False, num_workers=num_workers,
-        collate_fn=collate_samples,
-    )  # fmt: skip
-
-
-def num_batches(n: int, batch_size: int) -> int:
-    return -(-n // batch_size)
-
-
 def summary_writer(path: Path):
     from torch.utils.tensorboard import SummaryWriter  # a declared dependency; imported late (slow import)
 

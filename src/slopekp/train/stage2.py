@@ -363,17 +363,15 @@ def write_stage2_report(cfg, data_dir, multiplex_path, store, template, out: Pat
 def target_quality(ev) -> dict[str, float]:
     """Best-hypothesis rotation error against GT (degrees), strictly and up to the depth mirror, and the share of
     images whose best hypothesis is the depth mirror of the truth (closer to the mirror than to GT, within 30°)."""
+    from slopekp.eval.metrics import rotation_error_stats
+
     if ev.best_err is None:
         return {}
-    deg = torch.rad2deg(ev.best_err.double())
-    deg_m = torch.rad2deg(ev.best_err_mirror.double())
-    mirror = (deg_m < deg) & (deg_m < 30)
+    strict, up_to_mirror = rotation_error_stats(ev.best_err), rotation_error_stats(ev.best_err_mirror)
+    mirror = (ev.best_err_mirror < ev.best_err) & (torch.rad2deg(ev.best_err_mirror) < 30)
     return {
-        "num_images": int(deg.numel()),
-        "median_deg": float(deg.median()),
-        "mean_deg": float(deg.mean()),
-        "pct_under_30deg": float(100 * (deg < 30).double().mean()),
-        "median_deg_up_to_mirror": float(deg_m.median()),
-        "pct_under_30deg_up_to_mirror": float(100 * (deg_m < 30).double().mean()),
+        "num_images": int(ev.best_err.numel()),
+        **strict,
+        **{f"{k}_up_to_mirror": v for k, v in up_to_mirror.items()},
         "pct_best_is_depth_mirror": float(100 * mirror.double().mean()),
     }

@@ -30,6 +30,7 @@ import torch
 
 from slopekp.config import Config, config_to_yaml, load_config, save_config
 from slopekp.manifest import Manifest, cmr_data_fingerprint, file_digest, flat_settings, prepare_output_dir
+from slopekp.train import distributed as D
 from slopekp.train import run
 from slopekp.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from slopekp.train.losses import camera_loss, heatmap_loss
@@ -167,13 +168,7 @@ def run_stage3(
     if not cfg.train.freeze_backbone:
         params += [p for n, p in model.named_parameters() if n.startswith("encoder.")]
     opt = torch.optim.Adam(params, lr=cfg.train.lr)
-    heat_size = None
-    if head == "keypoints":
-        with torch.no_grad():
-            model.eval()
-            probe = model.pose.decoder(model.encoder(torch.zeros(1, 3, cfg.model.image_size, cfg.model.image_size,
-                                                                 device=device)).features)  # fmt: skip
-        heat_size = probe.shape[-1]
+    heat_size = model.pose.heatmap_side(model.encoder.feature_sizes["layer1"]) if head == "keypoints" else None
     hard = Renderer(RenderSettings(image_size=heat_size or cfg.model.image_size, z_offset=cfg.render.z_offset,
                                    near=cfg.render.near, far=cfg.render.far))  # fmt: skip
     ckpt_path = out_dir / CHECKPOINT
@@ -201,7 +196,7 @@ def run_stage3(
         model.texture.eval()
 
     B = cfg.train.batch_size
-    per_epoch = run.num_batches(len(dataset), B)
+    per_epoch = D.num_steps(len(dataset), B, 1)
     total = cfg.train.pose_epochs * per_epoch
     writer = run.summary_writer(out_dir / "tb")
     bar = tqdm(total=total, initial=min(step, total), unit="step", desc=f"Stage III {head}", disable=not progress,
@@ -212,7 +207,7 @@ def run_stage3(
     try:
         with run.stop_guard() as stop:
             while epoch < cfg.train.pose_epochs and (max_steps is None or steps_now < max_steps):
-                loader = run.epoch_loader(dataset, B, cfg.seed, epoch, done_in_epoch, cfg.train.num_workers)
+                loader = D.shard_loader(dataset, B, cfg.seed, epoch, D.SINGLE, done_in_epoch, cfg.train.num_workers)
                 for batch in loader:
                     batch = batch.to(device)
                     if batch.gt_camera is not None:

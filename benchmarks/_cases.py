@@ -1,0 +1,39 @@
+"""What the benchmark scripts share: choosing cases and running each in a fresh process (so that its peak
+memory is its own), printing one JSON object per case."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+
+
+def rss_mb() -> float:
+    """Resident set size of this process now, in MB."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def selected_cases(parser, spec: str, cases) -> list[str]:
+    """The comma-separated ``spec`` as a list of case names; an unknown name is a usage error."""
+    names = [c for c in spec.split(",") if c]
+    unknown = [c for c in names if c not in cases]
+    if unknown:
+        parser.error(f"unknown case(s) {unknown}; choose from {list(cases)}")
+    return names
+
+
+def run_each(names: list[str], target, args) -> int:
+    """``target(name, args, queue)`` in a fresh spawned process per case; prints each result as a JSON line.
+    A case whose process fails prints ``{"case", "error"}`` and stops the run (exit status 1)."""
+    ctx = mp.get_context("spawn")
+    for name in names:
+        q = ctx.Queue()
+        proc = ctx.Process(target=target, args=(name, args, q))
+        proc.start()
+        proc.join()
+        if proc.exitcode != 0 or q.empty():
+            print(json.dumps({"case": name, "error": f"case process exited with {proc.exitcode}"}), flush=True)
+            return 1
+        print(json.dumps(q.get()), flush=True)
+    return 0
