@@ -56,6 +56,29 @@ def test_single_process_helpers_are_no_ops():
     D.barrier(info)
     assert D.rank_device("cuda", D.DistInfo(1, 2, 1, "nccl")) == torch.device("cuda", 1)
     assert D.rank_device("cpu", D.DistInfo(1, 2, 1, "gloo")) == torch.device("cpu")
+    net = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    net(torch.randn(4, 3)).sum().backward()
+    grads = [p.grad.clone() for p in net.parameters()]
+    D.average_gradients(list(net.parameters()), info)
+    D.broadcast_buffers(net, info)
+    assert all(torch.equal(g, p.grad) for g, p in zip(grads, net.parameters()))
+    assert D.modules_in_sync(net, info)
+
+
+def test_module_checksum_sees_a_change_of_any_parameter_or_buffer():
+    net = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    ref = D.module_checksum(net)
+    for t in [*net.parameters(), *net.buffers()]:
+        if t.dtype.is_floating_point:
+            with torch.no_grad():
+                t.view(-1)[0] += 1e-3
+            assert not torch.equal(D.module_checksum(net), ref)
+            with torch.no_grad():
+                t.view(-1)[0] -= 1e-3
+    with torch.no_grad():  # swapping two values keeps the plain sum; the position-weighted one sees it
+        w = net[0].weight.view(-1)
+        w[[0, 1]] = w[[1, 0]].clone()
+    assert not torch.equal(D.module_checksum(net), ref)
 
 
 # ------------------------------------------------------------------------------------------ shard_indices

@@ -228,6 +228,24 @@ def test_stage2_under_torchrun_with_two_processes(stage1, tmp_path, run_torchrun
     assert log.count("Stage II: 2 step(s)") == 1  # rank 0 alone reports
 
 
+def test_stage3_under_torchrun_with_two_processes(stage2, tmp_path, run_torchrun):
+    """`torchrun --nproc_per_node 2`: the real Stage III command trains with the ranks' gradients averaged (run_stage3
+    checks that both ranks end with the same model and fails otherwise), rank 0 writes, and the loss decreases."""
+    import json
+
+    data, s2, _ = stage2
+    out = tmp_path / "ddp"
+    log = run_torchrun(["-m", "slopekp.cli", "train", "--stage", "3", "--head", "svd", "--data", str(data),
+                        "--from", str(s2), "--out", str(out), "--quiet", "--max-steps", "4", *SMOKE,
+                        "train.batch_size=2"], timeout=150)  # fmt: skip
+    assert json.loads((out / "manifest.json").read_text())["settings"]["world_size"] == 2
+    assert torch.load(out / "checkpoints" / "last.pt", weights_only=True)["step"] == 4
+    assert log.count("Stage III (svd): 4 step(s)") == 1  # rank 0 alone reports
+    losses = _losses(out)
+    assert len(losses) == 4 and min(losses[-2:]) < losses[0], losses
+    assert json.loads((out / "report" / "metrics.json").read_text())["test"]["num_images"] == 2
+
+
 def test_stage2_prunes_to_the_top_k_hypotheses(stage1, tmp_path):
     data, mp = stage1
     cfg = load_config(overrides=[*SMOKE, "train.top_k=2", "train.top_k_after=1", "train.epochs=2"])
@@ -248,3 +266,31 @@ def test_a_no_op_stage2_rerun_does_not_invalidate_stage3(stage1, tmp_path):
     run_stage3(cfg, data, s2, tmp_path / "s3", "svd", progress=False, max_steps=1)
     run_stage2(cfg, data, mp, s2, progress=False, max_steps=0)
     assert run_stage3(cfg, data, s2, tmp_path / "s3", "svd", progress=False, max_steps=1).steps == 2
+
+
+def test_stage3_supervised_ablation_trains_on_ground_truth_and_says_so(stage2, tmp_path, capsys):
+    """``--supervised`` swaps the multiplex targets for the SfM cameras: the same model, batches and seed give
+    another first loss; the outputs say so; it needs the annotations; a folder of the other kind is refused."""
+    from slopekp.manifest import RunMismatchError
+
+    data, s2, _ = stage2
+    cfg = load_config(overrides=SMOKE)
+    own = run_stage3(cfg, data, s2, tmp_path / "own", "quaternion", progress=False, max_steps=1)
+    sup = run_stage3(cfg, data, s2, tmp_path / "sup", "quaternion", progress=False, max_steps=6, supervised=True)
+    assert _losses(tmp_path / "own")[0] != _losses(tmp_path / "sup")[0]
+    losses = _losses(tmp_path / "sup")
+    assert min(losses[-2:]) < losses[0], losses
+    assert "supervised" in sup.metrics["targets"] and "self-supervised" in own.metrics["targets"]
+    assert "supervised" in torch.load(sup.checkpoint, weights_only=True)["targets"]
+    with pytest.raises(RunMismatchError, match="targets: 'multiplex best cameras"):
+        run_stage3(cfg, data, s2, tmp_path / "own", "quaternion", progress=False, max_steps=1, supervised=True)
+    blind = shutil.copytree(data, tmp_path / "blind")
+    (blind / "anno_train.mat").unlink()
+    with pytest.raises(ValueError, match="anno_train.mat"):
+        run_stage3(cfg, blind, s2, tmp_path / "b", "quaternion", progress=False, max_steps=1, supervised=True)
+    args = ["--data", str(data), "--quiet", "--max-steps", "1", "--from", str(s2), *SMOKE]
+    assert main(["train", "--stage", "3", "--head", "svd", "--supervised", *args, "--out", str(tmp_path / "c")]) == 0
+    out = capsys.readouterr().out
+    assert "Stage III (svd, SUPERVISED by ground-truth cameras)" in out and "rotation error median" in out
+    assert main(["train", "--stage", "2", "--supervised", *args, "--out", str(tmp_path / "d")]) == 2
+    assert "--supervised applies to --stage 3 only" in capsys.readouterr().err

@@ -2,9 +2,10 @@
 
 * ``slopekp train --stage 2 --data DIR --multiplex STAGE1_DIR/multiplex.npz --out OUT [key=value ...]``
 * ``slopekp train --stage 3 --head keypoints|quaternion|gramschmidt|svd --data DIR --from STAGE2_DIR --out OUT``
+  (``--supervised``: the ablation that trains the head on the ground-truth SfM cameras instead of the multiplex)
 
 Rerunning the same command resumes from ``OUT/checkpoints/last.pt``; Ctrl-C (or SIGTERM) writes a checkpoint first.
-Stage II runs on several processes with ``torchrun --nproc_per_node N -m slopekp.cli train --stage 2 ...``
+Both stages run on several processes with ``torchrun --nproc_per_node N -m slopekp.cli train --stage 2|3 ...``
 (``train.batch_size`` is then per process).
 """
 
@@ -31,6 +32,8 @@ def register(sub) -> None:
     p.add_argument("--from", dest="stage2", help="Stage III: the Stage II output folder")
     p.add_argument("--head", choices=HEADS, help="Stage III: the pose head to train (default: model.pose_head)")
     p.add_argument("--out", default=None, help="output folder (default: the config's out_dir)")
+    p.add_argument("--supervised", action="store_true",
+                   help="Stage III ablation: train on the data's ground-truth SfM cameras (labelled in every output)")
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (smoke runs)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_output_dir_args(p)
@@ -44,9 +47,14 @@ def _train(args: argparse.Namespace) -> int:
     if not data.is_dir():
         raise ValueError(f"--data {data}: not a directory")
     out = Path(args.out) if args.out else Path(cfg.out_dir)
+    from slopekp.train import distributed as D
+    from slopekp.utils import resolve_device
+
     common = dict(
         progress=not args.quiet, overwrite=args.overwrite, force_new=args.force_new, max_steps=args.max_steps
     )
+    if args.supervised and args.stage != 3:
+        raise ValueError("--supervised applies to --stage 3 only")
     if args.stage == 2:
         from slopekp.train.stage2 import run_stage2
 
@@ -55,9 +63,6 @@ def _train(args: argparse.Namespace) -> int:
         mp = Path(args.multiplex)
         if mp.is_dir():
             mp = mp / "multiplex.npz"
-        from slopekp.train import distributed as D
-        from slopekp.utils import resolve_device
-
         dist = D.init_distributed(resolve_device(cfg.device))  # torchrun: one process per rank
         try:
             res = run_stage2(cfg, data, mp, out, dist=dist, **common)
@@ -79,6 +84,19 @@ def _train(args: argparse.Namespace) -> int:
     if not args.stage2:
         raise ValueError("--stage 3 needs --from STAGE2_DIR (the output folder of `slopekp train --stage 2`)")
     head = args.head or cfg.model.pose_head
-    res = run_stage3(cfg, data, Path(args.stage2), out, head, **common)
-    print(f"Stage III ({head}): {res.steps} step(s), {res.seconds:.0f} s this run; checkpoint {res.checkpoint}")
+    dist = D.init_distributed(resolve_device(cfg.device))
+    try:
+        res = run_stage3(cfg, data, Path(args.stage2), out, head, supervised=args.supervised, dist=dist, **common)
+    finally:
+        D.cleanup()
+    if not dist.is_main:
+        return 0
+    label = f"{head}, SUPERVISED by ground-truth cameras" if args.supervised else head
+    print(f"Stage III ({label}): {res.steps} step(s), {res.seconds:.0f} s this run; checkpoint {res.checkpoint}")
+    test = res.metrics.get("test")
+    if test:
+        rot, mir = test["rotation_error"], test["rotation_error_up_to_mirror"]
+        print(f"  test ({test['num_images']} images): mask IoU {test['mask_iou_soft']:.3f} (soft), "
+              f"{test['mask_iou_0.5']:.3f} (at 0.5); rotation error median {rot['median_deg']:.1f}°, "
+              f"{rot['pct_under_30deg']:.0f}% < 30°; up to the depth mirror {mir['median_deg']:.1f}°")
     return 0

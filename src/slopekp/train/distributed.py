@@ -230,6 +230,59 @@ def all_reduce_mean(values: dict[str, float], info: DistInfo) -> dict[str, float
     return {k: float(v) / info.world_size for k, v in zip(keys, t[: len(keys)].tolist())}
 
 
+def average_gradients(params: Sequence[torch.nn.Parameter], info: DistInfo) -> None:
+    """Replace each ``p.grad`` by its mean over the ranks (one ``all_reduce`` of a flat buffer), for a model
+    whose forward is not one ``DistributedDataParallel`` call. A missing gradient counts as zeros (and is then
+    set), so every rank reduces the same buffer."""
+    if not info.distributed:
+        return
+    params = [p for p in params if p.requires_grad]
+    if not params:
+        return
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    flat = torch.cat([p.grad.reshape(-1) for p in params]).to(_comm_device(info))
+    dist.all_reduce(flat)
+    flat.div_(info.world_size)
+    offset = 0
+    for p in params:
+        n = p.numel()
+        p.grad.copy_(flat[offset : offset + n].view_as(p.grad))
+        offset += n
+
+
+def broadcast_buffers(module: torch.nn.Module, info: DistInfo, src: int = 0) -> None:
+    """Rank ``src``'s buffers (e.g. BatchNorm running statistics) on every rank, as DDP does before a forward."""
+    if not info.distributed:
+        return
+    for b in module.buffers():
+        t = b.detach().to(_comm_device(info))
+        dist.broadcast(t, src=src)
+        b.data.copy_(t)
+
+
+def module_checksum(module: torch.nn.Module) -> Tensor:
+    """``(2,)`` float64 sums of a module's parameters and buffers (plain and position-weighted), to compare ranks."""
+    total, weighted = torch.zeros((), dtype=torch.float64), torch.zeros((), dtype=torch.float64)
+    for t in [*module.parameters(), *module.buffers()]:
+        v = t.detach().double().reshape(-1).cpu()
+        total += v.sum()
+        weighted += (v * torch.linspace(1, 2, v.numel(), dtype=torch.float64)).sum()
+    return torch.stack([total, weighted])
+
+
+def modules_in_sync(module: torch.nn.Module, info: DistInfo) -> bool:
+    """True when every rank holds the same parameters and buffers (checksums equal); True for one process."""
+    if not info.distributed:
+        return True
+    c = module_checksum(module).to(_comm_device(info))
+    lo, hi = c.clone(), c.clone()
+    dist.all_reduce(lo, op=dist.ReduceOp.MIN)
+    dist.all_reduce(hi, op=dist.ReduceOp.MAX)
+    return bool(torch.equal(lo, hi))
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Sharded batches
 # ----------------------------------------------------------------------------------------------------------

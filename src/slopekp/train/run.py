@@ -1,5 +1,6 @@
 """What every training stage sets up the same way: seeding, device, threads, deterministic resumable batches,
-TensorBoard, and a SIGINT/SIGTERM guard that lets the loop write a checkpoint before it stops.
+TensorBoard, a SIGINT/SIGTERM guard that lets the loop write a checkpoint before it stops, and the loop itself
+(:func:`train_loop`).
 
 The stages (:mod:`slopekp.train.stage2`, :mod:`slopekp.train.stage3`) read top to bottom with these.
 """
@@ -8,8 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -84,3 +87,84 @@ def stop_guard() -> Iterator[list[int]]:
     finally:
         for sig, h in old.items():
             signal.signal(sig, h)
+
+
+@dataclass
+class LoopState:
+    """Where a training loop stands: ``epoch`` (epochs done), ``step`` (steps done, all epochs) and
+    ``in_epoch`` (steps done in the current epoch). Checkpoints store the three; a resumed loop starts from them."""
+
+    epoch: int = 0
+    step: int = 0
+    in_epoch: int = 0
+
+
+def train_loop(
+    *,
+    dataset,
+    cfg: Config,
+    dist,
+    epochs: int,
+    state: LoopState,
+    step_fn: Callable[[Any], dict[str, float]],
+    checkpoint: Callable[[dict[str, float]], None],
+    tag: str,
+    writer=None,
+    progress: bool = True,
+    max_steps: int | None = None,
+    on_epoch_end: Callable[[int], None] | None = None,
+    postfix: tuple[str, ...] = (),
+    checkpoint_path: Path | None = None,
+    desc: str | None = None,
+) -> tuple[dict[str, float], int]:
+    """The epoch / step / checkpoint / stop skeleton shared by the training stages.
+
+    Each step takes this rank's next batch of :func:`slopekp.train.distributed.shard_loader` (deterministic in
+    ``(cfg.seed, epoch)``, skipping the ``state.in_epoch`` batches already done) and calls ``step_fn(batch)``,
+    which trains on it and returns the step's logs (the same on every rank). The loop then advances ``state``,
+    logs ``tag/KEY`` scalars to ``writer`` (rank 0 passes one, the others None), and calls ``checkpoint(logs)``
+    every ``cfg.train.checkpoint_every`` steps, at each epoch's end and after a SIGINT/SIGTERM, which stops every
+    rank after the same step (:class:`StopRequested`). ``on_epoch_end(epochs_done)`` runs before that epoch's
+    checkpoint (e.g. pruning the multiplex). ``max_steps`` bounds the steps of this call.
+
+    Returns the last logs and the number of steps this call took.
+    """
+    from tqdm.auto import tqdm
+
+    from slopekp.train import distributed as D
+
+    B = cfg.train.batch_size
+    per_epoch = D.num_steps(len(dataset), B, dist.world_size)
+    total = epochs * per_epoch
+    bar = tqdm(total=total, initial=min(state.step, total), unit="step", desc=desc or tag,
+               disable=not progress or not dist.is_main, dynamic_ncols=True)  # fmt: skip
+    logs: dict[str, float] = {}
+    steps_now = 0
+    try:
+        with stop_guard() as stop:
+            while state.epoch < epochs and (max_steps is None or steps_now < max_steps):
+                loader = D.shard_loader(dataset, B, cfg.seed, state.epoch, dist, state.in_epoch, cfg.train.num_workers)
+                for batch in loader:
+                    logs = step_fn(batch)
+                    state.step, state.in_epoch, steps_now = state.step + 1, state.in_epoch + 1, steps_now + 1
+                    if writer is not None:
+                        for k, v in logs.items():
+                            writer.add_scalar(f"{tag}/{k}", v, state.step)
+                    bar.update(1)
+                    shown = {k: f"{logs[k]:.4f}" for k in ("total", *postfix) if k in logs}
+                    bar.set_postfix(**shown, epoch=state.epoch)
+                    if state.step % cfg.train.checkpoint_every == 0:
+                        checkpoint(logs)
+                    if D.any_rank(bool(stop), dist):  # every rank stops after the same step
+                        checkpoint(logs)
+                        raise StopRequested(f"stopped by a signal; checkpoint {checkpoint_path or 'written'}")
+                    if max_steps is not None and steps_now >= max_steps:
+                        break
+                if state.in_epoch >= per_epoch:
+                    state.epoch, state.in_epoch = state.epoch + 1, 0
+                    if on_epoch_end is not None:
+                        on_epoch_end(state.epoch)
+                checkpoint(logs)
+    finally:
+        bar.close()
+    return logs, steps_now

@@ -170,8 +170,6 @@ def run_stage2(
     (DDP), every rank applies every rank's multiplex updates after each step (so all ranks hold the same store),
     and rank 0 alone writes the folder, the checkpoints and the logs.
     """
-    from tqdm.auto import tqdm
-
     from slopekp.mesh import load_template
     from slopekp.models.reconstructor import build_model
 
@@ -204,13 +202,13 @@ def run_stage2(
     opt = torch.optim.Adam(params, lr=cfg.train.lr)
     renderer = build_renderer(cfg)
     ckpt_path = out_dir / CHECKPOINT
-    epoch, step, done_in_epoch = 0, 0, 0
+    at = run.LoopState()
     if state == "resume" and ckpt_path.exists():
         ck = load_checkpoint(ckpt_path, kind="stage2", template_fingerprint=fp, map_location=device)
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         store = CameraMultiplex.from_state_dict(ck["multiplex"], device=device)
-        epoch, step, done_in_epoch = ck["epoch"], ck["step"], ck["batch_in_epoch"]
+        at = run.LoopState(ck["epoch"], ck["step"], ck["batch_in_epoch"])
         set_rng_state(ck["rng"])
     else:
         store = initial_store(multiplex_path, fp, manifest.inputs["data"]["fingerprint"], cfg, device)
@@ -223,66 +221,50 @@ def run_stage2(
 
     ddp = D.wrap_ddp(model, dist)
 
-    def checkpoint(ep: int, in_epoch: int, logs: dict) -> None:
+    def checkpoint(logs: dict) -> None:
         if not dist.is_main:
             return
         save_checkpoint(ckpt_path, {
             "kind": "stage2", "head": cfg.model.pose_head, "template_fingerprint": fp,
             "config": config_to_yaml(cfg), "manifest": manifest.to_dict(), "model": model.state_dict(),
-            "optimizer": opt.state_dict(), "multiplex": store.state_dict(), "epoch": ep, "step": step,
-            "batch_in_epoch": in_epoch, "rng": rng_state(), "metrics": logs,
+            "optimizer": opt.state_dict(), "multiplex": store.state_dict(), "epoch": at.epoch, "step": at.step,
+            "batch_in_epoch": at.in_epoch, "rng": rng_state(), "metrics": logs,
         })  # fmt: skip
 
-    B = cfg.train.batch_size
-    per_epoch = D.num_steps(len(dataset), B, dist.world_size)
-    total = cfg.train.epochs * per_epoch
+    def train_step(batch) -> dict[str, float]:
+        batch = batch.to(device)
+        if batch.gt_camera is not None:
+            raise ValueError("Stage II received ground-truth cameras")
+        net, cam, lk, q, logs, (pred, res) = stage2_losses(ddp, store, renderer, template, batch, cfg)
+        opt.zero_grad(set_to_none=True)
+        net.backward(inputs=params, retain_graph=True)
+        if cfg.train.grad_clip > 0:
+            logs["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, cfg.train.grad_clip))
+        opt.step()
+        if cfg.train.multiplex_lr > 0:
+            (lk.offsets.grad,) = torch.autograd.grad(cam, lk.offsets)
+            store.adam_step(lk, lr=cfg.train.multiplex_lr)
+        store.set_scores(batch.id, q)
+        D.sync_store_rows(store, batch.id, dist)  # every rank applies every rank's rows
+        step = at.step + 1
+        if writer is not None and (step % cfg.train.image_every == 1 or cfg.train.image_every == 1):
+            write_examples(writer, step, batch, pred, res, q, cfg.train.render_size)
+        return D.all_reduce_mean(logs, dist)
+
+    def end_of_epoch(epochs_done: int) -> None:
+        nonlocal store
+        store = prune(store, epochs_done, cfg)
+
     writer = run.summary_writer(out_dir / "tb") if dist.is_main else None
-    bar = tqdm(total=total, initial=min(step, total), unit="step", desc="Stage II",
-               disable=not progress or not dist.is_main, dynamic_ncols=True)  # fmt: skip
-    logs: dict[str, float] = {}
-    t0, steps_now = time.perf_counter(), 0
+    t0 = time.perf_counter()
     model.train()
     try:
-        with run.stop_guard() as stop:
-            while epoch < cfg.train.epochs and (max_steps is None or steps_now < max_steps):
-                loader = D.shard_loader(dataset, B, cfg.seed, epoch, dist, done_in_epoch, cfg.train.num_workers)
-                for batch in loader:
-                    batch = batch.to(device)
-                    if batch.gt_camera is not None:
-                        raise ValueError("Stage II received ground-truth cameras")
-                    net, cam, lk, q, logs, (pred, res) = stage2_losses(ddp, store, renderer, template, batch, cfg)
-                    opt.zero_grad(set_to_none=True)
-                    net.backward(inputs=params, retain_graph=True)
-                    if cfg.train.grad_clip > 0:
-                        logs["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, cfg.train.grad_clip))
-                    opt.step()
-                    if cfg.train.multiplex_lr > 0:
-                        (lk.offsets.grad,) = torch.autograd.grad(cam, lk.offsets)
-                        store.adam_step(lk, lr=cfg.train.multiplex_lr)
-                    store.set_scores(batch.id, q)
-                    D.sync_store_rows(store, batch.id, dist)  # every rank applies every rank's rows
-                    logs = D.all_reduce_mean(logs, dist)
-                    step, done_in_epoch, steps_now = step + 1, done_in_epoch + 1, steps_now + 1
-                    if writer is not None:
-                        for k, v in logs.items():
-                            writer.add_scalar(f"stage2/{k}", v, step)
-                        if step % cfg.train.image_every == 1 or cfg.train.image_every == 1:
-                            write_examples(writer, step, batch, pred, res, q, cfg.train.render_size)
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{logs['total']:.4f}", mask=f"{logs['best_mask']:.4f}", epoch=epoch)
-                    if step % cfg.train.checkpoint_every == 0:
-                        checkpoint(epoch, done_in_epoch, logs)
-                    if D.any_rank(bool(stop), dist):  # every rank stops after the same step
-                        checkpoint(epoch, done_in_epoch, logs)
-                        raise run.StopRequested(f"stopped by a signal; checkpoint {ckpt_path}")
-                    if max_steps is not None and steps_now >= max_steps:
-                        break
-                if done_in_epoch >= per_epoch:
-                    epoch, done_in_epoch = epoch + 1, 0
-                    store = prune(store, epoch, cfg)
-                checkpoint(epoch, done_in_epoch, logs)
+        logs, _ = run.train_loop(
+            dataset=dataset, cfg=cfg, dist=dist, epochs=cfg.train.epochs, state=at, step_fn=train_step,
+            checkpoint=checkpoint, tag="stage2", writer=writer, progress=progress, max_steps=max_steps,
+            on_epoch_end=end_of_epoch, postfix=("best_mask",), checkpoint_path=ckpt_path, desc="Stage II",
+        )  # fmt: skip
     finally:
-        bar.close()
         if writer is not None:
             writer.close()
         ddp = None  # a DDP wrapper alive past the process group's end can hang the exit (pytorch#56297)
@@ -293,9 +275,10 @@ def run_stage2(
     metrics = None
     if dist.is_main:
         store.save(store_path)
-        metrics = write_stage2_report(cfg, data_dir, multiplex_path, store, template, out_dir / "report", logs, step)
+        metrics = write_stage2_report(cfg, data_dir, multiplex_path, store, template, out_dir / "report", logs,
+                                      at.step)  # fmt: skip
     metrics = D.broadcast_object(metrics, dist)
-    return Stage2Result(out_dir, ckpt_path, store_path, step, seconds, metrics)
+    return Stage2Result(out_dir, ckpt_path, store_path, at.step, seconds, metrics)
 
 
 def prune(store: CameraMultiplex, epoch: int, cfg: Config) -> CameraMultiplex:

@@ -10,6 +10,11 @@ sample. No ground-truth camera or keypoint is read (the data set returns none; t
   from the hard renderer's z-buffer); ``w_hm · heatmap_loss`` (§7.7). Its pose always comes from its keypoints
   through PnP; with ``model.end2end`` a camera loss on that PnP camera is added and back-propagated through PnP.
 
+``supervised=True`` (``--supervised``) is the ablation with ground-truth poses: the targets are the data set's
+SfM cameras of each crop instead of the multiplex's best cameras. It measures what a head reaches with perfect
+targets, i.e. how much of its error comes from the self-supervised targets; its manifest, metrics and messages
+say "supervised".
+
 The encoder, shape and texture come from the Stage II checkpoint. ``train.freeze_backbone`` (default) trains the
 pose head only (U-CMR); otherwise the encoder is trained by the pose loss too.
 
@@ -40,6 +45,7 @@ from slopekp.utils import atomic_save_json
 
 STAGE3_COMMAND = "train stage3"
 _POSE_FIELDS = ("pose_head", "num_keypoints", "end2end")
+TARGETS = {False: "multiplex best cameras (self-supervised)", True: "SfM cameras (supervised ablation)"}
 
 
 @dataclass
@@ -60,7 +66,9 @@ def stage3_config(cfg: Config, stage2_dir: Path, head: str) -> Config:
     return dataclasses.replace(cfg, model=model, template=s2.template, render=s2.render)
 
 
-def stage3_manifest(cfg: Config, data_dir, stage2_dir: Path, template_fp: str, stage2_step: int) -> Manifest:
+def stage3_manifest(
+    cfg: Config, data_dir, stage2_dir: Path, template_fp: str, stage2_step: int, supervised: bool = False
+) -> Manifest:
     """The Stage II run is identified by its pose targets (the store's bytes: ``np.savez`` writes the same bytes
     for the same arrays) and its checkpoint's step (``torch.save`` bytes differ between identical saves)."""
     d = cfg.data
@@ -70,6 +78,7 @@ def stage3_manifest(cfg: Config, data_dir, stage2_dir: Path, template_fp: str, s
         "path": str(stage2_dir.resolve()),
     }
     settings = {"seed": cfg.seed, **flat_settings(cfg.data, "data", ("root", "images_dir", "sfm_dir", "img_size"))}
+    settings["targets"] = TARGETS[supervised]
     settings.update(flat_settings(cfg.model, "model"))
     settings.update(flat_settings(cfg.train, "train", ("pose_epochs", "epochs", "checkpoint_every", "num_workers")))
     inputs = {"data": data, "template": {"fingerprint": template_fp, "path": cfg.template.path}, "stage2": s2}
@@ -123,10 +132,19 @@ def run_stage3(
     overwrite: bool = False,
     force_new: bool = False,
     max_steps: int | None = None,
+    supervised: bool = False,
+    dist: D.DistInfo = D.SINGLE,
 ) -> Stage3Result:
-    """Stage III end to end for pose head ``head``; see the module docstring."""
-    from tqdm.auto import tqdm
+    """Stage III end to end for pose head ``head``; see the module docstring (``supervised``: targets are the
+    ground-truth SfM cameras, an ablation).
 
+    Under ``torchrun`` (``dist`` from :func:`slopekp.train.distributed.init_distributed`) every rank takes its
+    share of each global batch of ``train.batch_size × world_size`` images and the trained weights' gradients are
+    averaged over the ranks before each step and rank 0's BatchNorm statistics are copied to the others after it
+    (as DDP does), so the ranks hold the same model (checked at the end). BatchNorm normalises each rank's share
+    of the batch (no SyncBatchNorm), so a step is not exactly a single-process step on the global batch. Rank 0
+    alone writes the folder, the checkpoints, the logs and the test-split report.
+    """
     from slopekp.mesh import load_template
     from slopekp.models.reconstructor import BACKBONE, build_model
     from slopekp.render import Renderer, RenderSettings
@@ -137,19 +155,24 @@ def run_stage3(
             raise FileNotFoundError(f"{stage2_dir}: not a finished Stage II run (no {need.relative_to(stage2_dir)})")
     cfg = stage3_config(cfg, stage2_dir, head)
     cfg = dataclasses.replace(cfg, out_dir=str(out_dir), data=dataclasses.replace(cfg.data, root=str(data_dir)))
-    device = run.setup(cfg)  # seeds before the pose head is initialised
+    device = D.rank_device(run.setup(cfg), dist)  # seeds before the pose head is initialised
     template = load_template(cfg.template.path)
     fp = template_fingerprint(template.verts, template.faces)
     s2 = load_checkpoint(stage2_dir / CHECKPOINT, kind="stage2", template_fingerprint=fp)
-    model_probe = build_model(cfg.model, template, cfg.template.symmetry_tol)  # a bad head name fails here
-    manifest = stage3_manifest(cfg, data_dir, stage2_dir, fp, int(s2["step"]))
-    state = prepare_output_dir(
-        out_dir, manifest, overwrite=overwrite, force_new=force_new, results=(str(CHECKPOINT),),
-        inputs=[p for p in (data_dir, stage2_dir, cfg.data.images_dir, cfg.data.sfm_dir) if p],
-    )  # fmt: skip
-    save_config(cfg, out_dir / "config.yaml")
+    model = build_model(cfg.model, template, cfg.template.symmetry_tol)  # a bad head name fails here
+    manifest = stage3_manifest(cfg, data_dir, stage2_dir, fp, int(s2["step"]), supervised)
+    if dist.distributed:  # the global batch, hence every step, depends on the number of ranks
+        manifest.settings["world_size"] = dist.world_size
+    state = None
+    if dist.is_main:
+        state = prepare_output_dir(
+            out_dir, manifest, overwrite=overwrite, force_new=force_new, results=(str(CHECKPOINT),),
+            inputs=[p for p in (data_dir, stage2_dir, cfg.data.images_dir, cfg.data.sfm_dir) if p],
+        )  # fmt: skip
+        save_config(cfg, out_dir / "config.yaml")
+    state = D.broadcast_object(state, dist)  # also a barrier: the folder is ready before anyone reads it
     template = template.to(device)
-    model = model_probe.to(device)
+    model = model.to(device)
     backbone = {k: v for k, v in s2["model"].items() if k.startswith(BACKBONE)}
     missing, _ = model.load_state_dict(backbone, strict=False)
     missing = [k for k in missing if k.startswith(BACKBONE)]
@@ -158,92 +181,86 @@ def run_stage3(
             f"{stage2_dir / CHECKPOINT}: Stage II checkpoint lacks {len(missing)} weights, e.g. {missing[:5]}"
         )
     store = CameraMultiplex.load(stage2_dir / STORE_NAME, fingerprint=fp, device=device)
-    dataset = build_train_dataset(cfg, data_dir, return_gt_camera=False)
-    missing_ids = [i for i in range(len(dataset)) if i not in store]
+    dataset = build_train_dataset(cfg, data_dir, return_gt_camera=supervised)
+    missing_ids = [] if supervised else [i for i in range(len(dataset)) if i not in store]
     if missing_ids:
         raise ValueError(
             f"{stage2_dir / STORE_NAME}: no pose target for {len(missing_ids)} image(s), e.g. {missing_ids[:5]}"
         )
-    params = [p for n, p in model.named_parameters() if n.startswith("pose.")]
-    if not cfg.train.freeze_backbone:
-        params += [p for n, p in model.named_parameters() if n.startswith("encoder.")]
+    trained = ("pose.",) if cfg.train.freeze_backbone else ("pose.", "encoder.")
+    for n, p in model.named_parameters():
+        p.requires_grad_(n.startswith(trained))
+    params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=cfg.train.lr)
     heat_size = model.pose.heatmap_side(model.encoder.feature_sizes["layer1"]) if head == "keypoints" else None
     hard = Renderer(RenderSettings(image_size=heat_size or cfg.model.image_size, z_offset=cfg.render.z_offset,
                                    near=cfg.render.near, far=cfg.render.far))  # fmt: skip
     ckpt_path = out_dir / CHECKPOINT
-    epoch, step, done_in_epoch = 0, 0, 0
+    at = run.LoopState()
     if state == "resume" and ckpt_path.exists():
         ck = load_checkpoint(ckpt_path, kind="stage3", head=head, template_fingerprint=fp, map_location=device)
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
-        epoch, step, done_in_epoch = ck["epoch"], ck["step"], ck["batch_in_epoch"]
+        at = run.LoopState(ck["epoch"], ck["step"], ck["batch_in_epoch"])
         set_rng_state(ck["rng"])
 
-    def checkpoint(ep: int, in_epoch: int, logs: dict) -> None:
+    def checkpoint(logs: dict) -> None:
+        if not dist.is_main:
+            return
         save_checkpoint(ckpt_path, {
-            "kind": "stage3", "head": head, "template_fingerprint": fp, "config": config_to_yaml(cfg),
-            "manifest": manifest.to_dict(), "model": model.state_dict(), "optimizer": opt.state_dict(),
-            "multiplex": None, "epoch": ep, "step": step, "batch_in_epoch": in_epoch, "rng": rng_state(),
-            "metrics": logs,
+            "kind": "stage3", "head": head, "targets": TARGETS[supervised], "template_fingerprint": fp,
+            "config": config_to_yaml(cfg), "manifest": manifest.to_dict(), "model": model.state_dict(),
+            "optimizer": opt.state_dict(), "multiplex": None, "epoch": at.epoch, "step": at.step,
+            "batch_in_epoch": at.in_epoch, "rng": rng_state(), "metrics": logs,
         })  # fmt: skip
 
-    def set_modes() -> None:
-        model.train()
-        if cfg.train.freeze_backbone:  # frozen BatchNorm statistics too
-            model.encoder.eval()
-        model.shape.eval()
-        model.texture.eval()
+    def train_step(batch) -> dict[str, float]:
+        batch = batch.to(device)
+        if supervised:
+            target = batch.gt_camera
+        elif batch.gt_camera is not None:
+            raise ValueError("Stage III received ground-truth cameras")
+        else:
+            target = store.best_cameras(batch.id, batch.crop)
+        loss, logs = stage3_loss(model, batch, target, cfg, template.faces, hard)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        D.average_gradients(params, dist)
+        if cfg.train.grad_clip > 0:
+            logs["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, cfg.train.grad_clip))
+        opt.step()
+        D.broadcast_buffers(model, dist)  # BatchNorm statistics: rank 0's on every rank, as DDP keeps them
+        logs["total"] = float(loss.detach())
+        return D.all_reduce_mean(logs, dist)
 
-    B = cfg.train.batch_size
-    per_epoch = D.num_steps(len(dataset), B, 1)
-    total = cfg.train.pose_epochs * per_epoch
-    writer = run.summary_writer(out_dir / "tb")
-    bar = tqdm(total=total, initial=min(step, total), unit="step", desc=f"Stage III {head}", disable=not progress,
-               dynamic_ncols=True)  # fmt: skip
-    logs: dict[str, float] = {}
-    t0, steps_now = time.perf_counter(), 0
-    set_modes()
+    model.train()
+    if cfg.train.freeze_backbone:  # frozen BatchNorm statistics too
+        model.encoder.eval()
+    model.shape.eval()
+    model.texture.eval()
+    writer = run.summary_writer(out_dir / "tb") if dist.is_main else None
+    t0 = time.perf_counter()
     try:
-        with run.stop_guard() as stop:
-            while epoch < cfg.train.pose_epochs and (max_steps is None or steps_now < max_steps):
-                loader = D.shard_loader(dataset, B, cfg.seed, epoch, D.SINGLE, done_in_epoch, cfg.train.num_workers)
-                for batch in loader:
-                    batch = batch.to(device)
-                    if batch.gt_camera is not None:
-                        raise ValueError("Stage III received ground-truth cameras")
-                    target = store.best_cameras(batch.id, batch.crop)
-                    loss, logs = stage3_loss(model, batch, target, cfg, template.faces, hard)
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    if cfg.train.grad_clip > 0:
-                        logs["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, cfg.train.grad_clip))
-                    opt.step()
-                    logs["total"] = float(loss.detach())
-                    step, done_in_epoch, steps_now = step + 1, done_in_epoch + 1, steps_now + 1
-                    for k, v in logs.items():
-                        writer.add_scalar(f"stage3/{k}", v, step)
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{logs['total']:.4f}", epoch=epoch)
-                    if step % cfg.train.checkpoint_every == 0:
-                        checkpoint(epoch, done_in_epoch, logs)
-                    if stop:
-                        checkpoint(epoch, done_in_epoch, logs)
-                        raise run.StopRequested(f"stopped by signal {stop[0]}; checkpoint {ckpt_path}")
-                    if max_steps is not None and steps_now >= max_steps:
-                        break
-                if done_in_epoch >= per_epoch:
-                    epoch, done_in_epoch = epoch + 1, 0
-                checkpoint(epoch, done_in_epoch, logs)
+        logs, _ = run.train_loop(
+            dataset=dataset, cfg=cfg, dist=dist, epochs=cfg.train.pose_epochs, state=at, step_fn=train_step,
+            checkpoint=checkpoint, tag="stage3", writer=writer, progress=progress, max_steps=max_steps,
+            checkpoint_path=ckpt_path, desc=f"Stage III {head}",
+        )  # fmt: skip
     finally:
-        bar.close()
-        writer.close()
-    metrics = {"steps": step, "last_losses": logs, "head": head}
-    test = evaluate_split(model, cfg, data_dir, template.faces, "test")
-    if test is not None:
-        metrics["test"] = test
-    atomic_save_json(metrics, out_dir / "report" / "metrics.json")
-    return Stage3Result(out_dir, ckpt_path, step, time.perf_counter() - t0, metrics)
+        if writer is not None:
+            writer.close()
+    seconds = time.perf_counter() - t0
+    if not D.modules_in_sync(model, dist):
+        raise RuntimeError("the ranks' models diverged")
+    metrics = None
+    if dist.is_main:
+        metrics = {"steps": at.step, "last_losses": logs, "head": head, "targets": TARGETS[supervised]}
+        test = evaluate_split(model, cfg, data_dir, template.faces, "test")
+        if test is not None:
+            metrics["test"] = test
+        atomic_save_json(metrics, out_dir / "report" / "metrics.json")
+    metrics = D.broadcast_object(metrics, dist)
+    return Stage3Result(out_dir, ckpt_path, at.step, seconds, metrics)
 
 
 def evaluate_split(model, cfg: Config, data_dir, faces, split: str) -> dict | None:
