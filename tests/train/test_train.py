@@ -294,3 +294,40 @@ def test_stage3_supervised_ablation_trains_on_ground_truth_and_says_so(stage2, t
     assert "Stage III (svd, SUPERVISED by ground-truth cameras)" in out and "rotation error median" in out
     assert main(["train", "--stage", "2", "--supervised", *args, "--out", str(tmp_path / "d")]) == 2
     assert "--supervised applies to --stage 3 only" in capsys.readouterr().err
+
+
+def test_stage3_frozen_batchnorm_keeps_running_statistics_and_batch_independence(stage2, tmp_path):
+    """With ``train.frozen_batchnorm`` (default) Stage III leaves every BatchNorm's running statistics as loaded (the
+    Stage II encoder's, the new head's initial ones) while the weights train, and a training-mode prediction of an
+    image does not depend on its batch-mates; with it off, the statistics move."""
+    from slopekp.mesh import load_template
+    from slopekp.models.encoder import normalize_image
+    from slopekp.models.reconstructor import build_model
+    from slopekp.train.stage3 import set_train_modes, stage3_config
+
+    data, s2, _ = stage2
+    over = [*SMOKE, "train.freeze_backbone=false"]
+    s2_model = torch.load(s2 / "checkpoints" / "last.pt", weights_only=True)["model"]
+    stats = {}
+    for flag in ("true", "false"):
+        res = run_stage3(load_config(overrides=[*over, f"train.frozen_batchnorm={flag}"]), data, s2, tmp_path / flag,
+                         "quaternion", progress=False, max_steps=3)  # fmt: skip
+        stats[flag] = torch.load(res.checkpoint, weights_only=True)["model"]
+    enc = [k for k in s2_model if k.startswith("encoder.") and k.endswith("running_mean")]
+    assert enc and all(torch.equal(stats["true"][k], s2_model[k]) for k in enc)
+    assert all(torch.equal(stats["true"][k], torch.zeros_like(v)) for k, v in stats["true"].items()
+               if k.startswith("pose.") and k.endswith("running_mean"))  # fmt: skip
+    assert not all(torch.equal(stats["false"][k], s2_model[k]) for k in enc)
+    w = [k for k in enc if k.replace("running_mean", "weight") in s2_model]
+    assert any(not torch.equal(stats["true"][k.replace("running_mean", "weight")],
+                               s2_model[k.replace("running_mean", "weight")]) for k in w)  # fmt: skip
+
+    cfg = stage3_config(load_config(overrides=over), s2, "quaternion")
+    model = build_model(cfg.model, load_template(cfg.template.path))
+    model.load_state_dict(stats["true"])
+    img = normalize_image(torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(0)))
+    set_train_modes(model, cfg)
+    with torch.no_grad():
+        together = model(img).camera
+        alone = torch.cat([model(img[i : i + 2]).camera[:1] for i in range(0, 4, 2)])
+    torch.testing.assert_close(together[::2], alone, rtol=1e-5, atol=1e-6)

@@ -16,7 +16,9 @@ targets, i.e. how much of its error comes from the self-supervised targets; its 
 say "supervised".
 
 The encoder, shape and texture come from the Stage II checkpoint. ``train.freeze_backbone`` (default) trains the
-pose head only (U-CMR); otherwise the encoder is trained by the pose loss too.
+pose head only (U-CMR); otherwise the encoder is trained by the pose loss too. ``train.frozen_batchnorm``
+(default) keeps every BatchNorm layer on its running statistics: with small batches, batch statistics make a
+pose head see each image only relative to its batch-mates.
 
 Writes ``OUT/manifest.json``, ``config.yaml``, ``checkpoints/last.pt`` (a complete model: backbone + this head),
 ``tb/`` and ``report/metrics.json``; rerunning the same command resumes exactly.
@@ -233,11 +235,7 @@ def run_stage3(
         logs["total"] = float(loss.detach())
         return D.all_reduce_mean(logs, dist)
 
-    model.train()
-    if cfg.train.freeze_backbone:  # frozen BatchNorm statistics too
-        model.encoder.eval()
-    model.shape.eval()
-    model.texture.eval()
+    set_train_modes(model, cfg)
     writer = run.summary_writer(out_dir / "tb") if dist.is_main else None
     t0 = time.perf_counter()
     try:
@@ -261,6 +259,20 @@ def run_stage3(
         atomic_save_json(metrics, out_dir / "report" / "metrics.json")
     metrics = D.broadcast_object(metrics, dist)
     return Stage3Result(out_dir, ckpt_path, at.step, seconds, metrics)
+
+
+def set_train_modes(model: torch.nn.Module, cfg: Config) -> None:
+    """Stage III's module modes: the pose head (and the encoder, unless frozen) in training mode, shape and texture
+    in eval mode; with ``train.frozen_batchnorm`` every BatchNorm layer in eval mode (running statistics)."""
+    model.train()
+    if cfg.train.freeze_backbone:  # frozen BatchNorm statistics too
+        model.encoder.eval()
+    model.shape.eval()
+    model.texture.eval()
+    if cfg.train.frozen_batchnorm:
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.eval()
 
 
 def evaluate_split(model, cfg: Config, data_dir, faces, split: str) -> dict | None:
