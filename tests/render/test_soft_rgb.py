@@ -346,3 +346,128 @@ def test_rgb_gradients_stay_finite_with_edge_on_faces():
     (res.rgb.sum() + res.alpha.sum()).backward()
     for name, t in (("verts", verts), ("cameras", cams), ("uv", uv)):
         assert torch.isfinite(t.grad).all(), name
+
+
+# ------------------------------------------------------------------------------------------------------------
+# live pairs: colours only where the depth-softmax weight does not underflow
+# ------------------------------------------------------------------------------------------------------------
+def _stacked_spheres(dtype, *, layers: int, gap: float, seed: int):
+    """``(2, V·layers, 3)`` screen vertices of ``layers`` overlapping spheres ``gap`` depth units apart (radius
+    1.5 in depth, so each sphere's back also lies far behind its front), shared faces and a UV per vertex."""
+    v, f = uv_sphere_mesh(6, 10, dtype=dtype)
+    g = torch.Generator().manual_seed(seed)
+    parts, faces = [], []
+    for k in range(layers):
+        xy = 0.6 * v[:, :2] + 0.1 * torch.randn(2, 1, 2, generator=g, dtype=dtype)
+        z = 5 + gap * k + 1.5 * v[:, 2:].expand(2, -1, 1)
+        parts.append(torch.cat([xy, z], -1))
+        faces.append(f + k * v.shape[0])
+    uv = torch.rand(v.shape[0] * layers, 2, generator=g, dtype=dtype) * 1.8 - 0.9
+    return torch.cat(parts, 1), torch.cat(faces), uv, g
+
+
+def _rgb_every_pair(st: RenderSettings, screen, faces, uv_image, verts_uv):
+    """Reference soft RGB that samples the texture at *every* pair (no live selection) and blends with plain
+    autograd (``_reference_blend``)."""
+    h, w = st.hw
+    log_t, p = soft_rasterize(screen, faces, height=h, width=w, sigma=st.sigma, eps=st.eps, near=st.near,
+                              far=st.far, return_pairs=True)  # fmt: skip
+    nf = faces.shape[0]
+    corners = uv_to_sphere(verts_uv)[faces.reshape(-1)].view(nf, 9).T.contiguous()
+    col = sample_sphere_uv(uv_image, p.face // nf, corners, p.face % nf, p.bary.T).T
+    bg = torch.tensor(st.background, dtype=screen.dtype)
+    rgb = _reference_blend(p.pix, p.prob, p.depth, col, num_pixels=screen.shape[0] * h * w, gamma=st.gamma,
+                           near=st.near, far=st.far, background=bg, bg_eps=st.bg_eps)  # fmt: skip
+    return 1 - torch.exp(log_t), rgb.view(-1, h, w, 3).permute(0, 3, 1, 2), p
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("gamma, mostly_dead", [(1e-4, True), (10.0, False)])
+def test_rgb_live_pairs_match_sampling_every_pair(dtype, gamma, mostly_dead):
+    """The renderer samples the texture only at live pairs; image and gradients (vertices, UV image) equal a
+    reference that samples every pair, with three overlapping spheres (most pairs dead at the default gamma)
+    and with a large gamma (every pair live)."""
+    from slopekp.render.shade import softmax_weights
+
+    screen, faces, verts_uv, g = _stacked_spheres(dtype, layers=3, gap=10.0, seed=31)
+    st = RenderSettings(image_size=(20, 24), sigma=2e-4, gamma=gamma)
+    uv_image = torch.rand(2, 3, 8, 16, generator=g, dtype=dtype)
+    a_in = [screen.clone().requires_grad_(), uv_image.clone().requires_grad_()]
+    b_in = [screen.clone().requires_grad_(), uv_image.clone().requires_grad_()]
+    out = Renderer(st).render_screen(a_in[0], faces, mode="rgb", uv_image=a_in[1], verts_uv=verts_uv)
+    alpha, rgb, p = _rgb_every_pair(st, b_in[0], faces, b_in[1], verts_uv)
+    live = softmax_weights(p.pix, p.depth.detach(), num_pixels=2 * 20 * 24, gamma=gamma, near=st.near,
+                           far=st.far, bg_eps=st.bg_eps).index.shape[0]  # fmt: skip
+    m = p.pix.shape[0]
+    assert m > 1000
+    assert live < 0.5 * m if mostly_dead else live == m
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(out.alpha, alpha, rtol=0, atol=0)
+    torch.testing.assert_close(out.rgb, rgb, **tol)
+    up_a = torch.randn(alpha.shape, generator=g, dtype=dtype)
+    up_c = torch.randn(rgb.shape, generator=g, dtype=dtype)
+    ga = torch.autograd.grad((out.alpha * up_a).sum() + (out.rgb * up_c).sum(), a_in)
+    gb = torch.autograd.grad((alpha * up_a).sum() + (rgb * up_c).sum(), b_in)
+    for x, y in zip(ga, gb):
+        assert y.abs().max() > 0
+        scale = y.abs().max()
+        torch.testing.assert_close(x / scale, y / scale, **tol)
+
+
+def test_softmax_blend_with_live_weights():
+    """``softmax_rgb_blend(..., weights=softmax_weights(...))`` with the live pairs' colours only gives the same
+    colours and gradients as the blend of every pair (dead pairs: exactly 0 gradient); wrong sizes raise."""
+    from slopekp.render.shade import softmax_weights
+
+    g = torch.Generator().manual_seed(32)
+    m, num_pixels = 60, 7
+    pix = torch.randint(0, num_pixels - 1, (m,), generator=g)
+    prob = torch.rand(m, generator=g, dtype=torch.float64).clamp(min=1e-3).requires_grad_()
+    depth = 2 + 10 * (torch.rand(m, generator=g, dtype=torch.float64) < 0.5)  # the far half is dead
+    depth = (depth + 1e-3 * torch.rand(m, generator=g, dtype=torch.float64)).requires_grad_()
+    colours = torch.rand(m, 3, generator=g, dtype=torch.float64).requires_grad_()
+    kw = dict(num_pixels=num_pixels, gamma=1e-4, near=1.0, far=100.0, bg_eps=1e-3)
+    bg = torch.tensor([0.2, 0.4, 0.6], dtype=torch.float64)
+    wts = softmax_weights(pix, depth, **kw)
+    idx = wts.index
+    assert 0 < idx.shape[0] < m // 2 + 10 and idx.shape[0] < m
+    ours = softmax_rgb_blend(pix, prob, depth, colours[idx], background=bg, weights=wts, **kw)
+    ref = _reference_blend(pix, prob, depth, colours, background=bg, **kw)
+    torch.testing.assert_close(ours, ref)
+    up = torch.randn(ours.shape, generator=g, dtype=torch.float64)
+    ga = torch.autograd.grad((ours * up).sum(), (prob, depth, colours))
+    gb = torch.autograd.grad((ref * up).sum(), (prob, depth, colours))
+    dead = torch.ones(m, dtype=torch.bool)
+    dead[idx] = False
+    for a, b in zip(ga, gb):
+        torch.testing.assert_close(a, b)
+        assert (a[dead] == 0).all() and a.abs().max() > 0
+    with pytest.raises(ValueError, match="live"):
+        softmax_rgb_blend(pix, prob, depth, colours, background=bg, weights=wts, **kw)
+
+
+def test_sample_sphere_uv_bary_index():
+    """``bary_index`` samples the chosen columns of ``bary``: same colours and texture gradient as sampling
+    ``bary[:, index]``, and the ``bary`` gradient lands in those columns (0 elsewhere)."""
+    g = torch.Generator().manual_seed(33)
+    images = torch.rand(2, 3, 5, 9, generator=g, dtype=torch.float64, requires_grad=True)
+    uv = torch.rand(8, 2, generator=g, dtype=torch.float64) * 1.6 - 0.8
+    corners = uv_to_sphere(uv)[torch.tensor([[0, 1, 2], [3, 4, 5], [6, 7, 0]]).reshape(-1)].view(3, 9).T
+    corners = corners.contiguous()
+    k = 20
+    bary = torch.rand(3, k, generator=g, dtype=torch.float64)
+    bary = (bary / bary.sum(0)).requires_grad_()
+    index = torch.tensor([3, 0, 7, 7, 19, 11])
+    prim = torch.randint(0, 3, (6,), generator=g)
+    row = torch.randint(0, 2, (6,), generator=g)
+    ours = sample_sphere_uv(images, row, corners, prim, bary, bary_index=index)
+    ref = sample_sphere_uv(images, row, corners, prim, bary[:, index])
+    torch.testing.assert_close(ours, ref, rtol=0, atol=0)
+    up = torch.randn(ours.shape, generator=g, dtype=torch.float64)
+    ga = torch.autograd.grad((ours * up).sum(), (bary, images))
+    gb = torch.autograd.grad((ref * up).sum(), (bary, images))
+    for a, b in zip(ga, gb):
+        torch.testing.assert_close(a, b)
+    unused = torch.ones(k, dtype=torch.bool)
+    unused[index] = False
+    assert (ga[0][:, unused] == 0).all() and (ga[0][:, index] != 0).any()

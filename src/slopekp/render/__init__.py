@@ -9,7 +9,14 @@ from slopekp.render.rasterize import (
     soft_rasterize,
 )
 from slopekp.render.renderer import MODES, Renderer, RenderResult, RenderSettings
-from slopekp.render.shade import Lighting, face_normals, lambert_factor, softmax_rgb_blend
+from slopekp.render.shade import (
+    Lighting,
+    SoftmaxWeights,
+    face_normals,
+    lambert_factor,
+    softmax_rgb_blend,
+    softmax_weights,
+)
 from slopekp.render.texture import UV_SHIFT, sample_bilinear, sphere_to_uv, uv_to_sphere
 
 __all__ = [
@@ -21,6 +28,7 @@ __all__ = [
     "RenderSettings",
     "Renderer",
     "SoftPairs",
+    "SoftmaxWeights",
     "face_normals",
     "hard_rasterize",
     "lambert_factor",
@@ -29,6 +37,7 @@ __all__ = [
     "soft_cutoff_radius",
     "soft_rasterize",
     "softmax_rgb_blend",
+    "softmax_weights",
     "sphere_to_uv",
     "uv_to_sphere",
 ]

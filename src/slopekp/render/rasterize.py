@@ -408,12 +408,10 @@ def _silhouette_block(
         # kept elements (z = -delta d²/sigma is +inf exactly where the pair was dropped), face-major: the
         # pairs of a face are consecutive, which keeps the later per-face gathers and texture look-ups local
         fb, area = blk.g.shape[0], blk.wy * blk.wx
-        keep = (z < math.inf).permute(2, 0, 1).reshape(-1)
-        idx = torch.nonzero(keep).squeeze(1)  # = slot·area + pixel
-        slot = torch.div(idx, area, rounding_mode="floor")
-        idx.sub_(slot * area).mul_(fb).add_(slot)  # element index in the (wy, wx, Fb) block
-        ints = idx.new_empty(3, idx.shape[0])  # block element, flat pixel, flat face
-        ints[0] = idx
+        keep = (z < math.inf).permute(2, 0, 1).reshape(fb, area)
+        slot, px = torch.nonzero(keep, as_tuple=True)  # 2-D: no integer division by the window area
+        ints = slot.new_empty(3, slot.shape[0])  # block element, flat pixel, flat face
+        idx = torch.mul(px, fb, out=ints[0]).add_(slot)  # element index in the (wy, wx, Fb) block
         torch.index_select(grid.pix.reshape(-1), 0, idx, out=ints[1])
         torch.index_select(blk.g, 0, slot, out=ints[2])
         floats = z.new_empty(4, idx.shape[0])  # z, then the three signed edge distances
@@ -548,8 +546,10 @@ def _pair_face_grads(pd: _PairData, grad_bary: Tensor, grad_depth: Tensor, fxy: 
     g, bary = pd.g, pd.bary
     m = g.shape[0]
     rows = bary.new_empty(13, m)
-    zg = torch.stack([fz[k].index_select(0, g) for k in range(3)])  # (3, M)
-    gk = torch.addcmul(grad_bary, grad_depth.unsqueeze(0), zg)  # G_k
+    gk = bary.new_empty(3, m)  # G_k
+    for k in range(3):
+        torch.index_select(fz[k], 0, g, out=gk[k])
+    gk.mul_(grad_depth.unsqueeze(0)).add_(grad_bary)
     t = (gk * bary).sum(0)
     gb = rows[0:3]
     torch.sub(gk, t.unsqueeze(0), out=gb)
@@ -560,7 +560,7 @@ def _pair_face_grads(pd: _PairData, grad_bary: Tensor, grad_depth: Tensor, fxy: 
     gb.addcmul_(gb, clipped, value=-1)
     torch.mul(gb, pd.braw[1].unsqueeze(0), out=rows[3:6])
     torch.mul(gb, pd.braw[2].unsqueeze(0), out=rows[6:9])
-    torch.sum(gb * pd.braw, 0, out=rows[9])
+    torch.mul(gb[0], pd.braw[0], out=rows[9]).addcmul_(gb[1], pd.braw[1]).addcmul_(gb[2], pd.braw[2])
     torch.mul(bary, grad_depth.unsqueeze(0), out=rows[10:13])
     r = rows.new_zeros(13, fz.shape[1]).index_add_(1, g, rows)
     # faces with A = 0 are never live (no pairs, r = 0): give them 0, not 0·inf = NaN

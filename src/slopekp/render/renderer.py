@@ -6,7 +6,10 @@ Modes:
 * ``"rgb"``: soft alpha plus SoftRas depth-softmax colours (``shade.softmax_rgb_blend``) from a UV image
   sampled through the sphere-UV mapping (``texture``) or from per-vertex colours; optional Lambertian
   ``Lighting``. Pairs, UV sampling and blend have analytic backward passes (component-major ``(3, M)``
-  layouts between them); per-vertex colours and lighting use autograd on top.
+  layouts between them); per-vertex colours and lighting use autograd on top. Colours are computed only for
+  the *live* pairs, whose depth-softmax weight does not underflow to 0 (``shade.softmax_weights``): with the
+  default ``gamma`` a pair about one depth unit behind its pixel's front surface is dead (27% of the pairs on
+  ``rgb16_64``, where this saves about a third of the texture work; ~1% on a bird, where nothing is selected).
 * ``"hard"``: z-buffer (``rasterize.hard_rasterize``): alpha in {0, 1}, face index, barycentrics, depth, and
   colours when a texture (or lighting) is given.
 
@@ -27,7 +30,7 @@ from torch import Tensor
 
 from slopekp.geometry.camera import project_points
 from slopekp.render.rasterize import hard_rasterize, soft_cutoff_radius, soft_rasterize
-from slopekp.render.shade import Lighting, face_normals, lambert_factor, softmax_rgb_blend
+from slopekp.render.shade import Lighting, face_normals, lambert_factor, softmax_rgb_blend, softmax_weights
 from slopekp.render.texture import UV_SHIFT, sample_bilinear, sample_sphere_uv, sphere_to_uv, uv_to_sphere
 
 __all__ = ["MODES", "RenderResult", "RenderSettings", "Renderer"]
@@ -279,12 +282,14 @@ class Renderer(torch.nn.Module):
         alpha = 1 - torch.exp(log_t)
         if mode == "silhouette":
             return RenderResult(alpha)
-        col = self._colours(screen_verts, faces, tex, lighting, pairs.face, pairs.bary)
+        # colours only for the live pairs: the others' softmax weights are exactly 0 (with the default gamma, most
+        # pairs behind a pixel's front surface)
+        kw = {"num_pixels": n_img * h * w, "gamma": st.gamma, "near": st.near, "far": st.far, "bg_eps": st.bg_eps}
+        weights = softmax_weights(pairs.pix, pairs.depth, **kw)
+        live = None if weights.index.shape[0] == weights.num_pairs else weights.index
+        col = self._colours(screen_verts, faces, tex, lighting, pairs.face, pairs.bary, live)
         bg = torch.tensor(st.background, dtype=screen_verts.dtype, device=screen_verts.device)
-        rgb = softmax_rgb_blend(
-            pairs.pix, pairs.prob, pairs.depth, col, num_pixels=n_img * h * w, gamma=st.gamma, near=st.near,
-            far=st.far, background=bg, bg_eps=st.bg_eps,
-        )
+        rgb = softmax_rgb_blend(pairs.pix, pairs.prob, pairs.depth, col, background=bg, weights=weights, **kw)
         return RenderResult(alpha, rgb.view(n_img, h, w, 3).permute(0, 3, 1, 2))
 
     def _texture(self, screen_verts, mode, uv_image, verts_uv, verts_rgb, lighting, texture_index):
@@ -349,17 +354,32 @@ class Renderer(torch.nn.Module):
         return _Texture(uv_image, sphere, verts_rgb, texture_index.to(device))
 
     @staticmethod
-    def _colours(screen_verts, faces, tex: _Texture, lighting, g: Tensor, bary: Tensor) -> Tensor:
-        """Colours ``(M, 3)`` at flat faces ``g = n·F + f`` (``(M,)``) and barycentrics ``(M, 3)``."""
+    def _colours(
+        screen_verts, faces, tex: _Texture, lighting, g: Tensor, bary: Tensor, index: Tensor | None = None
+    ) -> Tensor:
+        """Colours ``(M, 3)`` at flat faces ``g = n·F + f`` (``(M,)``) and barycentrics ``(M, 3)``; with
+        ``index`` (``(L,)``), colours ``(L, 3)`` of those samples only."""
         n_faces = faces.shape[0]
+        fused = tex.uv_image is not None and not tex.sphere.requires_grad
+        if index is not None:
+            g = g.index_select(0, index)
+            if not fused:
+                bary = bary.index_select(0, index)
+        if fused:
+            # analytic backward (w.r.t. bary and the UV image) in component-major layouts; face and texture row
+            # through per flat face tables (a gather each, cheaper than an integer division per sample)
+            n_img = screen_verts.shape[0]
+            corners = tex.sphere.index_select(0, faces.reshape(-1)).view(n_faces, 9).T.contiguous()  # (9, F)
+            f = torch.arange(n_faces, device=g.device).repeat(n_img).index_select(0, g)
+            row = tex.index.repeat_interleave(n_faces).index_select(0, g)
+            col = sample_sphere_uv(
+                tex.uv_image.to(screen_verts.dtype), row, corners, f, bary.T, UV_SHIFT, bary_index=index
+            ).T
+            return col if lighting is None else col * Renderer._shade(screen_verts, faces, lighting, g)
         n = torch.div(g, n_faces, rounding_mode="floor")
         f = g - n * n_faces
         row = tex.index.index_select(0, n)
-        if tex.uv_image is not None and not tex.sphere.requires_grad:
-            # analytic backward (w.r.t. bary and the UV image) in component-major layouts
-            corners = tex.sphere.index_select(0, faces.reshape(-1)).view(n_faces, 9).T.contiguous()  # (9, F)
-            col = sample_sphere_uv(tex.uv_image.to(screen_verts.dtype), row, corners, f, bary.T, UV_SHIFT).T
-        elif tex.uv_image is not None:
+        if tex.uv_image is not None:
             pts = (tex.sphere[faces[f]] * bary.unsqueeze(-1)).sum(1)
             col = sample_bilinear(tex.uv_image.to(screen_verts.dtype), row, sphere_to_uv(pts, UV_SHIFT))
         elif tex.verts_rgb is not None:
@@ -367,7 +387,9 @@ class Renderer(torch.nn.Module):
             col = (vr[row.unsqueeze(1), faces[f]] * bary.unsqueeze(-1)).sum(1)
         else:
             col = screen_verts.new_ones(g.shape[0], 3)
-        if lighting is not None:
-            shade = lambert_factor(face_normals(screen_verts, faces), lighting).reshape(-1)
-            col = col * shade[g].unsqueeze(1)
-        return col
+        return col if lighting is None else col * Renderer._shade(screen_verts, faces, lighting, g)
+
+    @staticmethod
+    def _shade(screen_verts, faces, lighting, g: Tensor) -> Tensor:
+        """Lambertian factors ``(M, 1)`` of flat faces ``g``."""
+        return lambert_factor(face_normals(screen_verts, faces), lighting).reshape(-1)[g].unsqueeze(1)
