@@ -274,9 +274,12 @@ def module_checksum(module: torch.nn.Module) -> Tensor:
 
 def modules_in_sync(module: torch.nn.Module, info: DistInfo) -> bool:
     """True when every rank holds the same parameters and buffers (checksums equal); True for one process."""
-    if not info.distributed:
-        return True
-    c = module_checksum(module).to(_comm_device(info))
+    return _same_on_every_rank(module_checksum(module), info) if info.distributed else True
+
+
+def _same_on_every_rank(values: Tensor, info: DistInfo) -> bool:
+    """Collective: True on every rank when ``values`` is equal on all ranks (min and max all-reduces agree)."""
+    c = values.to(_comm_device(info))
     lo, hi = c.clone(), c.clone()
     dist.all_reduce(lo, op=dist.ReduceOp.MIN)
     dist.all_reduce(hi, op=dist.ReduceOp.MAX)
@@ -487,10 +490,4 @@ def store_checksum(store: CameraMultiplex) -> Tensor:
 def stores_in_sync(store: CameraMultiplex, info: DistInfo) -> bool:
     """Collective: True on every rank when every rank's store has the same :func:`store_checksum` (a debugging
     and checkpoint-time check that :func:`sync_store_rows` is called where it must be)."""
-    if not info.distributed:
-        return True
-    c = store_checksum(store).to(_comm_device(info))
-    lo, hi = c.clone(), c.clone()
-    dist.all_reduce(lo, op=dist.ReduceOp.MIN)
-    dist.all_reduce(hi, op=dist.ReduceOp.MAX)
-    return bool(torch.equal(lo, hi))
+    return _same_on_every_rank(store_checksum(store), info) if info.distributed else True

@@ -29,6 +29,25 @@ def setup(cfg: Config) -> torch.device:
     return device
 
 
+def prepare_run_dir(out_dir: Path, manifest, cfg: Config, dist, *, inputs, overwrite: bool, force_new: bool,
+                    results: tuple[str, ...]) -> str | None:
+    """Rank 0 checks or prepares ``out_dir`` for ``manifest`` (:func:`slopekp.manifest.prepare_output_dir`) and
+    writes ``config.yaml``; every rank gets its answer (``"resume"``, ...), after which the folder is ready (a
+    barrier). The number of ranks joins the manifest of a multi-process run: the global batch depends on it."""
+    from slopekp.config import save_config
+    from slopekp.manifest import prepare_output_dir
+    from slopekp.train import distributed as D
+
+    if dist.distributed:
+        manifest.settings["world_size"] = dist.world_size
+    state = None
+    if dist.is_main:
+        state = prepare_output_dir(out_dir, manifest, overwrite=overwrite, force_new=force_new, results=results,
+                                   inputs=[p for p in inputs if p])  # fmt: skip
+        save_config(cfg, out_dir / "config.yaml")
+    return D.broadcast_object(state, dist)
+
+
 def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     """The dataset order of ``epoch``: a permutation of ``range(n)`` that depends on ``(seed, epoch)`` only, so a
     resumed run sees the same batches as an uninterrupted one."""

@@ -34,8 +34,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from slopekp.config import Config, config_to_yaml, save_config
-from slopekp.manifest import Manifest, cmr_data_fingerprint, file_digest, flat_settings, prepare_output_dir
+from slopekp.config import Config, config_to_yaml
+from slopekp.manifest import Manifest, cmr_data_fingerprint, file_digest, flat_settings
 from slopekp.mesh import regularizers
 from slopekp.render import Renderer, RenderSettings
 from slopekp.train import distributed as D
@@ -179,16 +179,10 @@ def run_stage2(
     template = load_template(cfg.template.path)
     fp = template_fingerprint(template.verts, template.faces)
     manifest = stage2_manifest(cfg, data_dir, multiplex_path, fp)
-    if dist.distributed:  # the global batch, hence every step, depends on the number of ranks
-        manifest.settings["world_size"] = dist.world_size
-    state = None
-    if dist.is_main:
-        state = prepare_output_dir(
-            out_dir, manifest, overwrite=overwrite, force_new=force_new, results=(str(CHECKPOINT),),
-            inputs=[p for p in (data_dir, multiplex_path, cfg.data.images_dir, cfg.data.sfm_dir) if p],
-        )  # fmt: skip
-        save_config(cfg, out_dir / "config.yaml")
-    state = D.broadcast_object(state, dist)  # also a barrier: the folder is ready before anyone reads it
+    state = run.prepare_run_dir(
+        out_dir, manifest, cfg, dist, inputs=(data_dir, multiplex_path, cfg.data.images_dir, cfg.data.sfm_dir),
+        overwrite=overwrite, force_new=force_new, results=(str(CHECKPOINT),),
+    )  # fmt: skip
     device = D.rank_device(run.setup(cfg), dist)
     template = template.to(device)
 

@@ -35,8 +35,8 @@ from typing import Any
 
 import torch
 
-from slopekp.config import Config, config_to_yaml, load_config, save_config
-from slopekp.manifest import Manifest, cmr_data_fingerprint, file_digest, flat_settings, prepare_output_dir
+from slopekp.config import Config, config_to_yaml, load_config
+from slopekp.manifest import Manifest, cmr_data_fingerprint, file_digest, flat_settings
 from slopekp.train import distributed as D
 from slopekp.train import run
 from slopekp.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -163,16 +163,10 @@ def run_stage3(
     s2 = load_checkpoint(stage2_dir / CHECKPOINT, kind="stage2", template_fingerprint=fp)
     model = build_model(cfg.model, template, cfg.template.symmetry_tol)  # a bad head name fails here
     manifest = stage3_manifest(cfg, data_dir, stage2_dir, fp, int(s2["step"]), supervised)
-    if dist.distributed:  # the global batch, hence every step, depends on the number of ranks
-        manifest.settings["world_size"] = dist.world_size
-    state = None
-    if dist.is_main:
-        state = prepare_output_dir(
-            out_dir, manifest, overwrite=overwrite, force_new=force_new, results=(str(CHECKPOINT),),
-            inputs=[p for p in (data_dir, stage2_dir, cfg.data.images_dir, cfg.data.sfm_dir) if p],
-        )  # fmt: skip
-        save_config(cfg, out_dir / "config.yaml")
-    state = D.broadcast_object(state, dist)  # also a barrier: the folder is ready before anyone reads it
+    state = run.prepare_run_dir(
+        out_dir, manifest, cfg, dist, inputs=(data_dir, stage2_dir, cfg.data.images_dir, cfg.data.sfm_dir),
+        overwrite=overwrite, force_new=force_new, results=(str(CHECKPOINT),),
+    )  # fmt: skip
     template = template.to(device)
     model = model.to(device)
     backbone = {k: v for k, v in s2["model"].items() if k.startswith(BACKBONE)}
