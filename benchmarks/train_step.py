@@ -47,7 +47,7 @@ def _run_case(name: str, args: argparse.Namespace, queue) -> None:
     from slopekp.render import Renderer, RenderSettings
     from slopekp.train.multiplex import CameraMultiplex, OffsetSettings, hypothesis_cameras, template_fingerprint
     from slopekp.train.stage2 import build_renderer, stage2_losses
-    from slopekp.train.stage3 import stage3_loss
+    from slopekp.train.stage3 import set_train_modes, stage3_loss
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)
@@ -86,9 +86,7 @@ def _run_case(name: str, args: argparse.Namespace, queue) -> None:
     else:
         params = [p for n, p in model.named_parameters() if n.startswith("pose.")]
         opt = torch.optim.Adam(params, lr=1e-4)
-        model.train()
-        model.encoder.eval()
-        model.shape.eval()
+        set_train_modes(model, cfg)  # as Stage III sets them (frozen backbone and BatchNorm statistics)
         hard_size = model.pose.heatmap_side(model.encoder.feature_sizes["layer1"]) if head == "keypoints" else S
         hard = Renderer(RenderSettings(image_size=hard_size))
 
