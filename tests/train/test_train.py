@@ -106,6 +106,12 @@ def test_stage3_every_head_trains(stage2, tmp_path, head):
     assert min(losses[-2:]) < losses[0], losses
     ck = torch.load(res.checkpoint, weights_only=True)
     assert ck["head"] == head and ck["kind"] == "stage3"
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(tmp_path / head / "tb"))
+    acc.Reload()
+    images = [t for t in acc.Tags()["images"] if t.startswith("stage3/input|mesh_pred|mesh_target")]
+    assert images and (("heatmaps" in images[0]) == (head == "keypoints")), images
     test = res.metrics["test"]  # the report evaluates the test split (it has ground truth)
     assert test["num_images"] == 2 and 0 <= test["mask_iou_0.5"] <= 1
     assert set(test["rotation_error"]) == {"mean_deg", "median_deg", "pct_under_15deg", "pct_under_30deg",

@@ -227,6 +227,11 @@ def run_stage3(
         opt.step()
         D.broadcast_buffers(model, dist)  # BatchNorm statistics: rank 0's on every rank, as DDP keeps them
         logs["total"] = float(loss.detach())
+        step = at.step + 1
+        if writer is not None and (step % cfg.train.image_every == 1 or cfg.train.image_every == 1):
+            model.eval()  # no BatchNorm update from the examples' forward pass
+            write_examples(writer, step, model, batch, target, template.faces)
+            set_train_modes(model, cfg)
         return D.all_reduce_mean(logs, dist)
 
     set_train_modes(model, cfg)
@@ -253,6 +258,32 @@ def run_stage3(
         atomic_save_json(metrics, out_dir / "report" / "metrics.json")
     metrics = D.broadcast_object(metrics, dist)
     return Stage3Result(out_dir, ckpt_path, at.step, seconds, metrics)
+
+
+@torch.no_grad()
+def write_examples(writer, step: int, model, batch, target, faces, n: int = 4) -> None:
+    """TensorBoard image rows: input | the mesh under the predicted camera | under the target camera | (keypoint
+    head) the heatmaps' maximum over the keypoints, normalised per image."""
+    from slopekp.models.encoder import normalize_image
+    from slopekp.render import Lighting, Renderer, RenderSettings
+
+    n = min(n, batch.img.shape[0])
+    pred = model(normalize_image(batch.img[:n]))
+    size = batch.img.shape[-1]
+    shaded = Renderer(RenderSettings(image_size=size))
+    light = Lighting()
+    mesh_pred = shaded(pred.verts, faces, pred.camera, mode="hard", lighting=light).rgb
+    mesh_target = shaded(pred.verts, faces, target[:n], mode="hard", lighting=light).rgb
+    heat = pred.pose_extras.get("heatmaps")
+    rows = []
+    for i in range(n):
+        panels = [batch.img[i], mesh_pred[i], mesh_target[i]]
+        if heat is not None:
+            h = heat[i].float().amax(0)
+            panels.append((h - h.min()) / (h.max() - h.min()).clamp(min=1e-6))
+        rows.append(run.image_row(*panels))
+    writer.add_image("stage3/input|mesh_pred|mesh_target" + ("|heatmaps" if heat is not None else ""),
+                     torch.cat(rows, dim=-2), step)  # fmt: skip
 
 
 def set_train_modes(model: torch.nn.Module, cfg: Config) -> None:
