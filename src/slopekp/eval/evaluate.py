@@ -29,7 +29,8 @@ class Evaluation:
     """``num_images``, ``mask_iou_soft``, ``mask_iou_0.5`` (means), ``rotation_error`` and
     ``rotation_error_up_to_mirror`` (:func:`~slopekp.eval.metrics.rotation_error_stats`)."""
     per_image: dict[str, Tensor]
-    """``index``, ``rotation_error_deg``, ``rotation_error_up_to_mirror_deg``, ``iou_soft``, ``iou`` — ``(N,)``."""
+    """``index``, ``rotation_error_deg``, ``rotation_error_up_to_mirror_deg``, ``iou_soft``, ``iou`` — ``(N,)`` —
+    and ``pred_camera``, ``gt_camera`` — ``(N, 7)``."""
 
 
 def benchmark_dataset(data_dir, split: str, img_size: int, *, images_dir=None, sfm_dir=None, max_items: int = 0):
@@ -62,7 +63,7 @@ def evaluate_model(model, dataset, faces: Tensor, *, batch_size: int = 16, devic
     model.eval()
     size = dataset.img_size
     renderer = Renderer(RenderSettings(image_size=size))
-    parts: dict[str, list[Tensor]] = {k: [] for k in ("index", "err", "err_m", "iou_soft", "iou")}
+    parts: dict[str, list[Tensor]] = {k: [] for k in ("index", "err", "err_m", "iou_soft", "iou", "pred", "gt")}
     for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_samples):
         batch = batch.to(device)
         pred = model(normalize_image(batch.img))
@@ -72,6 +73,8 @@ def evaluate_model(model, dataset, faces: Tensor, *, batch_size: int = 16, devic
         parts["err_m"].append(rotation_error_up_to_mirror(pred.camera, batch.gt_camera).cpu())
         parts["iou_soft"].append(mask_iou_soft(sil, batch.mask).cpu())
         parts["iou"].append(mask_iou(sil, batch.mask).cpu())
+        parts["pred"].append(pred.camera.float().cpu())
+        parts["gt"].append(batch.gt_camera.float().cpu())
     cat = {k: torch.cat(v) for k, v in parts.items()}
     metrics = {
         "num_images": int(cat["index"].numel()),
@@ -86,5 +89,7 @@ def evaluate_model(model, dataset, faces: Tensor, *, batch_size: int = 16, devic
         "rotation_error_up_to_mirror_deg": torch.rad2deg(cat["err_m"]),
         "iou_soft": cat["iou_soft"],
         "iou": cat["iou"],
+        "pred_camera": cat["pred"],
+        "gt_camera": cat["gt"],
     }
     return Evaluation(metrics, per_image)
