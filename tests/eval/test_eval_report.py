@@ -53,6 +53,9 @@ def test_eval_writes_metrics_table_and_figures(trained, tmp_path, capsys):
     assert m["mask_iou_0.5"] == pytest.approx(ref["mask_iou_0.5"], abs=1e-6)
     assert m["rotation_error"]["median_deg"] == pytest.approx(ref["rotation_error"]["median_deg"], abs=1e-4)
     assert m["head"] == "svd" and m["split"] == "test"
+    kt = m["keypoint_transfer"]
+    assert kt["num_pairs"] == 1000 and kt["num_keypoints"] > 0 and 0 <= kt["pck"] <= 1
+    assert "keypoint transfer PCK@0.1" in printed
     rows = list(csv.DictReader((out / "per_image.csv").open()))
     assert len(rows) == 3 and all((data / "images").as_posix() in r["image"].replace("\\", "/") for r in rows)
     assert np.mean([float(r["iou_0.5"]) for r in rows]) == pytest.approx(m["mask_iou_0.5"], abs=1e-4)

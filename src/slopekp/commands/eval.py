@@ -29,6 +29,8 @@ def register(sub) -> None:
                         "must be the mesh the model was trained with")  # fmt: skip
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--gallery", type=int, default=8, help="images in the worst-case gallery (0: none)")
+    p.add_argument("--pck-pairs", type=int, default=1000,
+                   help="random image pairs for keypoint-transfer PCK@0.1 (0: skip)")  # fmt: skip
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     add_output_dir_args(p)
     p.set_defaults(func=_eval)
@@ -46,7 +48,7 @@ def _eval(args: argparse.Namespace) -> int:
         raise ValueError(f"--data {data}: not a directory")
     out = Path(args.out) if args.out else ckpt.resolve().parent.parent / f"eval_{args.split}"
     m = evaluate_checkpoint(ckpt, data, out, split=args.split, template=args.template, batch_size=args.batch_size,
-                            device=device, gallery=args.gallery, overwrite=args.overwrite,
+                            device=device, gallery=args.gallery, pck_pairs=args.pck_pairs, overwrite=args.overwrite,
                             force_new=args.force_new)  # fmt: skip
     rot, mir = m["rotation_error"], m["rotation_error_up_to_mirror"]
     print(f"{m['head']} head on {m['num_images']} {args.split} images: mask IoU {m['mask_iou_soft']:.3f} (soft), "
@@ -54,6 +56,10 @@ def _eval(args: argparse.Namespace) -> int:
           f"{rot['median_deg']:.1f}°, {rot['pct_under_15deg']:.0f}% / {rot['pct_under_30deg']:.0f}% / "
           f"{rot['pct_under_45deg']:.0f}% under 15° / 30° / 45°; up to the depth mirror: median "
           f"{mir['median_deg']:.1f}°")  # fmt: skip
+    if "keypoint_transfer" in m:
+        kt = m["keypoint_transfer"]
+        print(f"keypoint transfer PCK@{kt['alpha']:g}: {kt['pck']:.3f} ({kt['num_keypoints']} keypoints, "
+              f"{kt['num_pairs']} pairs)")
     print(f"wrote {out}/: metrics.json, per_image.csv, rotation_error.png, viewpoints.png"
           + (", worst.png" if args.gallery else ""))
     return 0

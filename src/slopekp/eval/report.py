@@ -4,7 +4,8 @@ looks at (METHOD §9.1 protocol: no padding, jitter or flip).
 ``OUT/`` receives:
 
 * ``metrics.json``: mask IoU soft and at 0.5, rotation error (mean, median, % under 15°, 30°, 45°) and the same
-  up to the depth mirror beside it, plus what was evaluated (checkpoint, head, data, split);
+  up to the depth mirror beside it, keypoint-transfer PCK@0.1 over random image pairs
+  (:mod:`slopekp.eval.transfer`), plus what was evaluated (checkpoint, head, data, split);
 * ``per_image.csv``: one row per image (its file, both IoUs, both rotation errors, predicted and ground-truth
   azimuth / elevation / cyclo-rotation in degrees);
 * ``rotation_error.png``: the histogram of the rotation error, strictly and up to the mirror;
@@ -109,6 +110,7 @@ def evaluate_checkpoint(
     batch_size: int = 16,
     device="cpu",
     gallery: int = 8,
+    pck_pairs: int = 1000,
     overwrite: bool = False,
     force_new: bool = False,
 ) -> dict[str, Any]:
@@ -139,7 +141,8 @@ def evaluate_checkpoint(
             "checkpoint": {"fingerprint": file_digest(checkpoint).hexdigest()[:16], "path": str(checkpoint)},
             "data": cmr_data_fingerprint(data_dir, split),
         },
-        settings={"split": split, "template": template or tm.cfg.template.path, "gallery": gallery},
+        settings={"split": split, "template": template or tm.cfg.template.path, "gallery": gallery,
+                  "pck_pairs": pck_pairs},
     )
     prepare_output_dir(out_dir, manifest, overwrite=overwrite, force_new=force_new, results=("metrics.json",),
                        inputs=[data_dir, checkpoint.parent])  # fmt: skip
@@ -156,8 +159,17 @@ def evaluate_checkpoint(
         errs = [float(pi["rotation_error_deg"][i]) for i in worst]
         _worst_gallery(out_dir / "worst.png", tm, dataset, [int(pi["index"][i]) for i in worst], errs,
                        [float(pi["iou"][i]) for i in worst])  # fmt: skip
+    transfer = None
+    if pck_pairs > 0 and len(dataset) >= 2:
+        from slopekp.eval.transfer import keypoint_transfer_pck
+
+        transfer = keypoint_transfer_pck(
+            tm.model, dataset, tm.template.faces, num_pairs=pck_pairs, batch_size=batch_size,
+            z_offset=tm.cfg.render.z_offset, device=device,
+        )  # fmt: skip
     metrics = {
         **ev.metrics,
+        **({"keypoint_transfer": transfer} if transfer is not None else {}),
         "checkpoint": str(checkpoint),
         "head": tm.head,
         "data": str(data_dir),
