@@ -80,6 +80,7 @@ def _command_name(args: argparse.Namespace) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # the command line, for records of the run
     func = getattr(args, "func", None)
     if func is None:
         # a group without its sub-command, or no command at all: show the relevant help

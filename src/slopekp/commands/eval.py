@@ -1,7 +1,10 @@
 """``slopekp eval``: score a Stage III checkpoint on a CMR-format split (METHOD §9.1) and write metrics, a
 per-image CSV, plots and a gallery of the worst cases (:mod:`slopekp.eval.report`).
+``slopekp benchmark``: Stage I once, Stage II per seed, Stage III per head and seed, each evaluated, and a Table 1
+with mean ± std over seeds (:mod:`slopekp.eval.benchmark`).
 
 * ``slopekp eval --checkpoint RUN/checkpoints/last.pt --data DIR [--split test] [--out OUT]``
+* ``slopekp benchmark --data DIR --out OUT [--heads quaternion gramschmidt svd keypoints] [--seeds 3]``
 """
 
 from __future__ import annotations
@@ -9,7 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from slopekp.commands import add_output_dir_args
+from slopekp.commands import add_config_args, add_output_dir_args
 
 
 def register(sub) -> None:
@@ -34,6 +37,48 @@ def register(sub) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     add_output_dir_args(p)
     p.set_defaults(func=_eval)
+
+    from slopekp.eval.benchmark import HEADS
+
+    b = sub.add_parser(
+        "benchmark",
+        help="Table 1: every pose head trained and evaluated the same way over several seeds (resumable)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    b.add_argument("--data", required=True, help="CMR-format data folder with train and test splits")
+    b.add_argument("--out", required=True, help="output folder (stages resume inside it)")
+    b.add_argument("--heads", nargs="+", default=list(HEADS), metavar="HEAD",
+                   help=f"pose heads to compare, among {', '.join(HEADS)} (default: all)")  # fmt: skip
+    b.add_argument("--seeds", type=int, default=3, help="seeds (seed, seed+1, ...): Stage II and III per seed")
+    b.add_argument("--pck-pairs", type=int, default=1000, help="image pairs for keypoint-transfer PCK (0: skip)")
+    b.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_config_args(b)
+    b.set_defaults(func=_benchmark)
+
+
+def _benchmark(args: argparse.Namespace) -> int:
+    import shlex
+
+    from slopekp.commands import config_from_args
+    from slopekp.eval.benchmark import run_benchmark
+
+    # `--heads a b key=value`: argparse hands the trailing overrides to --heads; give them back
+    args.overrides = [*(h for h in args.heads if "=" in h), *args.overrides]
+    args.heads = [h for h in args.heads if "=" not in h]
+    cfg = config_from_args(args)
+    data = Path(args.data)
+    if not data.is_dir():
+        raise ValueError(f"--data {data}: not a directory")
+    command = "slopekp " + " ".join(shlex.quote(a) for a in args.argv)
+    res = run_benchmark(cfg, data, Path(args.out), heads=tuple(args.heads), seeds=args.seeds,
+                        progress=not args.quiet, pck_pairs=args.pck_pairs, command=command)  # fmt: skip
+    print(f"wrote {res.out_dir / 'report.md'} and report.json")
+    for head, m in res.summary.items():
+        iou, med = m["mask IoU (at 0.5)"], m["rotation error median (°)"]
+        print(f"  {head:12s} mask IoU {iou['mean']:.3f} ± {iou['std']:.3f}, rotation error median "
+              f"{med['mean']:.1f}° ± {med['std']:.1f}° over {med['n']} seed(s)")
+    return 0
 
 
 def _eval(args: argparse.Namespace) -> int:
