@@ -138,3 +138,14 @@ def test_yaml_top_level_must_be_a_mapping(tmp_path):
         load_config(bad)
     bad.write_text("")  # an empty file is an empty mapping
     assert load_config(bad) == load_config()
+
+
+def test_config_from_yaml_round_trips_and_names_its_source():
+    from slopekp.config import ConfigError, config_from_yaml, config_to_yaml, load_config
+
+    cfg = load_config(overrides=["train.lr=0.003", "model.pose_head=svd", "seed=7"])
+    assert config_from_yaml(config_to_yaml(cfg)) == cfg
+    with pytest.raises(ConfigError, match=r"^run.pt \(its config\): train.lr must be > 0"):
+        config_from_yaml("train:\n  lr: -1\n", "run.pt (its config)")
+    with pytest.raises(ConfigError, match=r"^run.pt: .*nope"):
+        config_from_yaml("train:\n  nope: 1\n", "run.pt")

@@ -406,6 +406,21 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     return cfg
 
 
+def config_from_yaml(text: str, source: str = "<string>") -> Config:
+    """A :class:`Config` from YAML text (e.g. the copy a checkpoint carries), validated like :func:`load_config`;
+    errors name ``source``."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:  # one reader for files and text: load_config's
+        p = Path(tmp) / "config.yaml"
+        p.write_text(text, encoding="utf-8")
+        try:
+            return load_config(p)
+        except ConfigError as e:
+            msg = str(e).replace(str(p), source)
+            raise ConfigError(msg if source in msg else f"{source}: {msg}") from e
+
+
 def save_config(cfg: Config, path: str | Path) -> None:
     """Write the resolved config as plain YAML (atomically); reload it with :func:`load_config`."""
     text = OmegaConf.to_yaml(OmegaConf.structured(cfg))

@@ -60,7 +60,7 @@ def load_trained_model(checkpoint: str | os.PathLike, *, template: str | None = 
             no trained pose head).
         ValueError: the template is not the one the model was trained with.
     """
-    from slopekp.config import ConfigError, load_config
+    from slopekp.config import ConfigError, config_from_yaml
     from slopekp.mesh import load_template
     from slopekp.models.reconstructor import build_model
     from slopekp.train.checkpoint import CheckpointError, load_checkpoint
@@ -76,15 +76,10 @@ def load_trained_model(checkpoint: str | os.PathLike, *, template: str | None = 
     text = ck.get("config")
     if not isinstance(text, str):
         raise CheckpointError(f"{path}: the checkpoint holds no config")
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:  # load_config reads files; the YAML went through save_config
-        p = Path(tmp) / "config.yaml"
-        p.write_text(text, encoding="utf-8")
-        try:
-            cfg = load_config(p)
-        except ConfigError as e:
-            raise CheckpointError(f"{path}: its config does not load: {e}") from e
+    try:
+        cfg = config_from_yaml(text, f"{path} (its config)")
+    except ConfigError as e:
+        raise CheckpointError(str(e)) from e
     tpl_path = template or cfg.template.path
     tpl = load_template(tpl_path)
     fp = template_fingerprint(tpl.verts, tpl.faces)
