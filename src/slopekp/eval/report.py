@@ -81,7 +81,12 @@ def load_trained_model(checkpoint: str | os.PathLike, *, template: str | None = 
     except ConfigError as e:
         raise CheckpointError(str(e)) from e
     tpl_path = template or cfg.template.path
-    tpl = load_template(tpl_path)
+    try:
+        tpl = load_template(tpl_path)
+    except FileNotFoundError as e:
+        if template:
+            raise
+        raise FileNotFoundError(f"{e} (the template {path} was trained with); pass --template PATH") from e
     fp = template_fingerprint(tpl.verts, tpl.faces)
     if fp != ck.get("template_fingerprint"):
         raise ValueError(
