@@ -34,7 +34,7 @@ def register(sub) -> None:
     p.add_argument("--gallery", type=int, default=8, help="images in the worst-case gallery (0: none)")
     p.add_argument("--pck-pairs", type=int, default=1000,
                    help="random image pairs for keypoint-transfer PCK@0.1 (0: skip)")  # fmt: skip
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
     add_output_dir_args(p)
     p.set_defaults(func=_eval)
 
