@@ -63,7 +63,7 @@ def test_eval_writes_metrics_table_and_figures(trained, tmp_path, capsys):
     assert errs[1] == pytest.approx(m["rotation_error"]["median_deg"], abs=1e-2)
     for r in rows:  # the ground-truth viewpoints in the table are those of the data's cameras
         assert -180 <= float(r["gt_azimuth_deg"]) <= 180 and -90 <= float(r["gt_elevation_deg"]) <= 90
-    for name in ("rotation_error.png", "viewpoints.png", "worst.png"):
+    for name in ("rotation_error.png", "viewpoints.png", "worst.png", "examples.png"):
         im = Image.open(out / name)
         assert im.size[0] > 200 and im.size[1] > 150, name
         assert np.asarray(im.convert("L")).std() > 5, name  # not blank
@@ -72,6 +72,19 @@ def test_eval_writes_metrics_table_and_figures(trained, tmp_path, capsys):
     assert json.loads((out / "metrics.json").read_text()) == m
     assert main(["eval", "--checkpoint", str(ck), "--data", str(data), "--out", str(out), "--split", "train"]) == 2
     assert "split" in capsys.readouterr().err
+
+
+def test_novel_view_turns_the_camera_by_the_angle():
+    from slopekp.eval.metrics import rotation_error
+    from slopekp.eval.report import novel_view_cameras
+
+    q = torch.nn.functional.normalize(torch.randn(5, 4, generator=torch.Generator().manual_seed(1)), dim=1)
+    cams = torch.cat([torch.full((5, 1), 0.7), torch.randn(5, 2) * 0.1, q], 1)
+    turned = novel_view_cameras(cams, 90.0)
+    torch.testing.assert_close(torch.rad2deg(rotation_error(turned, cams)), torch.full((5,), 90.0), atol=1e-3,
+                               rtol=0)  # fmt: skip
+    torch.testing.assert_close(turned[:, :3], cams[:, :3])
+    torch.testing.assert_close(novel_view_cameras(cams, 0.0), cams)
 
 
 def test_viewpoints_round_trip_through_cameras():

@@ -106,5 +106,5 @@ def _eval(args: argparse.Namespace) -> int:
         print(f"keypoint transfer PCK@{kt['alpha']:g}: {kt['pck']:.3f} ({kt['num_keypoints']} keypoints, "
               f"{kt['num_pairs']} pairs)")
     print(f"wrote {out}/: metrics.json, per_image.csv, rotation_error.png, viewpoints.png"
-          + (", worst.png" if args.gallery else ""))
+          + (", worst.png, examples.png" if args.gallery else ""))
     return 0

@@ -10,9 +10,10 @@ looks at (METHOD §9.1 protocol: no padding, jitter or flip).
   azimuth / elevation / cyclo-rotation in degrees);
 * ``rotation_error.png``: the histogram of the rotation error, strictly and up to the mirror;
 * ``viewpoints.png``: predicted against ground-truth azimuth and elevation histograms;
-* ``worst.png``: the images with the largest rotation errors: input | predicted silhouette against the
-  ground-truth mask | the predicted mesh under the ground-truth camera | under the predicted camera | the
-  textured render under the predicted camera.
+* ``worst.png``: the images with the largest rotation errors, and ``examples.png``, images spread evenly over
+  the ranks of the error (typical results): input | predicted silhouette against the ground-truth mask | the
+  predicted mesh under the ground-truth camera | under the predicted camera | textured under the predicted
+  camera | textured, turned 90° about the image's vertical axis (a novel view).
 
 The folder carries a run manifest (the checkpoint's and the data's fingerprints, the split): rerunning the same
 command rewrites the same results, another checkpoint or data set is refused unless ``--overwrite`` or
@@ -154,11 +155,15 @@ def evaluate_checkpoint(
     _plot_rotation_errors(out_dir / "rotation_error.png", pi["rotation_error_deg"].numpy(),
                           pi["rotation_error_up_to_mirror_deg"].numpy(), tm.head)  # fmt: skip
     _plot_viewpoints(out_dir / "viewpoints.png", pred_v, gt_v, tm.head)
-    worst = torch.argsort(pi["rotation_error_deg"], descending=True)[:gallery].tolist()
-    if worst:
-        errs = [float(pi["rotation_error_deg"][i]) for i in worst]
-        _worst_gallery(out_dir / "worst.png", tm, dataset, [int(pi["index"][i]) for i in worst], errs,
-                       [float(pi["iou"][i]) for i in worst])  # fmt: skip
+    order = torch.argsort(pi["rotation_error_deg"], descending=True).tolist()
+    if gallery > 0:
+        # the largest errors, and examples spread evenly over the ranks of the error (typical results)
+        spread = sorted({order[round(q * (len(order) - 1))] for q in np.linspace(0, 1, gallery + 2)[1:-1]},
+                        key=order.index, reverse=True)  # fmt: skip
+        for name, rows, title in (("worst.png", order[:gallery], f"the {min(gallery, len(order))} largest rotation "
+                                   "errors"), ("examples.png", spread, "examples from the best to the worst")):
+            _gallery(out_dir / name, tm, dataset, [int(pi["index"][i]) for i in rows],
+                     [float(pi["rotation_error_deg"][i]) for i in rows], [float(pi["iou"][i]) for i in rows], title)
     transfer = None
     if pck_pairs > 0 and len(dataset) >= 2:
         from slopekp.eval.transfer import keypoint_transfer_pck
@@ -254,9 +259,21 @@ def _plot_viewpoints(path: Path, pred_v: np.ndarray, gt_v: np.ndarray, head: str
     _save_figure(fig, path)
 
 
+def novel_view_cameras(cameras: torch.Tensor, degrees: float) -> torch.Tensor:
+    """``cameras (N, 7)`` turned by ``degrees`` about the image's vertical axis (the camera frame's y): the same
+    scale and translation, the object seen from the side."""
+    from slopekp.geometry.rotations import quat_about_axis, quat_multiply
+
+    turn = quat_about_axis("y", torch.tensor(degrees * torch.pi / 180, dtype=cameras.dtype, device=cameras.device))
+    q = quat_multiply(turn.expand(cameras.shape[0], 4), cameras[:, 3:])
+    return torch.cat([cameras[:, :3], q], 1)
+
+
 @torch.no_grad()
-def _worst_gallery(path: Path, tm: TrainedModel, dataset, indices: list[int], errors: list[float],
-                   ious: list[float]) -> None:  # fmt: skip
+def _gallery(path: Path, tm: TrainedModel, dataset, indices: list[int], errors: list[float], ious: list[float],
+             title: str) -> None:  # fmt: skip
+    """Rows of input | silhouette against mask | mesh under the GT camera | under the predicted camera | textured
+    under the predicted camera | textured, turned 90° (a novel view)."""
     from slopekp.data.cub import collate_samples
     from slopekp.models.encoder import normalize_image
     from slopekp.render import Lighting, Renderer, RenderSettings
@@ -271,16 +288,17 @@ def _worst_gallery(path: Path, tm: TrainedModel, dataset, indices: list[int], er
     sil = r(pred.verts, faces, pred.camera, mode="hard").alpha
     mesh_gt = r(pred.verts, faces, batch.gt_camera, mode="hard", lighting=light).rgb
     mesh_pred = r(pred.verts, faces, pred.camera, mode="hard", lighting=light).rgb
-    textured = r(pred.verts, faces, pred.camera, mode="hard", uv_image=pred.uv_image,
-                 verts_uv=tm.template.verts_uv).rgb  # fmt: skip
+    tex = {"uv_image": pred.uv_image, "verts_uv": tm.template.verts_uv}
+    textured = r(pred.verts, faces, pred.camera, mode="hard", **tex).rgb
+    novel = r(pred.verts, faces, novel_view_cameras(pred.camera, 90.0), mode="hard", lighting=light, **tex).rgb
     n = len(indices)
     titles = ["input", "silhouette (red) vs mask (green)", "mesh, GT camera", "mesh, predicted camera",
-              "textured, predicted camera"]  # fmt: skip
+              "textured, predicted camera", "textured, turned 90°"]  # fmt: skip
     fig, axes = plt.subplots(n, len(titles), figsize=(2.0 * len(titles), 2.0 * n + 0.4), squeeze=False,
                              layout="constrained")  # fmt: skip
     for row in range(n):
         overlay = torch.stack([sil[row], batch.mask[row], torch.zeros_like(sil[row])])
-        panels = [batch.img[row], overlay, mesh_gt[row], mesh_pred[row], textured[row]]
+        panels = [batch.img[row], overlay, mesh_gt[row], mesh_pred[row], textured[row], novel[row]]
         for col, im in enumerate(panels):
             ax = axes[row][col]
             ax.imshow(im.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy())
@@ -289,6 +307,5 @@ def _worst_gallery(path: Path, tm: TrainedModel, dataset, indices: list[int], er
             if row == 0:
                 ax.set_title(titles[col], fontsize=8)
         axes[row][0].set_ylabel(f"#{indices[row]}\n{errors[row]:.0f}°, IoU {ious[row]:.2f}", fontsize=8)
-    fig.suptitle(f"{tm.head} head: the {n} largest rotation errors", fontsize=10)
+    fig.suptitle(f"{tm.head} head: {title}", fontsize=10)
     _save_figure(fig, path)
-
