@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from slopekp.config import Config, load_config
 
@@ -11,6 +12,14 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
     """The standard ``--config FILE`` plus trailing ``key=value`` overrides of every config-driven command."""
     p.add_argument("--config", default=None, help="YAML experiment file (see configs/)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. multiplex.steps=50")
+
+
+def data_dir_arg(args: argparse.Namespace) -> Path:
+    """``--data`` as a ``Path``, refused unless it is a directory."""
+    data = Path(args.data)
+    if not data.is_dir():
+        raise ValueError(f"--data {data}: not a directory")
+    return data
 
 
 def config_from_args(args: argparse.Namespace) -> Config:

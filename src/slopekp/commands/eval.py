@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from slopekp.commands import add_config_args, add_output_dir_args
+from slopekp.commands import add_config_args, add_output_dir_args, config_from_args, data_dir_arg
 
 
 def register(sub) -> None:
@@ -60,16 +60,13 @@ def register(sub) -> None:
 def _benchmark(args: argparse.Namespace) -> int:
     import shlex
 
-    from slopekp.commands import config_from_args
     from slopekp.eval.benchmark import run_benchmark
 
     # `--heads a b key=value`: argparse hands the trailing overrides to --heads; give them back
     args.overrides = [*(h for h in args.heads if "=" in h), *args.overrides]
     args.heads = [h for h in args.heads if "=" not in h]
     cfg = config_from_args(args)
-    data = Path(args.data)
-    if not data.is_dir():
-        raise ValueError(f"--data {data}: not a directory")
+    data = data_dir_arg(args)
     command = "slopekp " + " ".join(shlex.quote(a) for a in args.argv)
     res = run_benchmark(cfg, data, Path(args.out), heads=tuple(args.heads), seeds=args.seeds,
                         progress=not args.quiet, pck_pairs=args.pck_pairs, command=command)  # fmt: skip
@@ -88,9 +85,7 @@ def _eval(args: argparse.Namespace) -> int:
     check_device_name(args.device)
     device = resolve_device(args.device)
     ckpt = Path(args.checkpoint)
-    data = Path(args.data)
-    if not data.is_dir():
-        raise ValueError(f"--data {data}: not a directory")
+    data = data_dir_arg(args)
     out = Path(args.out) if args.out else ckpt.resolve().parent.parent / f"eval_{args.split}"
     m = evaluate_checkpoint(ckpt, data, out, split=args.split, template=args.template, batch_size=args.batch_size,
                             device=device, gallery=args.gallery, pck_pairs=args.pck_pairs, overwrite=args.overwrite,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from slopekp.commands import add_config_args, add_group, add_output_dir_args, config_from_args
+from slopekp.commands import add_config_args, add_group, add_output_dir_args, config_from_args, data_dir_arg
 
 
 def register(sub) -> None:
@@ -62,9 +62,7 @@ def _init(args: argparse.Namespace) -> int:
     from slopekp.train.stage1 import run_stage1
 
     cfg = config_from_args(args)
-    data = Path(args.data)
-    if not data.is_dir():
-        raise ValueError(f"--data {data}: not a directory")
+    data = data_dir_arg(args)
     out = Path(args.out) if args.out else Path(cfg.out_dir)
     res = run_stage1(
         cfg, data, out, progress=not args.quiet, report=not args.no_report,

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from slopekp.commands import add_config_args, add_output_dir_args, config_from_args
+from slopekp.commands import add_config_args, add_output_dir_args, config_from_args, data_dir_arg
 
 HEADS = ("keypoints", "quaternion", "gramschmidt", "svd")
 
@@ -43,9 +43,7 @@ def register(sub) -> None:
 
 def _train(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
-    data = Path(args.data)
-    if not data.is_dir():
-        raise ValueError(f"--data {data}: not a directory")
+    data = data_dir_arg(args)
     out = Path(args.out) if args.out else Path(cfg.out_dir)
     from slopekp.train import distributed as D
     from slopekp.utils import resolve_device
