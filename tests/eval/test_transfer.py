@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from slopekp.eval.transfer import _bbox_side_ndc, lift_to_surface, pck, transfer_keypoints
+from slopekp.eval.metrics import mask_bbox_side
+from slopekp.eval.transfer import lift_to_surface, pck, transfer_keypoints
 
 
 def test_lift_to_surface_uses_the_pixel_or_the_nearest_covered_one():
@@ -34,7 +35,7 @@ def test_pck_and_bbox_side_by_hand():
     assert pck(pred, gt, torch.ones(1, 3, dtype=torch.bool), torch.tensor([0.31])) == (2, 3)
     mask = torch.zeros(2, 10, 10)
     mask[0, 2:6, 1:9] = 1  # 4 rows x 8 columns: the larger side is 8 px = 1.6 NDC
-    torch.testing.assert_close(_bbox_side_ndc(mask), torch.tensor([1.6, 0.0]))
+    torch.testing.assert_close(mask_bbox_side(mask), torch.tensor([1.6, 0.0]))
 
 
 def _view(az_deg: float, el_deg: float, s: float = 0.8) -> torch.Tensor:
@@ -66,7 +67,7 @@ def test_transfer_with_the_true_meshes_and_cameras_lands_on_the_keypoints():
     # surface at its pixel's centre (inherent to lifting through a raster)
     assert float(err.median()) < 0.02 and int((err > 0.06).sum()) <= max(1, int(0.1 * err.numel()))
     mask_b = r(verts[None], faces, cams[1:], mode="hard").alpha
-    thr = 0.1 * _bbox_side_ndc(mask_b)
+    thr = 0.1 * mask_bbox_side(mask_b)
     ones = torch.ones(1, int(both.sum()), dtype=torch.bool)
     c, t = pck(moved[None], vis.points2d[1, both][None], ones, thr)
     assert t == int(both.sum()) and c >= 0.9 * t

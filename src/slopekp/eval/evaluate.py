@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from slopekp.eval.metrics import (
+    mask_bbox_side,
     mask_iou,
     mask_iou_soft,
     rotation_error,
@@ -30,7 +31,8 @@ class Evaluation:
     ``rotation_error_up_to_mirror`` (:func:`~slopekp.eval.metrics.rotation_error_stats`)."""
     per_image: dict[str, Tensor]
     """``index``, ``rotation_error_deg``, ``rotation_error_up_to_mirror_deg``, ``iou_soft``, ``iou`` — ``(N,)`` —
-    and ``pred_camera``, ``gt_camera`` — ``(N, 7)``."""
+    and ``pred_camera``, ``gt_camera`` — ``(N, 7)`` (with ``keep_predictions``, also ``verts``, ``kp``,
+    ``mask_side``)."""
 
 
 def benchmark_dataset(data_dir, split: str, img_size: int, *, images_dir=None, sfm_dir=None, max_items: int = 0):
@@ -43,8 +45,12 @@ def benchmark_dataset(data_dir, split: str, img_size: int, *, images_dir=None, s
 
 
 @torch.no_grad()
-def evaluate_model(model, dataset, faces: Tensor, *, batch_size: int = 16, device=None) -> Evaluation:
+def evaluate_model(model, dataset, faces: Tensor, *, batch_size: int = 16, device=None,
+                   keep_predictions: bool = False) -> Evaluation:  # fmt: skip
     """Run ``model`` (a :class:`~slopekp.models.reconstructor.Reconstructor`) over ``dataset`` and score it.
+
+    ``keep_predictions`` also keeps, in ``per_image``, what keypoint transfer needs
+    (:func:`~slopekp.eval.transfer.pck_over_pairs`): ``verts (N, V, 3)``, ``kp (N, K, 3)`` and ``mask_side (N,)``.
 
     Raises:
         ValueError: the data set has no ground-truth cameras, or is empty.
@@ -75,6 +81,10 @@ def evaluate_model(model, dataset, faces: Tensor, *, batch_size: int = 16, devic
         parts["iou"].append(mask_iou(sil, batch.mask).cpu())
         parts["pred"].append(pred.camera.float().cpu())
         parts["gt"].append(batch.gt_camera.float().cpu())
+        if keep_predictions:
+            parts.setdefault("verts", []).append(pred.verts.float().cpu())
+            parts.setdefault("kp", []).append(batch.kp.cpu())
+            parts.setdefault("mask_side", []).append(mask_bbox_side(batch.mask).cpu())
     cat = {k: torch.cat(v) for k, v in parts.items()}
     metrics = {
         "num_images": int(cat["index"].numel()),
@@ -91,5 +101,6 @@ def evaluate_model(model, dataset, faces: Tensor, *, batch_size: int = 16, devic
         "iou": cat["iou"],
         "pred_camera": cat["pred"],
         "gt_camera": cat["gt"],
+        **{k: cat[k] for k in ("verts", "kp", "mask_side") if k in cat},
     }
     return Evaluation(metrics, per_image)

@@ -87,3 +87,17 @@ def rotation_error_stats(err: Tensor, thresholds_deg=ROTATION_THRESHOLDS_DEG) ->
     for t in thresholds_deg:
         out[f"pct_under_{t:g}deg"] = float(100.0 * (deg < t).double().mean())
     return out
+
+
+def mask_bbox_side(mask: Tensor) -> Tensor:
+    """The larger side of each ``mask > 0.5`` bounding box, ``(N, H, W) -> (N,)``, in NDC units (2 = the image
+    side; PCK's scale); 0 for an empty mask."""
+    n, h, w = mask.shape
+    on = mask > 0.5
+    rows, cols = on.any(2), on.any(1)
+    out = torch.zeros(n, dtype=torch.float32, device=mask.device)
+    for i in range(n):
+        r, c = torch.nonzero(rows[i]).squeeze(1), torch.nonzero(cols[i]).squeeze(1)
+        if r.numel():
+            out[i] = max((r[-1] - r[0] + 1) * (2 / h), (c[-1] - c[0] + 1) * (2 / w))
+    return out

@@ -147,7 +147,9 @@ def evaluate_checkpoint(
     )
     prepare_output_dir(out_dir, manifest, overwrite=overwrite, force_new=force_new, results=("metrics.json",),
                        inputs=[data_dir, checkpoint.parent])  # fmt: skip
-    ev = evaluate_model(tm.model, dataset, tm.template.faces, batch_size=batch_size, device=device)
+    want_pck = pck_pairs > 0 and len(dataset) >= 2
+    ev = evaluate_model(tm.model, dataset, tm.template.faces, batch_size=batch_size, device=device,
+                        keep_predictions=want_pck)  # fmt: skip
     pi = ev.per_image
     pred_v, gt_v = _viewpoints_deg(pi["pred_camera"]), _viewpoints_deg(pi["gt_camera"])
     paths = [str(dataset.image_path(int(i))) for i in pi["index"]]
@@ -165,13 +167,12 @@ def evaluate_checkpoint(
             _gallery(out_dir / name, tm, dataset, [int(pi["index"][i]) for i in rows],
                      [float(pi["rotation_error_deg"][i]) for i in rows], [float(pi["iou"][i]) for i in rows], title)
     transfer = None
-    if pck_pairs > 0 and len(dataset) >= 2:
-        from slopekp.eval.transfer import keypoint_transfer_pck
+    if want_pck:
+        from slopekp.eval.transfer import pck_over_pairs
 
-        transfer = keypoint_transfer_pck(
-            tm.model, dataset, tm.template.faces, num_pairs=pck_pairs, batch_size=batch_size,
-            z_offset=tm.cfg.render.z_offset, device=device,
-        )  # fmt: skip
+        faces = tm.template.faces.cpu()
+        transfer = pck_over_pairs(pi["verts"], pi["pred_camera"], pi["kp"], pi["mask_side"], faces,
+                                  dataset.img_size, num_pairs=pck_pairs, z_offset=tm.cfg.render.z_offset)  # fmt: skip
     metrics = {
         **ev.metrics,
         **({"keypoint_transfer": transfer} if transfer is not None else {}),

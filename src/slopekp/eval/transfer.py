@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["keypoint_transfer_pck", "lift_to_surface", "pck", "transfer_keypoints"]
+__all__ = ["lift_to_surface", "pck", "pck_over_pairs", "transfer_keypoints"]
 
 
 def _pixel_of(points: Tensor, h: int, w: int) -> tuple[Tensor, Tensor]:
@@ -66,59 +66,36 @@ def pck(pred: Tensor, gt: Tensor, visible: Tensor, threshold: Tensor) -> tuple[i
     return int(ok.sum()), int(visible.sum())
 
 
-def _bbox_side_ndc(mask: Tensor) -> Tensor:
-    """The larger side of the ``mask > 0.5`` bounding box ``(N,)`` in NDC units (2 = the image side); 0 if empty."""
-    n, h, w = mask.shape
-    on = mask > 0.5
-    rows, cols = on.any(2), on.any(1)
-    out = torch.zeros(n, dtype=torch.float32, device=mask.device)
-    for i in range(n):
-        r, c = torch.nonzero(rows[i]).squeeze(1), torch.nonzero(cols[i]).squeeze(1)
-        if r.numel():
-            out[i] = max((r[-1] - r[0] + 1) * (2 / h), (c[-1] - c[0] + 1) * (2 / w))
-    return out
-
-
 @torch.no_grad()
-def keypoint_transfer_pck(model, dataset, faces: Tensor, *, num_pairs: int = 1000, alpha: float = 0.1,
-                          seed: int = 0, batch_size: int = 16, z_offset: float = 5.0, device=None) -> dict:  # fmt: skip
-    """PCK@``alpha`` of keypoint transfer over ``num_pairs`` random ordered pairs of distinct images of ``dataset``
-    (a :class:`~slopekp.data.cub.CubDataset` without flips, e.g. :func:`~slopekp.eval.evaluate.benchmark_dataset`),
-    with ``model``'s predicted meshes and cameras. Returns ``{"pck", "alpha", "num_pairs", "num_keypoints"}``."""
-    from torch.utils.data import DataLoader
-
-    from slopekp.data.cub import collate_samples
-    from slopekp.models.encoder import normalize_image
+def pck_over_pairs(
+    verts: Tensor, cameras: Tensor, kp: Tensor, mask_side: Tensor, faces: Tensor, image_size: int, *,
+    num_pairs: int = 1000, alpha: float = 0.1, seed: int = 0, z_offset: float = 5.0,
+) -> dict:  # fmt: skip
+    """PCK@``alpha`` of keypoint transfer over ``num_pairs`` random ordered pairs of distinct images, from each
+    image's predicted ``verts (N, V, 3)`` and ``cameras (N, 7)``, its annotated ``kp (N, K, 3)`` (NDC x, y and
+    visibility of an unflipped crop of side ``image_size``) and its mask-box side ``mask_side (N,)``
+    (:func:`~slopekp.eval.metrics.mask_bbox_side`); e.g. the ``per_image`` of
+    :func:`~slopekp.eval.evaluate.evaluate_model` with ``keep_predictions=True``. Returns ``{"pck", "alpha",
+    "num_pairs", "num_keypoints"}``."""
     from slopekp.render import Renderer, RenderSettings
 
-    n = len(dataset)
+    n = verts.shape[0]
     if n < 2:
         raise ValueError(f"keypoint transfer needs at least 2 images, the split has {n}")
-    device = device or faces.device
-    model.eval()
-    verts, cams, kps, sides = [], [], [], []
-    for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_samples):
-        batch = batch.to(device)
-        pred = model(normalize_image(batch.img))
-        verts.append(pred.verts.float())
-        cams.append(pred.camera.float())
-        kps.append(batch.kp)
-        sides.append(_bbox_side_ndc(batch.mask))
-    verts, cams, kps, sides = torch.cat(verts), torch.cat(cams), torch.cat(kps), torch.cat(sides)
     g = torch.Generator().manual_seed(seed)
     a = torch.randint(0, n, (num_pairs,), generator=g)
     b = (a + torch.randint(1, n, (num_pairs,), generator=g)) % n  # never a itself
-    renderer = Renderer(RenderSettings(image_size=dataset.img_size, z_offset=z_offset))
+    renderer = Renderer(RenderSettings(image_size=image_size, z_offset=z_offset))
     correct = total = 0
     for i, j in zip(a.tolist(), b.tolist()):
-        both = (kps[i, :, 2] > 0) & (kps[j, :, 2] > 0)
+        both = (kp[i, :, 2] > 0) & (kp[j, :, 2] > 0)
         if not bool(both.any()):
             continue
-        r = renderer(verts[i : i + 1], faces, cams[i : i + 1], mode="hard")
-        moved = transfer_keypoints(kps[i, both, :2], (r.face_index[0], r.bary[0]), verts[j], cams[j], faces,
+        r = renderer(verts[i : i + 1], faces, cameras[i : i + 1], mode="hard")
+        moved = transfer_keypoints(kp[i, both, :2], (r.face_index[0], r.bary[0]), verts[j], cameras[j], faces,
                                    z_offset)  # fmt: skip
         every = torch.ones(1, int(both.sum()), dtype=torch.bool, device=moved.device)
-        c, t = pck(moved[None], kps[j, both, :2][None], every, alpha * sides[j : j + 1])
+        c, t = pck(moved[None], kp[j, both, :2][None], every, alpha * mask_side[j : j + 1])
         correct, total = correct + c, total + t
     return {"pck": correct / total if total else float("nan"), "alpha": alpha, "num_pairs": num_pairs,
             "num_keypoints": total}  # fmt: skip
