@@ -439,3 +439,14 @@ def test_kill_9_then_resume_gives_the_uninterrupted_store(synth_dir, tmp_path):
         assert sorted(a.files) == sorted(b.files)
         for k in a.files:
             np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_an_empty_training_split_is_refused_before_anything_is_written(tmp_path, capsys):
+    from slopekp.data.synthetic import generate_synthbirds
+
+    data = generate_synthbirds(tmp_path / "sb", n_train=0, n_test=2, size=32, seed=1, progress=False)
+    out = tmp_path / "s1"
+    assert main(["multiplex", "init", "--data", str(data), "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"{data / 'train_cub_cleaned.mat'}: the split 'train' has no images" in err
+    assert not out.exists()

@@ -118,6 +118,15 @@ class Batch:
         return int(self.img.shape[0])
 
 
+def require_images(dataset: CubDataset) -> CubDataset:
+    """``dataset`` itself; a :class:`MatFileError` naming the split's file when it has no images (training needs
+    some)."""
+    if len(dataset) == 0:
+        raise MatFileError(f"{dataset.root / f'{dataset.split}_cub_cleaned.mat'}: the split {dataset.split!r} has "
+                           f"no images")  # fmt: skip
+    return dataset
+
+
 def collate_samples(samples: list[Sample]) -> Batch:
     """Stack samples into a :class:`Batch` (pass as ``DataLoader(collate_fn=collate_samples)``).
 

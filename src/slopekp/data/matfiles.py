@@ -257,6 +257,8 @@ def sfm_anno_problems(
     ``rot`` that is not a proper rotation (``|R·Rᵀ − I| > 1e-3`` or ``det R < 0``).
     """
     n = len(anno)
+    if n == 0:
+        return []
     found: list[list[str]] = [[] for _ in range(n)]
     for name, value in (("rot", anno.rot), ("scale", anno.scale), ("trans", anno.trans)):
         bad = ~np.isfinite(value.reshape(n, -1)).all(1)

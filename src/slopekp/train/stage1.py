@@ -222,11 +222,11 @@ def build_stage1_dataset(
     With ``augment`` the ``cfg.data`` flips and jitter apply (train split only, as in U-CMR's Stage I);
     without, crops are deterministic and unflipped (the report).
     """
-    from slopekp.data.cub import CubDataset
+    from slopekp.data.cub import CubDataset, require_images
 
     d = cfg.data
     on = augment and d.split == "train"
-    return CubDataset(
+    return require_images(CubDataset(
         data_dir,
         split=d.split,
         img_size=cfg.multiplex.image_size,
@@ -239,7 +239,7 @@ def build_stage1_dataset(
         max_items=d.max_items,
         images_dir=d.images_dir or None,
         sfm_dir=d.sfm_dir or None,
-    )
+    ))
 
 
 STAGE1_COMMAND = "multiplex init"
@@ -309,6 +309,7 @@ def run_stage1(
     device = resolve_device(cfg.device)
     template = load_template(cfg.template.path)
     fingerprint = template_fingerprint(template.verts, template.faces)
+    dataset = build_stage1_dataset(cfg, data_dir, return_gt_camera=False)  # a bad or empty split fails here
     manifest = stage1_manifest(cfg, data_dir, fingerprint)
     state = prepare_output_dir(
         out_dir, manifest, overwrite=overwrite, force_new=force_new, results=(STORE_NAME,),
@@ -330,7 +331,6 @@ def run_stage1(
         store = CameraMultiplex(init.shape[0], fingerprint, settings, device=device, data_fingerprint=data_fp)
     save_config(cfg, out_dir / "config.yaml")
 
-    dataset = build_stage1_dataset(cfg, data_dir, return_gt_camera=False)
     renderer = build_stage1_renderer(cfg)
     t0 = time.perf_counter()
     fitted = _fit_dataset(dataset, store, store_path, verts, faces, renderer, init, cfg, out_dir, progress)

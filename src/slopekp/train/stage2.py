@@ -84,15 +84,15 @@ def stage2_manifest(cfg: Config, data_dir, multiplex_path, template_fp: str) -> 
 
 def build_train_dataset(cfg: Config, data_dir, return_gt_camera: bool = False, augment: bool = True):
     """The CMR data set at the network's input size, with ``cfg.data``'s crops, jitter and flips (train split)."""
-    from slopekp.data.cub import CubDataset
+    from slopekp.data.cub import CubDataset, require_images
 
     d = cfg.data
     on = augment and d.split == "train"
-    return CubDataset(
+    return require_images(CubDataset(
         data_dir, split=d.split, img_size=cfg.model.image_size, padding_frac=d.padding_frac,
         jitter_frac=d.jitter_frac, flip=d.flip and on, jitter=on, seed=cfg.seed, return_gt_camera=return_gt_camera,
         max_items=d.max_items, images_dir=d.images_dir or None, sfm_dir=d.sfm_dir or None,
-    )  # fmt: skip
+    ))  # fmt: skip
 
 
 def build_renderer(cfg: Config) -> Renderer:
