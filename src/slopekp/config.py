@@ -187,6 +187,10 @@ class TrainConfig:
     relative to the others in its batch. Measured on SynthBirds, batch 8, ground-truth poses: the quaternion head
     stays at a 78° median error on its own training images in training mode and reaches 28° with frozen
     statistics (docs/training.md). U-CMR's Stage III batch is 128."""
+    mirror_by_appearance: bool = False
+    """Stage III: replace each image's best camera by its depth mirror where a colouring shared by the whole
+    training set says so (:mod:`slopekp.train.appearance`; slopekp's addition, not in U-CMR or SLOPE-KP). A mask
+    cannot tell the two apart."""
     num_workers: int = 0
     """DataLoader worker processes."""
     amp: bool = True

@@ -337,3 +337,36 @@ def test_stage3_frozen_batchnorm_keeps_running_statistics_and_batch_independence
         together = model(img).camera
         alone = torch.cat([model(img[i : i + 2]).camera[:1] for i in range(0, 4, 2)])
     torch.testing.assert_close(together[::2], alone, rtol=1e-5, atol=1e-6)
+
+
+def test_stage3_mirror_by_appearance_trains_on_the_chosen_side(stage2, tmp_path, monkeypatch):
+    """``train.mirror_by_appearance``: every image the choice flags trains on the depth mirror of its best camera
+    (forced all-flagged: another first loss than the plain run; forced none-flagged: the same first loss), and the
+    outputs say which targets were used."""
+    import slopekp.train.appearance as appearance
+
+    data, s2, _ = stage2
+    plain = run_stage3(load_config(overrides=SMOKE), data, s2, tmp_path / "plain", "quaternion", progress=False,
+                       max_steps=1)  # fmt: skip
+    cfg = load_config(overrides=[*SMOKE, "train.mirror_by_appearance=true"])
+    res = run_stage3(cfg, data, s2, tmp_path / "real", "quaternion", progress=False, max_steps=1)
+    summary = res.metrics["mirror_by_appearance"]
+    assert summary["num_images"] == 4 and 0.0 <= summary["mirrored_share"] <= 1.0
+    assert "depth mirror chosen by appearance" in res.metrics["targets"]
+    assert "appearance" in torch.load(res.checkpoint, weights_only=True)["targets"]
+    real = appearance.choose_depth_mirrors
+
+    def forced(value):
+        def choose(*args, **kwargs):
+            ids, choice = real(*args, **kwargs)
+            return ids, dataclasses.replace(choice, mirrored=torch.full_like(choice.mirrored, value))
+
+        return choose
+
+    firsts = {}
+    for value in (True, False):
+        monkeypatch.setattr(appearance, "choose_depth_mirrors", forced(value))
+        run_stage3(cfg, data, s2, tmp_path / f"forced{value}", "quaternion", progress=False, max_steps=1)
+        firsts[value] = _losses(tmp_path / f"forced{value}")[0]
+    assert firsts[False] == pytest.approx(_losses(plain.out_dir)[0], rel=1e-6)
+    assert abs(firsts[True] - firsts[False]) > 1e-4 * abs(firsts[False])

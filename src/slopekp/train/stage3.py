@@ -41,13 +41,21 @@ from slopekp.train import distributed as D
 from slopekp.train import run
 from slopekp.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from slopekp.train.losses import camera_loss, heatmap_loss
-from slopekp.train.multiplex import CameraMultiplex, template_fingerprint
+from slopekp.train.multiplex import CameraMultiplex, depth_mirror_cameras, split_image_ids, template_fingerprint
 from slopekp.train.stage2 import CHECKPOINT, STORE_NAME, build_train_dataset
 from slopekp.utils import atomic_save_json
 
 STAGE3_COMMAND = "train stage3"
 _POSE_FIELDS = ("pose_head", "num_keypoints", "end2end")
 TARGETS = {False: "multiplex best cameras (self-supervised)", True: "SfM cameras (supervised ablation)"}
+TARGETS_MIRROR_BY_APPEARANCE = "multiplex best cameras, depth mirror chosen by appearance (self-supervised)"
+
+
+def targets_label(cfg: Config, supervised: bool) -> str:
+    """What the pose targets are, as the manifest, the checkpoint and the metrics say it."""
+    if not supervised and cfg.train.mirror_by_appearance:
+        return TARGETS_MIRROR_BY_APPEARANCE
+    return TARGETS[supervised]
 
 
 @dataclass
@@ -80,7 +88,7 @@ def stage3_manifest(
         "path": str(stage2_dir.resolve()),
     }
     settings = {"seed": cfg.seed, **flat_settings(cfg.data, "data", ("root", "images_dir", "sfm_dir", "img_size"))}
-    settings["targets"] = TARGETS[supervised]
+    settings["targets"] = targets_label(cfg, supervised)
     settings.update(flat_settings(cfg.model, "model"))
     settings.update(flat_settings(cfg.train, "train", ("pose_epochs", "epochs", "checkpoint_every", "num_workers")))
     inputs = {"data": data, "template": {"fingerprint": template_fp, "path": cfg.template.path}, "stage2": s2}
@@ -183,6 +191,9 @@ def run_stage3(
         raise ValueError(
             f"{stage2_dir / STORE_NAME}: no pose target for {len(missing_ids)} image(s), e.g. {missing_ids[:5]}"
         )
+    mirror_of, mirror_choice = None, None
+    if cfg.train.mirror_by_appearance and not supervised:
+        mirror_of, mirror_choice = appearance_mirrors(cfg, data_dir, store, template, device)
     trained = ("pose.",) if cfg.train.freeze_backbone else ("pose.", "encoder.")
     for n, p in model.named_parameters():
         p.requires_grad_(n.startswith(trained))
@@ -204,7 +215,7 @@ def run_stage3(
         if not dist.is_main:
             return
         save_checkpoint(ckpt_path, {
-            "kind": "stage3", "head": head, "targets": TARGETS[supervised], "template_fingerprint": fp,
+            "kind": "stage3", "head": head, "targets": targets_label(cfg, supervised), "template_fingerprint": fp,
             "config": config_to_yaml(cfg), "manifest": manifest.to_dict(), "model": model.state_dict(),
             "optimizer": opt.state_dict(), "multiplex": None, "epoch": at.epoch, "step": at.step,
             "batch_in_epoch": at.in_epoch, "rng": rng_state(), "metrics": logs,
@@ -218,6 +229,9 @@ def run_stage3(
             raise ValueError("Stage III received ground-truth cameras")
         else:
             target = store.best_cameras(batch.id, batch.crop)
+            if mirror_of is not None:
+                flip = mirror_of[split_image_ids(batch.id).canonical.to(device)]
+                target = torch.where(flip[:, None], depth_mirror_cameras(target), target)
         loss, logs = stage3_loss(model, batch, target, cfg, template.faces, hard)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -251,7 +265,9 @@ def run_stage3(
         raise RuntimeError("the ranks' models diverged")
     metrics = None
     if dist.is_main:
-        metrics = {"steps": at.step, "last_losses": logs, "head": head, "targets": TARGETS[supervised]}
+        metrics = {"steps": at.step, "last_losses": logs, "head": head, "targets": targets_label(cfg, supervised)}
+        if mirror_choice is not None:
+            metrics["mirror_by_appearance"] = mirror_choice
         test = evaluate_split(model, cfg, data_dir, template.faces, "test")
         if test is not None:
             metrics["test"] = test
@@ -284,6 +300,22 @@ def write_examples(writer, step: int, model, batch, target, faces, n: int = 4) -
         rows.append(run.image_row(*panels))
     writer.add_image("stage3/input|mesh_pred|mesh_target" + ("|heatmaps" if heat is not None else ""),
                      torch.cat(rows, dim=-2), step)  # fmt: skip
+
+
+def appearance_mirrors(cfg: Config, data_dir, store, template, device) -> tuple[torch.Tensor, dict]:
+    """:func:`slopekp.train.appearance.choose_depth_mirrors` over the training set: ``(mirror_of, summary)`` with
+    ``mirror_of[id]`` True where the target is the depth mirror of the best camera."""
+    from slopekp.render import Renderer, RenderSettings
+    from slopekp.train.appearance import choose_depth_mirrors
+
+    r = cfg.render
+    renderer = Renderer(RenderSettings(image_size=cfg.train.render_size, z_offset=r.z_offset, near=r.near, far=r.far))
+    dataset = build_train_dataset(cfg, data_dir, augment=False)
+    ids, choice = choose_depth_mirrors(store, dataset, template.verts, template.faces, renderer,
+                                       batch_size=max(cfg.train.batch_size, 32), device=device)  # fmt: skip
+    mirror_of = torch.zeros(int(ids.max()) + 1, dtype=torch.bool, device=device)
+    mirror_of[ids.to(device)] = choice.mirrored.to(device)
+    return mirror_of, choice.summary()
 
 
 def set_train_modes(model: torch.nn.Module, cfg: Config) -> None:
