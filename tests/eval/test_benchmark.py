@@ -45,6 +45,10 @@ def test_benchmark_runs_every_head_and_seed_and_reports_them(tmp_path, capsys):
     assert "Command: `slopekp benchmark --data" in md
     assert "| svd |" in md and "| keypoints |" in md and "40.5°" in md  # the paper's keypoint number beside ours
     assert verdict(summarise({h: {int(s): m for s, m in r.items()} for h, r in rep["runs"].items()})) in md
+    assert "![keypoints, seed 0: examples](seed0/eval_keypoints/examples.png)" in md
+    assert (out / "seed0" / "eval_keypoints" / "examples.png").is_file()
+    assert "Pose targets: multiplex best cameras (self-supervised)." in md
+    assert " ± " in md.split("| svd |")[1].splitlines()[0]  # two seeds: a spread
     # a rerun finds every stage done and writes the same report
     assert main(args) == 0
     assert json.loads((out / "report.json").read_text())["summary"] == rep["summary"]
@@ -64,3 +68,13 @@ def test_verdict_names_the_leader_and_calls_a_tie():
     assert "keypoints and quaternion are level on mask IoU (at 0.5) (0.7 and 0.69, within one standard" in text
     assert "keypoints is best on rotation error median (°) (20; next quaternion, 40)" in text
     assert math.isnan(entry(math.nan, 0)["mean"])
+
+
+def test_one_seed_reports_values_without_a_spread():
+    from slopekp.eval.benchmark import _fmt, verdict
+
+    one = {"mean": 0.5, "std": 0.0, "n": 1}
+    assert _fmt(one) == "0.500" and _fmt({**one, "n": 3}) == "0.500 ± 0.000"
+    s = {h: {"mask IoU (at 0.5)": {**one, "mean": v}, "rotation error median (°)": {**one, "mean": 50.0}}
+         for h, v in (("keypoints", 0.7), ("svd", 0.5))}  # fmt: skip
+    assert "One seed: no spread" in verdict(s)

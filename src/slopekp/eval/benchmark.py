@@ -134,9 +134,12 @@ def summarise(runs: dict[str, dict[int, dict[str, Any]]]) -> dict[str, dict[str,
 
 
 def _fmt(entry: dict[str, float], pct: bool = False) -> str:
+    """``mean ± std`` over seeds; the value alone for one seed (no spread was measured)."""
     if not math.isfinite(entry["mean"]):
         return "–"
     digits = 1 if pct or entry["mean"] > 2 else 3
+    if entry.get("n", 0) < 2:
+        return f"{entry['mean']:.{digits}f}"
     return f"{entry['mean']:.{digits}f} ± {entry['std']:.{digits}f}"
 
 
@@ -159,7 +162,11 @@ def verdict(summary: dict[str, dict[str, dict[str, float]]]) -> str:
         else:
             parts.append(f"{best[2]} and {second[2]} are level on {name} ({best[0]:.3g} and {second[0]:.3g}, within "
                          f"one standard deviation over seeds)")  # fmt: skip
-    return ("; ".join(parts) + ".") if parts else "No head was evaluated."
+    if not parts:
+        return "No head was evaluated."
+    one_seed = all(v[name]["n"] < 2 for v in summary.values() for name in v if math.isfinite(v[name]["mean"]))
+    caveat = " One seed: no spread over seeds was measured, so small leads may not hold." if one_seed else ""
+    return "; ".join(parts) + "." + caveat
 
 
 def write_report(out_dir: Path, summary, runs, *, data_dir: Path, command: str = "") -> None:
@@ -200,5 +207,15 @@ def write_report(out_dir: Path, summary, runs, *, data_dir: Path, command: str =
         for s in sorted(by_seed):
             lines.append(f"* {head}, seed {s}: [metrics](seed{s}/eval_{head}/metrics.json), "
                          f"[worst cases](seed{s}/eval_{head}/worst.png)")  # fmt: skip
+    targets = sorted({m.get("targets", "") for by_seed in runs.values() for m in by_seed.values()} - {""})
+    if targets:
+        lines += ["", "Pose targets: " + "; ".join(targets) + "."]
+    first = min(seeds) if seeds else None
+    lines += ["", f"Examples of seed {first}, from the smallest to the largest error (the paper's figure rows: input, "
+              "rendered mask against the true one, mesh from the true camera, mesh from the predicted camera, "
+              "textured render, a novel view turned 90°):", ""]  # fmt: skip
+    for head, by_seed in runs.items():
+        if first in by_seed:
+            lines += [f"**{head}**", "", f"![{head}, seed {first}: examples](seed{first}/eval_{head}/examples.png)", ""]
     with atomic_write(out_dir / "report.md", "w") as f:
         f.write("\n".join(lines) + "\n")

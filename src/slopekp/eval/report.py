@@ -48,6 +48,8 @@ class TrainedModel:
     template: Any
     """The template mesh the model predicts deformations of."""
     head: str
+    targets: str = ""
+    """What its pose head was trained on (the checkpoint's ``targets``: self-supervised, supervised, ...)."""
 
 
 def load_trained_model(checkpoint: str | os.PathLike, *, template: str | None = None, device="cpu") -> TrainedModel:
@@ -98,7 +100,7 @@ def load_trained_model(checkpoint: str | os.PathLike, *, template: str | None = 
     model = build_model(cfg.model, tpl, cfg.template.symmetry_tol)
     model.load_state_dict(ck["model"])
     model.to(device).eval()
-    return TrainedModel(model, cfg, tpl.to(device), str(ck.get("head")))
+    return TrainedModel(model, cfg, tpl.to(device), str(ck.get("head")), str(ck.get("targets", "")))
 
 
 def evaluate_checkpoint(
@@ -178,6 +180,7 @@ def evaluate_checkpoint(
         **({"keypoint_transfer": transfer} if transfer is not None else {}),
         "checkpoint": str(checkpoint),
         "head": tm.head,
+        "targets": tm.targets,
         "data": str(data_dir),
         "split": split,
         "protocol": "METHOD §9.1: no padding, jitter or flip; hard silhouettes; rotation error with the 180° fold",
