@@ -187,6 +187,11 @@ class TrainConfig:
     relative to the others in its batch. Measured on SynthBirds, batch 8, ground-truth poses: the quaternion head
     stays at a 78° median error on its own training images in training mode and reaches 28° with frozen
     statistics (docs/training.md). U-CMR's Stage III batch is 128."""
+    pose_targets: str = "stage2"
+    """Stage III: which multiplex gives the pose targets, ``stage2`` (the Stage II run's own, METHOD §5.6) or
+    ``stage1`` (the Stage I store that Stage II started from, as its manifest names it). After a short Stage II
+    the hypotheses' scores come from a barely trained shape, and Stage I's targets were measured better
+    (docs/training.md)."""
     mirror_by_appearance: bool = False
     """Stage III: replace each image's best camera by its depth mirror where a colouring shared by the whole
     training set says so (:mod:`slopekp.train.appearance`; slopekp's addition, not in U-CMR or SLOPE-KP). A mask

@@ -370,3 +370,34 @@ def test_stage3_mirror_by_appearance_trains_on_the_chosen_side(stage2, tmp_path,
         firsts[value] = _losses(tmp_path / f"forced{value}")[0]
     assert firsts[False] == pytest.approx(_losses(plain.out_dir)[0], rel=1e-6)
     assert abs(firsts[True] - firsts[False]) > 1e-4 * abs(firsts[False])
+
+
+def test_stage3_pose_targets_from_the_stage1_store(stage1, stage2, tmp_path):
+    """``train.pose_targets=stage1``: the targets come from the Stage I store that Stage II's manifest names (the
+    same file, checked by fingerprint); a moved or changed store is refused by name; a bad value is refused."""
+    from slopekp.train.stage3 import targets_store
+
+    data, s2, _ = stage2
+    _, s1_store = stage1
+    cfg = load_config(overrides=[*SMOKE, "train.pose_targets=stage1"])
+    assert targets_store(cfg, s2).resolve() == s1_store.resolve()
+    assert targets_store(load_config(overrides=SMOKE), s2) == s2 / "multiplex.npz"
+    res = run_stage3(cfg, data, s2, tmp_path / "s1t", "keypoints", progress=False, max_steps=1)
+    assert res.metrics["targets"] == "Stage I multiplex best cameras (self-supervised)"
+    from slopekp.manifest import Manifest
+
+    assert Manifest.load(tmp_path / "s1t").inputs["stage1"]["path"] == str(s1_store.resolve())
+    with pytest.raises(ValueError, match="pose_targets must be one of stage2, stage1"):
+        targets_store(load_config(overrides=[*SMOKE, "train.pose_targets=stage3"]), s2)
+    # a Stage II folder whose Stage I store was replaced afterwards
+    moved = shutil.copytree(s2, tmp_path / "s2copy")
+    manifest = Manifest.load(moved)
+    changed = tmp_path / "changed.npz"
+    changed.write_bytes(s1_store.read_bytes() + b"\0")
+    manifest.inputs["stage1"]["path"] = str(changed)
+    manifest.save(moved)
+    with pytest.raises(ValueError, match="changed since"):
+        targets_store(cfg, moved)
+    changed.unlink()
+    with pytest.raises(FileNotFoundError, match="is gone"):
+        targets_store(cfg, moved)

@@ -54,7 +54,7 @@ _NOT_RESULT = {
     "data": ("root", "images_dir", "sfm_dir", "img_size"),
     "model": ("pose_head", "num_keypoints", "end2end"),  # Stage II does not run the pose head
     "train": ("epochs", "pose_epochs", "checkpoint_every", "num_workers", "camera_weight", "heatmap_weight",
-              "freeze_backbone"),  # fmt: skip
+              "freeze_backbone", "pose_targets", "mirror_by_appearance"),  # Stage III's; fmt: skip
 }
 
 

@@ -48,14 +48,38 @@ from slopekp.utils import atomic_save_json
 STAGE3_COMMAND = "train stage3"
 _POSE_FIELDS = ("pose_head", "num_keypoints", "end2end")
 TARGETS = {False: "multiplex best cameras (self-supervised)", True: "SfM cameras (supervised ablation)"}
-TARGETS_MIRROR_BY_APPEARANCE = "multiplex best cameras, depth mirror chosen by appearance (self-supervised)"
+POSE_TARGETS = ("stage2", "stage1")
 
 
 def targets_label(cfg: Config, supervised: bool) -> str:
     """What the pose targets are, as the manifest, the checkpoint and the metrics say it."""
-    if not supervised and cfg.train.mirror_by_appearance:
-        return TARGETS_MIRROR_BY_APPEARANCE
-    return TARGETS[supervised]
+    if supervised:
+        return TARGETS[True]
+    label = "multiplex best cameras" if cfg.train.pose_targets == "stage2" else "Stage I multiplex best cameras"
+    if cfg.train.mirror_by_appearance:
+        label += ", depth mirror chosen by appearance"
+    return label + " (self-supervised)"
+
+
+def targets_store(cfg: Config, stage2_dir: Path) -> Path:
+    """The multiplex file of the pose targets (``train.pose_targets``): Stage II's own, or the Stage I store that
+    Stage II's manifest names, refused when it moved or changed since."""
+    if cfg.train.pose_targets not in POSE_TARGETS:
+        raise ValueError(f"train.pose_targets must be one of {', '.join(POSE_TARGETS)}, got {cfg.train.pose_targets!r}")
+    if cfg.train.pose_targets == "stage2":
+        return stage2_dir / STORE_NAME
+    m = Manifest.load(stage2_dir)
+    entry = m.inputs.get("stage1") if m is not None else None
+    if not entry or "path" not in entry:
+        raise ValueError(f"{stage2_dir}: its manifest names no Stage I store (train.pose_targets=stage1)")
+    path = Path(entry["path"])
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: the Stage I store that {stage2_dir} was trained from is gone "
+                                f"(train.pose_targets=stage1)")  # fmt: skip
+    if file_digest(path).hexdigest()[:16] != entry.get("fingerprint"):
+        raise ValueError(f"{path}: the Stage I store changed since {stage2_dir} was trained from it "
+                         f"(train.pose_targets=stage1)")  # fmt: skip
+    return path
 
 
 @dataclass
@@ -92,6 +116,9 @@ def stage3_manifest(
     settings.update(flat_settings(cfg.model, "model"))
     settings.update(flat_settings(cfg.train, "train", ("pose_epochs", "epochs", "checkpoint_every", "num_workers")))
     inputs = {"data": data, "template": {"fingerprint": template_fp, "path": cfg.template.path}, "stage2": s2}
+    if cfg.train.pose_targets == "stage1" and not supervised:
+        s1 = targets_store(cfg, stage2_dir)
+        inputs["stage1"] = {"fingerprint": file_digest(s1).hexdigest()[:16], "path": str(s1.resolve())}
     return Manifest(f"{STAGE3_COMMAND} {cfg.model.pose_head}", inputs=inputs, settings=settings)
 
 
@@ -184,7 +211,7 @@ def run_stage3(
         raise ValueError(
             f"{stage2_dir / CHECKPOINT}: Stage II checkpoint lacks {len(missing)} weights, e.g. {missing[:5]}"
         )
-    store = CameraMultiplex.load(stage2_dir / STORE_NAME, fingerprint=fp, device=device)
+    store = CameraMultiplex.load(targets_store(cfg, stage2_dir), fingerprint=fp, device=device)
     dataset = build_train_dataset(cfg, data_dir, return_gt_camera=supervised)
     missing_ids = [] if supervised else [i for i in range(len(dataset)) if i not in store]
     if missing_ids:
