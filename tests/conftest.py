@@ -17,6 +17,21 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("SLOPEKP_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
+#: Config overrides that run every stage of the method (Stage I to evaluation) in seconds on one CPU thread.
+SMOKE_OVERRIDES = (
+    "multiplex.num_az=2", "multiplex.num_el=2", "multiplex.steps=2", "multiplex.image_size=16",
+    "model.image_size=64", "model.encoder_width=8", "model.shape_hidden=16", "model.uv_height=8",
+    "model.texture_width=4", "model.num_keypoints=8", "train.render_size=16", "train.batch_size=4",
+    "train.epochs=1", "train.pose_epochs=1", "data.flip=false", "data.jitter_frac=0", "threads=1",
+)  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def smoke_overrides() -> list[str]:
+    """:data:`SMOKE_OVERRIDES` as a fresh list."""
+    return list(SMOKE_OVERRIDES)
+
+
 def pytest_addoption(parser):
     parser.addoption("--device", default="cpu", help="torch device for device-parametrised tests (cpu, cuda)")
 

@@ -223,8 +223,9 @@ def test_multiplex_init_on_other_data_is_refused(tiny_synth, tmp_path, capsys):
     assert Manifest.load(out).inputs["data"]["path"] == str(b.resolve())
 
 
-def test_quickstart_with_another_seed_fits_fresh_cameras(tmp_path, capsys):
-    args = ["quickstart", f"out_dir={tmp_path / 'qs'}", "synth.n_train=2", "synth.n_test=1", "synth.size=32", *TINY]
+def test_quickstart_with_another_seed_fits_fresh_cameras(tmp_path, capsys, smoke_overrides):
+    args = ["quickstart", "--quiet", f"out_dir={tmp_path / 'qs'}", "synth.n_train=2", "synth.n_test=1",
+            "synth.size=32", *smoke_overrides, *TINY]  # fmt: skip
     assert main(args) == 0
     store = tmp_path / "qs" / "stage1" / "multiplex.npz"
     with np.load(store) as z:

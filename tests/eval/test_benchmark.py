@@ -11,22 +11,15 @@ import pytest
 
 from slopekp.cli import main
 
-TINY = [
-    "multiplex.num_az=2", "multiplex.num_el=2", "multiplex.steps=2", "multiplex.image_size=16",
-    "model.image_size=64", "model.encoder_width=8", "model.shape_hidden=16", "model.uv_height=8",
-    "model.texture_width=4", "model.num_keypoints=8", "train.render_size=16", "train.batch_size=4",
-    "train.epochs=1", "train.pose_epochs=1", "data.flip=false", "data.jitter_frac=0", "threads=1",
-]  # fmt: skip
 
-
-def test_benchmark_runs_every_head_and_seed_and_reports_them(tmp_path, capsys):
+def test_benchmark_runs_every_head_and_seed_and_reports_them(tmp_path, capsys, smoke_overrides):
     from slopekp.data.synthetic import generate_synthbirds
     from slopekp.eval.benchmark import summarise, verdict
 
     data = generate_synthbirds(tmp_path / "sb", n_train=4, n_test=3, size=32, seed=2, progress=False)
     out = tmp_path / "bench"
     args = ["benchmark", "--data", str(data), "--out", str(out), "--heads", "svd", "keypoints", "--seeds", "2",
-            "--pck-pairs", "20", "--quiet", *TINY]  # the overrides after --heads go to the config
+            "--pck-pairs", "20", "--quiet", *smoke_overrides]  # the overrides after --heads go to the config
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "svd" in printed and "keypoints" in printed and "over 2 seed(s)" in printed

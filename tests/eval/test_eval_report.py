@@ -14,16 +14,9 @@ from PIL import Image
 from slopekp.cli import main
 from slopekp.config import load_config
 
-TINY = [
-    "multiplex.num_az=2", "multiplex.num_el=2", "multiplex.steps=2", "multiplex.image_size=16",
-    "model.image_size=64", "model.encoder_width=8", "model.shape_hidden=16", "model.uv_height=8",
-    "model.texture_width=4", "model.num_keypoints=8", "train.render_size=16", "train.batch_size=4",
-    "data.flip=false", "data.jitter_frac=0", "threads=1",
-]  # fmt: skip
-
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, smoke_overrides):
     """A SynthBirds folder (4 train, 3 test images) and the Stage II and Stage III (svd) runs on it."""
     from slopekp.data.synthetic import generate_synthbirds
     from slopekp.train.stage1 import run_stage1
@@ -32,7 +25,7 @@ def trained(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("eval")
     data = generate_synthbirds(root / "sb", n_train=4, n_test=3, size=32, seed=5, progress=False)
-    cfg = load_config(overrides=TINY)
+    cfg = load_config(overrides=smoke_overrides)
     run_stage1(cfg, data, root / "s1", progress=False, report=False)
     run_stage2(cfg, data, root / "s1" / "multiplex.npz", root / "s2", progress=False, max_steps=1)
     s3 = run_stage3(cfg, data, root / "s2", root / "s3", "svd", progress=False, max_steps=2)
