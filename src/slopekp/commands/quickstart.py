@@ -3,8 +3,9 @@
 1. generates a small SynthBirds set (the package renders it itself);
 2. Stage I: fits the camera multiplex to every training mask;
 3. a short Stage II: trains the shape, texture and encoder with the multiplex;
-4. Stage III: trains two pose heads on the multiplex's best cameras, the keypoint head (SLOPE-KP) and the
-   quaternion head it is compared with;
+4. Stage III: trains two pose heads, the keypoint head (SLOPE-KP) and the quaternion head it is compared with,
+   on Stage I's best cameras, each one's depth mirror chosen by a colouring shared by the training set
+   (``train.pose_targets=stage1``, ``train.mirror_by_appearance=true``; docs/training.md);
 5. evaluates both on the test split and writes the comparison (``report.md``, figures per head).
 
 This is :func:`slopekp.eval.benchmark.run_benchmark` with two heads and one seed on a set sized for about
@@ -19,6 +20,7 @@ rerunning with the same settings resumes; with other settings (``seed=5``) the p
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import shlex
 import time
@@ -101,6 +103,7 @@ def register(sub) -> None:
         "quickstart",
         help="the whole method on a small SynthBirds set: Stage I, II, III for two pose heads, evaluation, report",
         description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
         "--full",
