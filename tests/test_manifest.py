@@ -308,3 +308,22 @@ def test_synth_seed_checked_before_the_folder_is_made_and_video_folders_honour_t
         os.umask(old)
     seq = next((tmp_path / "v").rglob("birds-000"))
     assert stat.S_IMODE(seq.stat().st_mode) == 0o755
+
+
+def test_a_setting_added_later_counts_as_unchanged_at_its_default():
+    """A folder made before ``train.mirror_by_appearance`` existed resumes when it is asked for at its default
+    (False), not when it is turned on; a key that is not a config field, or that the folder has and the new run
+    lacks, still counts."""
+    from slopekp.manifest import config_defaults
+
+    assert config_defaults()["train.mirror_by_appearance"] is False and config_defaults()["seed"] == 0
+    def made(**settings):
+        return Manifest("train stage3 keypoints", settings={"seed": 0, **settings})
+
+    old = made()
+    assert old.differences(made(**{"train.mirror_by_appearance": False})) == []
+    diff = old.differences(made(**{"train.mirror_by_appearance": True}))
+    assert diff == ["train.mirror_by_appearance: '<unset>' in the folder, True now"]
+    assert old.differences(made(heads=["svd"]))
+    newer = made(**{"train.mirror_by_appearance": False})
+    assert newer.differences(old) == ["train.mirror_by_appearance: False in the folder, '<unset>' now"]

@@ -62,7 +62,8 @@ class OutputExistsError(ValueError):
 @dataclass(frozen=True)
 class Manifest:
     """What an output folder was made from. ``command``, ``inputs`` and ``settings`` are compared on resume;
-    ``version``, ``argv`` and ``created`` are provenance only."""
+    ``version``, ``argv`` and ``created`` are provenance only. A config setting that the folder's manifest lacks
+    (added by a later slopekp) counts as unchanged while it is asked for at its default."""
 
     command: str
     inputs: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -133,11 +134,28 @@ class Manifest:
                     f"input {name}: fingerprint {a.get('fingerprint')} ({a.get('path', '?')}) in the folder, "
                     f"{b.get('fingerprint')} ({b.get('path', '?')}) now"
                 )
+        defaults = config_defaults()
         for key in sorted(set(self.settings) | set(other.settings)):
             a, b = self.settings.get(key, "<unset>"), other.settings.get(key, "<unset>")
+            if key not in self.settings and key in defaults and _norm(b) == _norm(defaults[key]):
+                continue  # a setting added by a later slopekp, asked for at its default: the run it made is the same
             if _norm(a) != _norm(b):
                 out.append(f"{key}: {a!r} in the folder, {b!r} now")
         return out
+
+
+def config_defaults() -> dict[str, Any]:
+    """``dotted.key -> default`` of every :class:`~slopekp.config.Config` field (sections flattened one level)."""
+    from dataclasses import fields, is_dataclass
+
+    from slopekp.config import Config
+
+    out: dict[str, Any] = {}
+    cfg = Config()
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        out.update(flat_settings(value, f.name) if is_dataclass(value) else {f.name: value})
+    return out
 
 
 def _norm(v: Any) -> Any:
