@@ -3,6 +3,9 @@
 The targets are self-supervised: each image's best-scoring hypothesis of the Stage II multiplex
 (:meth:`~slopekp.train.multiplex.CameraMultiplex.best_cameras`), re-expressed for the crop and mirror of every
 sample. No ground-truth camera or keypoint is read (the data set returns none; the loop refuses one that does).
+Two options that are not in the paper (docs/training.md measures them): ``train.pose_targets=stage1`` takes them
+from the Stage I store that the Stage II run started from, and ``train.mirror_by_appearance`` replaces each one by
+its depth mirror where a colouring shared by the training set says so (:mod:`slopekp.train.appearance`).
 
 * Regression heads (``quaternion``, ``gramschmidt``, ``svd``): ``w_cam · camera_loss(π̂, π*)`` (§7.8).
 * The keypoint head: heatmap targets are Gaussians at the keypoint vertices of the predicted shape (detached)
@@ -211,13 +214,12 @@ def run_stage3(
         raise ValueError(
             f"{stage2_dir / CHECKPOINT}: Stage II checkpoint lacks {len(missing)} weights, e.g. {missing[:5]}"
         )
-    store = CameraMultiplex.load(targets_store(cfg, stage2_dir), fingerprint=fp, device=device)
+    store_path = targets_store(cfg, stage2_dir)
+    store = CameraMultiplex.load(store_path, fingerprint=fp, device=device)
     dataset = build_train_dataset(cfg, data_dir, return_gt_camera=supervised)
     missing_ids = [] if supervised else [i for i in range(len(dataset)) if i not in store]
     if missing_ids:
-        raise ValueError(
-            f"{stage2_dir / STORE_NAME}: no pose target for {len(missing_ids)} image(s), e.g. {missing_ids[:5]}"
-        )
+        raise ValueError(f"{store_path}: no pose target for {len(missing_ids)} image(s), e.g. {missing_ids[:5]}")
     mirror_of, mirror_choice = None, None
     if cfg.train.mirror_by_appearance and not supervised:
         mirror_of, mirror_choice = appearance_mirrors(cfg, data_dir, store, template, device)
