@@ -22,7 +22,7 @@ hard render of two cameras per image is all the rendering.
 
 Measured on SynthBirds (2,000 training images of random shapes and textures; docs/training.md): among the images
 whose pair differs by more than 30° and whose better camera is within 30° of the truth, the mask picks the right
-side for about half (47–51%), this choice for about three quarters (74–75%).
+side for about half (47–51%), this choice for about three quarters (73–75%).
 """
 
 from __future__ import annotations
