@@ -267,6 +267,8 @@ def test_cli_init_info_topk_merge(synth_dir, tmp_path, capsys):
     store = out / STORE_NAME
     assert main(["multiplex", "info", str(store)]) == 0
     assert "4 images × 2 hypotheses" in capsys.readouterr().out
+    assert main(["multiplex", "info", str(out)]) == 0  # the folder, as --multiplex takes it
+    assert f"{store}: 4 images × 2 hypotheses" in capsys.readouterr().out
     assert main(["multiplex", "topk", str(store), "--k", "1", "--out", str(tmp_path / "top.npz")]) == 0
     assert CameraMultiplex.load(tmp_path / "top.npz").num_hypotheses == 1
     assert main(["multiplex", "merge", str(store), str(store), "--out", str(tmp_path / "m.npz")]) == 2

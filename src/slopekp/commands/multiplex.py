@@ -34,19 +34,19 @@ def register(sub) -> None:
     p.set_defaults(func=_init)
 
     p = g.add_parser("info", help="print the contents of a multiplex store (.npz)")
-    p.add_argument("store", help="multiplex .npz")
+    p.add_argument("store", help="multiplex .npz, or a Stage I / Stage II folder holding one")
     p.set_defaults(func=_info)
 
     p = g.add_parser("topk", help="keep each image's K best-scoring hypotheses")
-    p.add_argument("store", help="multiplex .npz")
+    p.add_argument("store", help="multiplex .npz, or a Stage I / Stage II folder holding one")
     p.add_argument("--k", type=int, required=True)
     p.add_argument("--out", required=True, help="output .npz")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.set_defaults(func=_topk)
 
     p = g.add_parser("merge", help="merge two multiplex stores of the same template and P")
-    p.add_argument("first")
-    p.add_argument("second")
+    p.add_argument("first", help="multiplex .npz or a folder holding one")
+    p.add_argument("second", help="multiplex .npz or a folder holding one")
     p.add_argument("--out", required=True, help="output .npz")
     p.add_argument("--on-conflict", default="error", choices=["error", "keep_first", "keep_second"])
     p.add_argument(
@@ -86,11 +86,20 @@ def _init(args: argparse.Namespace) -> int:
     return 0
 
 
+def store_file(path: str) -> Path:
+    """A store path as given, or the ``multiplex.npz`` inside a Stage I / Stage II folder."""
+    from slopekp.train.stage2 import STORE_NAME
+
+    p = Path(path)
+    return p / STORE_NAME if p.is_dir() else p
+
+
 def _info(args: argparse.Namespace) -> int:
     from slopekp.train.multiplex import CameraMultiplex
 
-    s = CameraMultiplex.load(args.store)
-    print(f"{args.store}: {len(s)} images × {s.num_hypotheses} hypotheses, template fingerprint {s.fingerprint}, "
+    path = store_file(args.store)
+    s = CameraMultiplex.load(path)
+    print(f"{path}: {len(s)} images × {s.num_hypotheses} hypotheses, template fingerprint {s.fingerprint}, "
           f"data fingerprint {s.data_fingerprint or 'unknown'}")  # fmt: skip
     print(f"offset settings: {s.settings}")
     if len(s):
@@ -105,7 +114,7 @@ def _topk(args: argparse.Namespace) -> int:
     from slopekp.manifest import prepare_output_file
     from slopekp.train.multiplex import CameraMultiplex
 
-    store = CameraMultiplex.load(args.store)
+    store = CameraMultiplex.load(store_file(args.store))
     prepare_output_file(args.out, overwrite=args.overwrite)
     store.top_k(args.k).save(args.out)
     print(f"wrote {args.out}")
@@ -116,7 +125,7 @@ def _merge(args: argparse.Namespace) -> int:
     from slopekp.manifest import prepare_output_file
     from slopekp.train.multiplex import CameraMultiplex
 
-    a, b = CameraMultiplex.load(args.first), CameraMultiplex.load(args.second)
+    a, b = CameraMultiplex.load(store_file(args.first)), CameraMultiplex.load(store_file(args.second))
     merged = a.merge(b, on_conflict=args.on_conflict, allow_different_data=args.allow_different_data)
     prepare_output_file(args.out, overwrite=args.overwrite)
     merged.save(args.out)

@@ -58,9 +58,9 @@ def _train(args: argparse.Namespace) -> int:
 
         if not args.multiplex:
             raise ValueError("--stage 2 needs --multiplex STAGE1_DIR (run `slopekp multiplex init` first)")
-        mp = Path(args.multiplex)
-        if mp.is_dir():
-            mp = mp / "multiplex.npz"
+        from slopekp.commands.multiplex import store_file
+
+        mp = store_file(args.multiplex)
         dist = D.init_distributed(resolve_device(cfg.device))  # torchrun: one process per rank
         try:
             res = run_stage2(cfg, data, mp, out, dist=dist, **common)
