@@ -144,18 +144,23 @@ class Manifest:
         return out
 
 
-def config_defaults() -> dict[str, Any]:
-    """``dotted.key -> default`` of every :class:`~slopekp.config.Config` field (sections flattened one level)."""
+def flat_config(cfg: Any) -> dict[str, Any]:
+    """``dotted.key -> value`` of every field of a :class:`~slopekp.config.Config` (sections flattened one level,
+    top-level fields such as ``seed`` as they are)."""
     from dataclasses import fields, is_dataclass
 
-    from slopekp.config import Config
-
     out: dict[str, Any] = {}
-    cfg = Config()
     for f in fields(cfg):
         value = getattr(cfg, f.name)
         out.update(flat_settings(value, f.name) if is_dataclass(value) else {f.name: value})
     return out
+
+
+def config_defaults() -> dict[str, Any]:
+    """:func:`flat_config` of the default :class:`~slopekp.config.Config`."""
+    from slopekp.config import Config
+
+    return flat_config(Config())
 
 
 def _norm(v: Any) -> Any:

@@ -21,12 +21,12 @@ rerunning with the same settings resumes; with other settings (``seed=5``) the p
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import shlex
 import time
 from pathlib import Path
 
 from slopekp.commands import add_config_args
+from slopekp.eval.benchmark import HEADS
 
 #: Overrides applied before the user's own: a 2-core laptop CPU runs the whole method in about 10 minutes.
 QUICKSTART_DEFAULTS = (
@@ -78,7 +78,7 @@ FULL_DEFAULTS = (
     "train.freeze_backbone=false",
     "train.checkpoint_every=25",
 )
-FULL_HEADS = ("quaternion", "gramschmidt", "svd", "keypoints")
+FULL_HEADS = HEADS  # every head, in the benchmark's order
 FULL_SEEDS = 3
 
 QUICKSTART_COMMAND = "quickstart"
@@ -123,15 +123,9 @@ def register(sub) -> None:
 def quickstart_manifest(cfg, heads: tuple[str, ...], seeds: int):
     """Every config field except those in ``_NOT_RESULT_SETTINGS``, with the heads and seeds (the whole run
     follows from them)."""
-    from slopekp.manifest import Manifest, flat_settings
+    from slopekp.manifest import Manifest, flat_config
 
-    settings = {}
-    for f in dataclasses.fields(cfg):
-        value = getattr(cfg, f.name)
-        if dataclasses.is_dataclass(value):
-            settings.update(flat_settings(value, f.name))
-        else:
-            settings[f.name] = value
+    settings = flat_config(cfg)
     skip = set(_NOT_RESULT_SETTINGS)
     if cfg.multiplex.batch_invariant:
         skip.add("multiplex.batch_size")
