@@ -104,10 +104,11 @@ def stage3_config(cfg: Config, stage2_dir: Path, head: str) -> Config:
 
 
 def stage3_manifest(
-    cfg: Config, data_dir, stage2_dir: Path, template_fp: str, stage2_step: int, supervised: bool = False
+    cfg: Config, data_dir, stage2_dir: Path, template_fp: str, stage2_step: int, supervised: bool, store_path: Path
 ) -> Manifest:
     """The Stage II run is identified by its pose targets (the store's bytes: ``np.savez`` writes the same bytes
-    for the same arrays) and its checkpoint's step (``torch.save`` bytes differ between identical saves)."""
+    for the same arrays) and its checkpoint's step (``torch.save`` bytes differ between identical saves).
+    ``store_path``: the targets' store (:func:`targets_store`), an input of its own when it is Stage I's."""
     d = cfg.data
     data = cmr_data_fingerprint(data_dir, d.split, images_dir=d.images_dir or None, sfm_dir=d.sfm_dir or None)
     s2 = {
@@ -120,8 +121,7 @@ def stage3_manifest(
     settings.update(flat_settings(cfg.train, "train", ("pose_epochs", "epochs", "checkpoint_every", "num_workers")))
     inputs = {"data": data, "template": {"fingerprint": template_fp, "path": cfg.template.path}, "stage2": s2}
     if cfg.train.pose_targets == "stage1" and not supervised:
-        s1 = targets_store(cfg, stage2_dir)
-        inputs["stage1"] = {"fingerprint": file_digest(s1).hexdigest()[:16], "path": str(s1.resolve())}
+        inputs["stage1"] = {"fingerprint": file_digest(store_path).hexdigest()[:16], "path": str(store_path.resolve())}
     return Manifest(f"{STAGE3_COMMAND} {cfg.model.pose_head}", inputs=inputs, settings=settings)
 
 
@@ -200,7 +200,8 @@ def run_stage3(
     fp = template_fingerprint(template.verts, template.faces)
     s2 = load_checkpoint(stage2_dir / CHECKPOINT, kind="stage2", template_fingerprint=fp)
     model = build_model(cfg.model, template, cfg.template.symmetry_tol)  # a bad head name fails here
-    manifest = stage3_manifest(cfg, data_dir, stage2_dir, fp, int(s2["step"]), supervised)
+    store_path = targets_store(cfg, stage2_dir)  # a bad value or a moved Stage I store fails here
+    manifest = stage3_manifest(cfg, data_dir, stage2_dir, fp, int(s2["step"]), supervised, store_path)
     state = run.prepare_run_dir(
         out_dir, manifest, cfg, dist, inputs=(data_dir, stage2_dir, cfg.data.images_dir, cfg.data.sfm_dir),
         overwrite=overwrite, force_new=force_new, results=(str(CHECKPOINT),),
@@ -214,7 +215,6 @@ def run_stage3(
         raise ValueError(
             f"{stage2_dir / CHECKPOINT}: Stage II checkpoint lacks {len(missing)} weights, e.g. {missing[:5]}"
         )
-    store_path = targets_store(cfg, stage2_dir)
     store = CameraMultiplex.load(store_path, fingerprint=fp, device=device)
     dataset = build_train_dataset(cfg, data_dir, return_gt_camera=supervised)
     missing_ids = [] if supervised else [i for i in range(len(dataset)) if i not in store]
