@@ -14,3 +14,12 @@ import os as _os
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # ``from slopekp import Reconstructor``, without importing torch for ``slopekp --help``
+    if name in ("Reconstructor", "Reconstruction"):
+        from slopekp import predict
+
+        return getattr(predict, name)
+    raise AttributeError(f"module 'slopekp' has no attribute {name!r}")

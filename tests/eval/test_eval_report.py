@@ -67,19 +67,6 @@ def test_eval_writes_metrics_table_and_figures(trained, tmp_path, capsys):
     assert "split" in capsys.readouterr().err
 
 
-def test_novel_view_turns_the_camera_by_the_angle():
-    from slopekp.eval.metrics import rotation_error
-    from slopekp.eval.report import novel_view_cameras
-
-    q = torch.nn.functional.normalize(torch.randn(5, 4, generator=torch.Generator().manual_seed(1)), dim=1)
-    cams = torch.cat([torch.full((5, 1), 0.7), torch.randn(5, 2) * 0.1, q], 1)
-    turned = novel_view_cameras(cams, 90.0)
-    torch.testing.assert_close(torch.rad2deg(rotation_error(turned, cams)), torch.full((5,), 90.0), atol=1e-3,
-                               rtol=0)  # fmt: skip
-    torch.testing.assert_close(turned[:, :3], cams[:, :3])
-    torch.testing.assert_close(novel_view_cameras(cams, 0.0), cams)
-
-
 def test_viewpoints_round_trip_through_cameras():
     from slopekp.data.viewpoints import viewpoint_to_quat
     from slopekp.eval.report import _viewpoints_deg

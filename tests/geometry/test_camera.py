@@ -278,6 +278,22 @@ def test_rotate_camera():
     torch.testing.assert_close(cm.rotate_camera(cams, q)[:, :3], cams[:, :3], rtol=0, atol=0)
 
 
+def test_turn_camera_against_scipy():
+    cams = random_cams(6)
+    out = cm.turn_camera(cams, azimuth_deg=35.0, elevation_deg=-20.0)
+    R_cam = Rotation.from_quat(cams[:, [4, 5, 6, 3]].numpy())
+    ref = Rotation.from_euler("x", -20.0, degrees=True) * Rotation.from_euler("y", 35.0, degrees=True) * R_cam
+    got = Rotation.from_quat(out[:, [4, 5, 6, 3]].numpy())
+    np.testing.assert_allclose((got.inv() * ref).magnitude(), 0.0, atol=1e-9)
+    torch.testing.assert_close(out[:, :3], cams[:, :3], rtol=0, atol=0)
+    torch.testing.assert_close(cm.turn_camera(cams), cams)
+    # a point on the object's top (image-up is -y) comes towards the viewer (smaller z) with positive elevation
+    top = torch.tensor([[0.0, -1.0, 0.0]], dtype=torch.float64)
+    ident = torch.tensor([[1.0, 0, 0, 1, 0, 0, 0]], dtype=torch.float64)
+    z = cm.project_points(top, cm.turn_camera(ident, elevation_deg=30.0))[0, 0, 2] - cm.DEFAULT_Z_OFFSET
+    assert float(z) < -0.4
+
+
 def test_camera_from_sfm_validation():
     R = rot.quat_to_rotmat(rot.random_quat(3, dtype=torch.float64))
     cam = cm.camera_from_sfm(R, torch.tensor([1.0, 2.0, 3.0]), torch.zeros(3, 2))

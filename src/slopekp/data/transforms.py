@@ -127,6 +127,26 @@ def resize_affine(src_size: int, dst_size: int) -> PixelAffine:
     return PixelAffine(k, (k - 1) / 2, (k - 1) / 2)
 
 
+def paste_crop(crop_img: np.ndarray, affine: PixelAffine, out_size: tuple[int, int]) -> np.ndarray:
+    """Put a crop back into the frame it was cut from: the inverse of ``affine`` (frame pixels → crop pixels, e.g.
+    ``crop_affine(box).then(resize_affine(side, size))``), bilinear.
+
+    Args:
+        crop_img: ``(h, w)`` or ``(h, w, C)`` float image in crop pixels (a rendered mask, say).
+        affine: the map from frame pixels to ``crop_img``'s pixels.
+        out_size: ``(H, W)`` of the frame.
+
+    Returns:
+        ``(H, W[, C])`` float32; frame pixels that the crop does not cover are 0.
+    """
+    h, w = int(out_size[0]), int(out_size[1])
+    m = np.array([[affine.k, 0.0, affine.ox], [0.0, affine.k, affine.oy]], dtype=np.float64)
+    out = cv2.warpAffine(np.ascontiguousarray(crop_img, dtype=np.float32), m, (w, h),
+                         flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_CONSTANT,
+                         borderValue=0)  # fmt: skip
+    return out.reshape((h, w) + np.shape(crop_img)[2:])
+
+
 def flip_image(img: np.ndarray) -> np.ndarray:
     """Mirror ``img`` (H, W[, C]) about its vertical axis (reverse the columns)."""
     return np.ascontiguousarray(img[:, ::-1])

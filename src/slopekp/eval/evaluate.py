@@ -47,7 +47,7 @@ def benchmark_dataset(data_dir, split: str, img_size: int, *, images_dir=None, s
 @torch.no_grad()
 def evaluate_model(model, dataset, faces: Tensor, *, batch_size: int = 16, device=None,
                    keep_predictions: bool = False) -> Evaluation:  # fmt: skip
-    """Run ``model`` (a :class:`~slopekp.models.reconstructor.Reconstructor`) over ``dataset`` and score it.
+    """Run ``model`` (a :class:`~slopekp.models.reconstructor.ReconstructionNet`) over ``dataset`` and score it.
 
     ``keep_predictions`` also keeps, in ``per_image``, what keypoint transfer needs
     (:func:`~slopekp.eval.transfer.pck_over_pairs`): ``verts (N, V, 3)``, ``kp (N, K, 3)`` and ``mask_side (N,)``.

@@ -23,7 +23,6 @@ command rewrites the same results, another checkpoint or data set is refused unl
 from __future__ import annotations
 
 import csv
-import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ import numpy as np
 import torch
 
 from slopekp.utils import atomic_save_json, atomic_write
+from slopekp.viz.figures import pyplot, save_figure
 
 __all__ = ["TrainedModel", "evaluate_checkpoint", "load_trained_model"]
 
@@ -42,7 +42,7 @@ EVAL_COMMAND = "eval"
 @dataclass
 class TrainedModel:
     model: torch.nn.Module
-    """A :class:`~slopekp.models.reconstructor.Reconstructor` in eval mode."""
+    """A :class:`~slopekp.models.reconstructor.ReconstructionNet` in eval mode."""
     cfg: Any
     """The training run's :class:`~slopekp.config.Config`."""
     template: Any
@@ -55,8 +55,9 @@ class TrainedModel:
 def load_trained_model(checkpoint: str | os.PathLike, *, template: str | None = None, device="cpu") -> TrainedModel:
     """The model of a Stage III checkpoint (loaded with ``weights_only=True``), on ``device``.
 
-    ``template`` (a path or ``procedural``) overrides the checkpoint's template path, e.g. when the file moved; it
-    must be the same mesh (its fingerprint is checked).
+    The template is the one the checkpoint carries; an older checkpoint without one reads its config's template
+    path. ``template`` (a path or ``procedural``) overrides both, e.g. for an older checkpoint whose template file
+    moved; it must be the same mesh (its fingerprint is checked).
 
     Raises:
         CheckpointError: naming the file: not a checkpoint, damaged, or not of Stage III (a Stage II checkpoint has
@@ -66,14 +67,14 @@ def load_trained_model(checkpoint: str | os.PathLike, *, template: str | None = 
     from slopekp.config import ConfigError, config_from_yaml
     from slopekp.mesh import load_template
     from slopekp.models.reconstructor import build_model
-    from slopekp.train.checkpoint import CheckpointError, load_checkpoint
+    from slopekp.train.checkpoint import CheckpointError, load_checkpoint, template_from_payload
     from slopekp.train.multiplex import template_fingerprint
 
     path = Path(checkpoint)
     ck = load_checkpoint(path, map_location="cpu")
     if ck.get("kind") != "stage3":
         raise CheckpointError(
-            f"{path}: a {ck.get('kind')!r} checkpoint has no trained pose head; evaluate the checkpoint of "
+            f"{path}: a {ck.get('kind')!r} checkpoint has no trained pose head; use the checkpoint of "
             f"`slopekp train --stage 3` (OUT/checkpoints/last.pt)"
         )
     text = ck.get("config")
@@ -83,13 +84,16 @@ def load_trained_model(checkpoint: str | os.PathLike, *, template: str | None = 
         cfg = config_from_yaml(text, f"{path} (its config)")
     except ConfigError as e:
         raise CheckpointError(str(e)) from e
-    tpl_path = template or cfg.template.path
-    try:
-        tpl = load_template(tpl_path)
-    except FileNotFoundError as e:
-        if template:
-            raise
-        raise FileNotFoundError(f"{e} (the template {path} was trained with); pass --template PATH") from e
+    if template is None and ck.get("template") is not None:
+        tpl_path, tpl = f"{path} (its template)", template_from_payload(ck["template"], path)
+    else:
+        tpl_path = template or cfg.template.path
+        try:
+            tpl = load_template(tpl_path)
+        except FileNotFoundError as e:
+            if template:
+                raise
+            raise FileNotFoundError(f"{e} (the template {path} was trained with); pass --template PATH") from e
     fp = template_fingerprint(tpl.verts, tpl.faces)
     if fp != ck.get("template_fingerprint"):
         raise ValueError(
@@ -98,7 +102,11 @@ def load_trained_model(checkpoint: str | os.PathLike, *, template: str | None = 
             f"mesh's vertices"
         )
     model = build_model(cfg.model, tpl, cfg.template.symmetry_tol)
-    model.load_state_dict(ck["model"])
+    try:
+        model.load_state_dict(ck["model"])
+    except (KeyError, RuntimeError) as e:
+        detail = (str(e).splitlines() or [type(e).__name__])[0]
+        raise CheckpointError(f"{path}: its weights do not fit the network of its config ({detail})") from e
     model.to(device).eval()
     return TrainedModel(model, cfg, tpl.to(device), str(ck.get("head")), str(ck.get("targets", "")))
 
@@ -215,27 +223,8 @@ def _write_csv(path: Path, pi: dict, paths: list[str], pred_v: np.ndarray, gt_v:
                         *(f"{v:.2f}" for v in pred_v[i]), *(f"{v:.2f}" for v in gt_v[i])])  # fmt: skip
 
 
-def _save_figure(fig, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    with atomic_write(path, "wb") as f:
-        f.write(buf.getvalue())
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)  # no display needed
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _plot_rotation_errors(path: Path, err: np.ndarray, err_mirror: np.ndarray, head: str) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.6))
     bins = np.linspace(0, 180, 37)
     ax.hist(err, bins=bins, alpha=0.7, label=f"rotation error (median {np.median(err):.1f}°)")
@@ -246,11 +235,11 @@ def _plot_rotation_errors(path: Path, err: np.ndarray, err_mirror: np.ndarray, h
     ax.set_ylabel("images")
     ax.set_title(f"{head} head: rotation error on {err.size} images")
     ax.legend(fontsize=8)
-    _save_figure(fig, path)
+    save_figure(fig, path)
 
 
 def _plot_viewpoints(path: Path, pred_v: np.ndarray, gt_v: np.ndarray, head: str) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
     for ax, k, name, lim in ((axes[0], 0, "azimuth", 180), (axes[1], 1, "elevation", 90)):
         bins = np.linspace(-lim, lim, 37)
@@ -260,17 +249,7 @@ def _plot_viewpoints(path: Path, pred_v: np.ndarray, gt_v: np.ndarray, head: str
         ax.set_ylabel("images")
         ax.legend(fontsize=8)
     fig.suptitle("viewpoints: predicted against ground truth")
-    _save_figure(fig, path)
-
-
-def novel_view_cameras(cameras: torch.Tensor, degrees: float) -> torch.Tensor:
-    """``cameras (N, 7)`` turned by ``degrees`` about the image's vertical axis (the camera frame's y): the same
-    scale and translation, the object seen from the side."""
-    from slopekp.geometry.rotations import quat_about_axis, quat_multiply
-
-    turn = quat_about_axis("y", torch.tensor(degrees * torch.pi / 180, dtype=cameras.dtype, device=cameras.device))
-    q = quat_multiply(turn.expand(cameras.shape[0], 4), cameras[:, 3:])
-    return torch.cat([cameras[:, :3], q], 1)
+    save_figure(fig, path)
 
 
 @torch.no_grad()
@@ -279,10 +258,11 @@ def _gallery(path: Path, tm: TrainedModel, dataset, indices: list[int], errors: 
     """Rows of input | silhouette against mask | mesh under the GT camera | under the predicted camera | textured
     under the predicted camera | textured, turned 90° (a novel view)."""
     from slopekp.data.cub import collate_samples
+    from slopekp.geometry.camera import turn_camera
     from slopekp.models.encoder import normalize_image
     from slopekp.render import Lighting, Renderer, RenderSettings
 
-    plt = _pyplot()
+    plt = pyplot()
     device = tm.template.faces.device
     batch = collate_samples([dataset[i] for i in indices]).to(device)
     pred = tm.model(normalize_image(batch.img))
@@ -294,7 +274,7 @@ def _gallery(path: Path, tm: TrainedModel, dataset, indices: list[int], errors: 
     mesh_pred = r(pred.verts, faces, pred.camera, mode="hard", lighting=light).rgb
     tex = {"uv_image": pred.uv_image, "verts_uv": tm.template.verts_uv}
     textured = r(pred.verts, faces, pred.camera, mode="hard", **tex).rgb
-    novel = r(pred.verts, faces, novel_view_cameras(pred.camera, 90.0), mode="hard", lighting=light, **tex).rgb
+    novel = r(pred.verts, faces, turn_camera(pred.camera, azimuth_deg=90.0), mode="hard", lighting=light, **tex).rgb
     n = len(indices)
     titles = ["input", "silhouette (red) vs mask (green)", "mesh, GT camera", "mesh, predicted camera",
               "textured, predicted camera", "textured, turned 90°"]  # fmt: skip
@@ -312,4 +292,4 @@ def _gallery(path: Path, tm: TrainedModel, dataset, indices: list[int], errors: 
                 ax.set_title(titles[col], fontsize=8)
         axes[row][0].set_ylabel(f"#{indices[row]}\n{errors[row]:.0f}°, IoU {ious[row]:.2f}", fontsize=8)
     fig.suptitle(f"{tm.head} head: {title}", fontsize=10)
-    _save_figure(fig, path)
+    save_figure(fig, path)

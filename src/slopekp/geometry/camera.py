@@ -27,7 +27,7 @@ from typing import NamedTuple
 
 import torch
 
-from slopekp.geometry.rotations import check_rotmat, quat_multiply, quat_to_rotmat, rotmat_to_quat
+from slopekp.geometry.rotations import check_rotmat, quat_about_axis, quat_multiply, quat_to_rotmat, rotmat_to_quat
 
 __all__ = [
     "CameraParts",
@@ -46,6 +46,7 @@ __all__ = [
     "reflect_camera_px",
     "rotate_camera",
     "split_camera",
+    "turn_camera",
 ]
 
 # Default depth offset of the weak-perspective renderer (METHOD §2.1: keeps the mesh between near=1
@@ -315,6 +316,23 @@ def rotate_camera(cam: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     _check_cam_shape("cam", cam)
     s, t, qc = split_camera(cam)
     return join_camera(s, t, quat_multiply(q, qc))
+
+
+def turn_camera(cam: torch.Tensor, azimuth_deg: float = 0.0, elevation_deg: float = 0.0) -> torch.Tensor:
+    """A novel view: the object turned by ``azimuth_deg`` about the image's vertical axis (camera y), then tilted by
+    ``elevation_deg`` about its horizontal axis (camera x; positive shows more of the object's top, which faces
+    image-up). Scale and translation are kept, so the object stays where it was in the image.
+
+    Args:
+        cam: ``(..., 7)`` cameras.
+    Returns:
+        ``(..., 7)`` cameras (:func:`rotate_camera` by ``R_x(elevation) R_y(azimuth)``).
+    """
+    _check_cam_shape("cam", cam)
+    rad = torch.pi / 180.0
+    az = quat_about_axis("y", torch.tensor(azimuth_deg * rad, dtype=cam.dtype, device=cam.device))
+    el = quat_about_axis("x", torch.tensor(elevation_deg * rad, dtype=cam.dtype, device=cam.device))
+    return rotate_camera(cam, quat_multiply(el, az).expand(cam.shape[:-1] + (4,)))
 
 
 def camera_from_sfm(rot: torch.Tensor, scale: torch.Tensor, trans: torch.Tensor) -> torch.Tensor:

@@ -27,7 +27,7 @@ from torch import Tensor
 from slopekp.mesh.topology import check_faces
 from slopekp.utils import atomic_write
 
-__all__ = ["MeshData", "export_mesh", "load_mesh", "uv_to_texcoords", "EXPORT_FORMATS"]
+__all__ = ["MeshData", "export_mesh", "load_mesh", "textured_trimesh", "uv_to_texcoords", "EXPORT_FORMATS"]
 
 #: File suffixes :func:`export_mesh` writes.
 EXPORT_FORMATS = (".obj", ".glb", ".ply")
@@ -97,6 +97,14 @@ def _check_unit(name: str, a: np.ndarray) -> None:
         raise ValueError(f"{name} must be finite and in [0, 1] (got range [{a.min():.3g}, {a.max():.3g}])")
 
 
+def _texture_image(texture) -> Image.Image:
+    tex = texture.detach().cpu().numpy() if isinstance(texture, Tensor) else np.asarray(texture)
+    if tex.ndim != 3 or tex.shape[0] != 3:
+        raise ValueError(f"texture must have shape (3, H, W), got {tex.shape}")
+    _check_unit("texture", tex)
+    return Image.fromarray(np.round(tex.transpose(1, 2, 0) * 255.0).astype(np.uint8))
+
+
 def export_mesh(
     path: str | os.PathLike,
     verts: Tensor,
@@ -147,15 +155,11 @@ def export_mesh(
         _check_unit("vertex_colors", col)
     img = None
     if texture is not None:
-        tex = texture.detach().cpu().numpy() if isinstance(texture, Tensor) else np.asarray(texture)
-        if tex.ndim != 3 or tex.shape[0] != 3:
-            raise ValueError(f"texture must have shape (3, H, W), got {tex.shape}")
-        _check_unit("texture", tex)
+        img = _texture_image(texture)
         if uv is None:
             raise ValueError("texture export needs verts_uv")
         if col is not None:
             raise ValueError("give either texture or vertex_colors, not both")
-        img = Image.fromarray(np.round(tex.transpose(1, 2, 0) * 255.0).astype(np.uint8))
     st = None if uv is None else uv_to_texcoords(torch.as_tensor(uv), uv_shift).numpy()
 
     if fmt == ".obj":
@@ -167,11 +171,7 @@ def export_mesh(
     import trimesh
 
     if img is not None and st is not None:
-        texcoords, corner_tc = _seam_split(st, f)
-        # GLB keeps one UV per vertex: duplicate the seam vertices (the copies get the shifted texcoords)
-        vidx = np.concatenate([np.arange(v.shape[0]), np.unique(f[corner_tc != f])])
-        visual = trimesh.visual.TextureVisuals(uv=texcoords, image=img)
-        mesh = trimesh.Trimesh(v[vidx], corner_tc, visual=visual, process=False)
+        mesh = _textured(v, f, st, img)
     elif col is not None:
         alpha = np.full((v.shape[0], 1), 255.0)
         rgba = np.concatenate([np.round(col * 255.0), alpha], axis=1).astype(np.uint8)
@@ -181,6 +181,26 @@ def export_mesh(
     with atomic_write(path, "wb") as fh:
         mesh.export(file_obj=fh, file_type=fmt[1:])
     return [path]
+
+
+def _textured(v: np.ndarray, f: np.ndarray, st: np.ndarray, img: Image.Image):
+    import trimesh
+
+    texcoords, corner_tc = _seam_split(st, f)
+    # one UV per vertex (GLB, trimesh): duplicate the seam vertices (the copies get the shifted texcoords)
+    vidx = np.concatenate([np.arange(v.shape[0]), np.unique(f[corner_tc != f])])
+    visual = trimesh.visual.TextureVisuals(uv=texcoords, image=img)
+    return trimesh.Trimesh(v[vidx], corner_tc, visual=visual, process=False)
+
+
+def textured_trimesh(verts: Tensor, faces: Tensor, verts_uv: Tensor, texture: Tensor, uv_shift: float = 0.0):
+    """A ``trimesh.Trimesh`` with the UV texture, as :func:`export_mesh` writes it to GLB (seam vertices
+    duplicated, so it has more vertices than ``verts``; arguments as there)."""
+    v = _to_numpy("verts", verts, (3,), np.float64)
+    f = faces.detach().cpu().numpy().astype(np.int64) if isinstance(faces, Tensor) else np.asarray(faces, np.int64)
+    check_faces(torch.as_tensor(f), v.shape[0])
+    uv = _to_numpy("verts_uv", verts_uv, (2,), np.float64)
+    return _textured(v, f, uv_to_texcoords(torch.as_tensor(uv), uv_shift).numpy(), _texture_image(texture))
 
 
 def _write_obj(

@@ -14,5 +14,5 @@ and render, never ``train`` or ``config``.
   (``quaternion``, ``gramschmidt``, ``svd``, ``keypoints``);
 * :mod:`~slopekp.models.keypoints` — heatmap decoder, soft-argmax, keypoint visibility and heatmap targets, PnP
   settings of the keypoint head;
-* :mod:`~slopekp.models.reconstructor` — the composite ``Reconstructor`` and ``build_model``.
+* :mod:`~slopekp.models.reconstructor` — the composite ``ReconstructionNet`` and ``build_model``.
 """

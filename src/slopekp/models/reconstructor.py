@@ -1,6 +1,6 @@
 """The composite network: image → shape, texture and camera (METHOD §4).
 
-``Reconstructor(img) -> Prediction``: the encoder's features feed the shape head (template + symmetric
+``ReconstructionNet(img) -> Prediction``: the encoder's features feed the shape head (template + symmetric
 deformation, learned mean shape), the texture head (a UV image) and the pose head chosen by name
 (:data:`slopekp.models.pose.POSE_HEADS`). The keypoint head reads the predicted shape: its 3D keypoints are
 vertices of ``verts``.
@@ -20,7 +20,7 @@ from slopekp.models.texture import TextureHead
 BACKBONE = ("encoder.", "shape.", "texture.")
 
 
-class Reconstructor(nn.Module):
+class ReconstructionNet(nn.Module):
     """Encoder + shape, texture and pose heads.
 
     Args:
@@ -51,7 +51,7 @@ class Reconstructor(nn.Module):
         return [p for n, p in self.named_parameters() if n.startswith(BACKBONE)]
 
 
-def build_model(cfg, template, symmetry_tol: float = 1e-6) -> Reconstructor:
+def build_model(cfg, template, symmetry_tol: float = 1e-6) -> ReconstructionNet:
     """The network of a :class:`slopekp.config.ModelConfig` for ``template`` (a :class:`slopekp.mesh.Template`).
 
     Raises:
@@ -69,4 +69,4 @@ def build_model(cfg, template, symmetry_tol: float = 1e-6) -> Reconstructor:
                                num_keypoints=cfg.num_keypoints, end2end=cfg.end2end)  # fmt: skip
     else:
         pose = build_pose_head(cfg.pose_head, in_dim=enc.flat_dim)
-    return Reconstructor(enc, shape, texture, pose, cfg.pose_head)
+    return ReconstructionNet(enc, shape, texture, pose, cfg.pose_head)

@@ -16,6 +16,10 @@ loads with ``torch.load(weights_only=True)``: a file from elsewhere cannot run c
 ``epoch``, ``step``       the next epoch and the global step; ``batch_in_epoch`` batches of that epoch are done
 ``rng``                   ``{"torch": ByteTensor, "cuda": [ByteTensor, ...]}``
 ``metrics``               last logged losses (for model cards and ``slopekp info``)
+``template``              Stage III: the template mesh itself (:func:`template_payload`), so that the model
+                          loads where the template file is not
+``card``                  Stage III: the model card (:func:`model_card`): the training data's name, path and
+                          fingerprint, slopekp's version and the test split's metrics
 ========================  ==================================================================================
 """
 
@@ -47,6 +51,59 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if state.get("cuda") and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def template_payload(template) -> dict[str, Any]:
+    """A :class:`slopekp.mesh.Template` as plain tensors for a checkpoint (loads with ``weights_only=True``)."""
+    return {"name": template.name, "verts": template.verts.detach().cpu(), "faces": template.faces.detach().cpu(),
+            "verts_uv": template.verts_uv.detach().cpu()}  # fmt: skip
+
+
+def template_from_payload(payload: Any, path: str | os.PathLike):
+    """The :class:`slopekp.mesh.Template` of :func:`template_payload`; ``path`` (the checkpoint) names the file in
+    errors.
+
+    Raises:
+        CheckpointError: the entry is not a template (missing arrays, bad shapes or values).
+    """
+    from slopekp.mesh import Template
+
+    if not isinstance(payload, dict) or not all(isinstance(payload.get(k), torch.Tensor)
+                                                for k in ("verts", "faces", "verts_uv")):  # fmt: skip
+        raise CheckpointError(f"{path}: the checkpoint's template entry is not a mesh (verts, faces, verts_uv)")
+    try:
+        return Template(payload["verts"], payload["faces"], payload["verts_uv"], str(payload.get("name", "")))
+    except ValueError as e:
+        raise CheckpointError(f"{path}: the checkpoint's template is damaged: {e}") from e
+
+
+def model_card(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """What a checkpoint says about itself, for people (``slopekp info``) and for predict's outputs.
+
+    Works for every checkpoint of :data:`CHECKPOINT_FORMAT`; entries an older file lacks are absent or None.
+    """
+    manifest = ckpt.get("manifest") if isinstance(ckpt.get("manifest"), dict) else {}
+    card = ckpt.get("card") if isinstance(ckpt.get("card"), dict) else {}
+    tpl = ckpt.get("template") if isinstance(ckpt.get("template"), dict) else None
+    cfg_tpl = manifest.get("inputs", {}).get("template", {})
+    template = {"path": cfg_tpl.get("path"), "fingerprint": ckpt.get("template_fingerprint"),
+                "embedded": tpl is not None}  # fmt: skip
+    if tpl is not None and isinstance(tpl.get("verts"), torch.Tensor) and isinstance(tpl.get("faces"), torch.Tensor):
+        template.update(num_verts=int(tpl["verts"].shape[0]), num_faces=int(tpl["faces"].shape[0]))
+    data = card.get("data") or {k: v for k, v in manifest.get("inputs", {}).get("data", {}).items()}
+    return {
+        "kind": ckpt.get("kind"),
+        "head": ckpt.get("head"),
+        "targets": ckpt.get("targets"),
+        "template": template,
+        "data": data,
+        "trained": {"epochs": ckpt.get("epoch"), "steps": ckpt.get("step")},
+        "slopekp_version": card.get("slopekp_version", manifest.get("version")),
+        "created": manifest.get("created"),
+        "command": manifest.get("command"),
+        "metrics": card.get("metrics"),
+        "last_losses": ckpt.get("metrics"),
+    }
 
 
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:

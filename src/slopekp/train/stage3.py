@@ -42,7 +42,7 @@ from slopekp.config import Config, config_to_yaml, load_config
 from slopekp.manifest import Manifest, cmr_data_fingerprint, file_digest, flat_settings
 from slopekp.train import distributed as D
 from slopekp.train import run
-from slopekp.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from slopekp.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state, template_payload
 from slopekp.train.losses import camera_loss, heatmap_loss
 from slopekp.train.multiplex import CameraMultiplex, depth_mirror_cameras, split_image_ids, template_fingerprint
 from slopekp.train.stage2 import CHECKPOINT, STORE_NAME, build_train_dataset
@@ -240,6 +240,8 @@ def run_stage3(
         at = run.LoopState(ck["epoch"], ck["step"], ck["batch_in_epoch"])
         set_rng_state(ck["rng"])
 
+    card = model_card_entries(data_dir, manifest, len(dataset))
+
     def checkpoint(logs: dict) -> None:
         if not dist.is_main:
             return
@@ -247,7 +249,8 @@ def run_stage3(
             "kind": "stage3", "head": head, "targets": targets_label(cfg, supervised), "template_fingerprint": fp,
             "config": config_to_yaml(cfg), "manifest": manifest.to_dict(), "model": model.state_dict(),
             "optimizer": opt.state_dict(), "multiplex": None, "epoch": at.epoch, "step": at.step,
-            "batch_in_epoch": at.in_epoch, "rng": rng_state(), "metrics": logs,
+            "batch_in_epoch": at.in_epoch, "rng": rng_state(), "metrics": logs, "template": template_payload(template),
+            "card": card,
         })  # fmt: skip
 
     def train_step(batch) -> dict[str, float]:
@@ -300,9 +303,39 @@ def run_stage3(
         test = evaluate_split(model, cfg, data_dir, template.faces, "test")
         if test is not None:
             metrics["test"] = test
+            card["metrics"] = {"split": "test", **test}
+            if load_checkpoint(ckpt_path).get("card", {}).get("metrics") != card["metrics"]:
+                checkpoint(logs)  # the model card carries the test metrics (a finished run's file is left as it is)
         atomic_save_json(metrics, out_dir / "report" / "metrics.json")
     metrics = D.broadcast_object(metrics, dist)
     return Stage3Result(out_dir, ckpt_path, at.step, seconds, metrics)
+
+
+def model_card_entries(data_dir, manifest: Manifest, num_images: int) -> dict[str, Any]:
+    """The checkpoint's ``card`` (:func:`slopekp.train.checkpoint.model_card`): what it was trained on and with which
+    slopekp; the test metrics are added after training. (When: the manifest's ``created``.)"""
+    from slopekp import __version__
+
+    data = manifest.inputs.get("data", {})
+    return {
+        "data": {"name": dataset_name(data_dir), "path": str(data_dir), "fingerprint": data.get("fingerprint"),
+                 "split": data.get("split"), "images": int(num_images)},  # fmt: skip
+        "slopekp_version": __version__,
+        "metrics": None,
+    }
+
+
+def dataset_name(data_dir) -> str:
+    """``SynthBirds`` for a folder of :mod:`slopekp.data.synthetic`, else the folder's name."""
+    import json
+
+    meta = Path(data_dir) / "meta.json"
+    try:
+        if json.loads(meta.read_text()).get("generator") == "slopekp.data.synthetic":
+            return "SynthBirds"
+    except (OSError, ValueError, AttributeError):
+        pass
+    return Path(data_dir).resolve().name
 
 
 @torch.no_grad()

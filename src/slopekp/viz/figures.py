@@ -1,4 +1,5 @@
-"""Figure helpers drawn with NumPy and PIL (matplotlib is not a dependency).
+"""Figure helpers drawn with NumPy and PIL, and the two matplotlib helpers every report uses (:func:`pyplot`,
+:func:`save_figure`).
 
 Every function takes images as ``(H, W, 3)`` or ``(3, H, W)`` float arrays/tensors in [0, 1] or
 ``(H, W, 3)`` uint8 arrays, and returns a new ``(H, W, 3)`` uint8 RGB array (inputs are never modified).
@@ -171,6 +172,28 @@ def histogram_image(values, bins: int = 20, range=None, title: str = "", size=(3
     lbl = f"{edges[-1]:.3g}"
     d.text((right - 6 * len(lbl), bottom + 3), lbl, fill=(0, 0, 0), font=font)
     return np.asarray(im).copy()
+
+
+def pyplot():
+    """``matplotlib.pyplot`` on the Agg backend (no display needed), imported on first use."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path: str | os.PathLike, dpi: int = 110) -> None:
+    """Write a matplotlib figure as PNG atomically and close it."""
+    import io
+
+    plt = pyplot()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+    with atomic_write(path, "wb") as f:
+        f.write(buf.getvalue())
 
 
 def save_png(path: str | os.PathLike, img) -> None:

@@ -1,0 +1,205 @@
+"""``slopekp predict``: photos → textured meshes, cameras, masks, figures and turntables
+(:mod:`slopekp.predict`). ``slopekp info``: a checkpoint's model card.
+
+* ``slopekp predict IMAGE... --checkpoint CKPT [--mask M... | --bbox x1,y1,x2,y2 ...] --out DIR``
+* ``slopekp info CKPT [--json]``
+
+IMAGE may be a folder (its images, sorted by name). ``--mask`` takes one mask per image, in order, or one folder
+holding ``<image stem>.png``; ``--bbox`` takes one box per image (0-based pixels, inclusive corners). Without
+either, each image is read whole, with a warning. A photo that fails (unreadable, a mask of another size, a box
+outside it ...) is reported and skipped; the others are still written, and the exit status is 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from pathlib import Path
+
+#: Suffixes of the images taken from a folder given as IMAGE.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "predict",
+        help="reconstruct photos with a trained model: textured OBJ/GLB, camera, mask, figure and turntable per photo",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="photos, or folders of photos")
+    p.add_argument("--checkpoint", required=True, help="a trained model (Stage III OUT/checkpoints/last.pt)")
+    p.add_argument("--out", required=True, help="output folder: OUT/<image stem>/ per photo and predictions.json")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--mask", nargs="+", default=None, metavar="M",
+                       help="the object's mask per image (in order), or one folder of <stem>.png masks")  # fmt: skip
+    where.add_argument("--bbox", nargs="+", default=None, metavar="x1,y1,x2,y2",
+                       help="the object's box per image (in order), 0-based pixels, inclusive")  # fmt: skip
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
+    p.add_argument("--batch-size", type=int, default=8, help="photos per network batch")
+    p.add_argument("--size", type=int, default=256, help="side of the figures' panels and renders (pixels)")
+    p.add_argument("--turntable-frames", type=int, default=36, help="frames of turntable.gif (0: none)")
+    p.add_argument("--template", default=None,
+                   help="the template mesh, only for old checkpoints that do not carry theirs")  # fmt: skip
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_predict)
+
+    i = sub.add_parser("info", help="print a checkpoint's model card: head, template, training data, metrics",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    i.add_argument("checkpoint", metavar="CKPT", help="a slopekp checkpoint (Stage II or III)")
+    i.add_argument("--json", action="store_true", help="print the card as JSON")
+    i.set_defaults(func=_info)
+
+
+def expand_images(items: list[str]) -> list[Path]:
+    """IMAGE arguments → image paths (a folder gives its images with :data:`IMAGE_SUFFIXES`, sorted by name).
+    Paths that do not exist are kept, to be reported with the other failures."""
+    out: list[Path] = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise ValueError(f"{p}: a folder with no images ({', '.join(IMAGE_SUFFIXES)})")
+            out.extend(found)
+        else:
+            out.append(p)
+    return out
+
+
+def pair_inputs(images: list[Path], masks: list[str] | None, boxes: list[str] | None) -> list[tuple]:
+    """``(mask, box)`` per image from ``--mask`` / ``--bbox`` (see the module docstring).
+
+    Raises:
+        ValueError: a count that matches neither one per image nor (masks) one folder.
+    """
+    n = len(images)
+    if masks is not None:
+        if len(masks) == 1 and Path(masks[0]).is_dir():
+            folder = Path(masks[0])
+            return [(folder / f"{img.stem}.png", None) for img in images]
+        if len(masks) != n:
+            raise ValueError(f"--mask: {len(masks)} mask(s) for {n} image(s); give one per image or one folder")
+        return [(Path(m), None) for m in masks]
+    if boxes is not None:
+        if len(boxes) != n:
+            raise ValueError(f"--bbox: {len(boxes)} box(es) for {n} image(s); give one per image")
+        return [(None, b) for b in boxes]
+    return [(None, None)] * n
+
+
+def _one_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from slopekp.predict import Reconstructor, WholeImageWarning
+    from slopekp.predict.inputs import read_photo
+    from slopekp.predict.outputs import unique_names, write_index, write_reconstruction
+    from slopekp.utils import check_device_name
+
+    for name, v, low in (("--batch-size", args.batch_size, 1), ("--size", args.size, 16),
+                         ("--turntable-frames", args.turntable_frames, 0)):  # fmt: skip
+        if v < low:
+            raise ValueError(f"{name} must be >= {low}, got {v}")
+    check_device_name(args.device)
+    images = expand_images(args.images)
+    pairs = pair_inputs(images, args.mask, args.bbox)
+    rec = Reconstructor.from_checkpoint(args.checkpoint, device=args.device, template=args.template)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    names = unique_names(images)
+    entries = [{"image": str(img), "name": name, "status": "pending", "error": None, "files": []}
+               for img, name in zip(images, names)]  # fmt: skip
+    card = rec.card
+    bar = tqdm(total=len(images), unit="img", desc="predict", disable=args.quiet, dynamic_ncols=True)
+    for start in range(0, len(images), args.batch_size):
+        chunk = range(start, min(start + args.batch_size, len(images)))
+        crops, photos, ok = [], [], []
+        for i in chunk:
+            try:
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always", WholeImageWarning)
+                    photo = read_photo(images[i])
+                    crop = rec.prepare(photo, *pairs[i], name=str(images[i]))
+            except (ValueError, OSError) as e:
+                _fail(entries[i], e, bar)
+                continue
+            for w in caught:
+                tqdm.write(f"slopekp: warning: {w.message}", file=sys.stderr)
+            photos.append(photo)
+            crops.append(crop)
+            ok.append(i)
+        results = rec.predict_crops(crops)
+        for i, photo, r in zip(ok, photos, results):
+            e = entries[i]
+            try:
+                files = write_reconstruction(r, photo, out / e["name"], title=f"{images[i].name} ({rec.head} head)",
+                                             size=args.size, turntable_frames=args.turntable_frames)  # fmt: skip
+            except (ValueError, OSError) as err:
+                _fail(e, err, bar)
+                continue
+            e.update(status="ok", files=[str(f.relative_to(out)) for f in files], box_source=r.crop.source)
+            bar.update(1)
+        write_index(out, entries, checkpoint=args.checkpoint, card=card)
+    bar.close()
+    failed = [e for e in entries if e["status"] != "ok"]
+    print(f"wrote {len(entries) - len(failed)} of {len(entries)} reconstruction(s) to {out}/ "
+          f"({rec.head} head; index: {out / 'predictions.json'})")  # fmt: skip
+    for e in failed:
+        print(f"slopekp: failed: {e['error']}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _fail(entry: dict, e: BaseException, bar) -> None:
+    msg = _one_line(e)
+    if entry["image"] not in msg:
+        msg = f"{entry['image']}: {msg}"
+    entry.update(status="error", error=msg)
+    bar.update(1)
+
+
+def format_card(card: dict, path: str) -> str:
+    """The model card as lines for a person."""
+    lines = [f"checkpoint  {path}", f"kind        {card.get('kind')}", f"pose head   {card.get('head')}"]
+    if card.get("targets"):
+        lines.append(f"targets     {card['targets']}")
+    t = card.get("template") or {}
+    size = f", {t['num_verts']} vertices, {t['num_faces']} faces" if "num_verts" in t else ""
+    lines.append(f"template    {t.get('path')} (fingerprint {t.get('fingerprint')}"
+                 f"{size}{', embedded' if t.get('embedded') else ', not embedded: needs the file'})")  # fmt: skip
+    d = card.get("data") or {}
+    if d:
+        what = d.get("name") or d.get("path")
+        extra = ", ".join(f"{k} {d[k]}" for k in ("split", "images", "fingerprint") if d.get(k) is not None)
+        lines.append(f"data        {what} ({extra}) at {d.get('path')}")
+    tr = card.get("trained") or {}
+    lines.append(f"trained     {tr.get('epochs')} epoch(s), {tr.get('steps')} step(s) by `slopekp "
+                 f"{card.get('command')}`, slopekp {card.get('slopekp_version')}, {card.get('created')}")  # fmt: skip
+    m = card.get("metrics")
+    if m:
+        rot = m.get("rotation_error", {})
+        lines.append(f"metrics     on {m.get('num_images')} {m.get('split', 'test')} images: mask IoU "
+                     f"{m.get('mask_iou_0.5', float('nan')):.3f} (at 0.5), rotation error median "
+                     f"{rot.get('median_deg', float('nan')):.1f}°, {rot.get('pct_under_30deg', float('nan')):.0f}% "
+                     "under 30°")  # fmt: skip
+    else:
+        lines.append("metrics     none recorded (no test split with ground truth, or an older checkpoint)")
+    return "\n".join(lines)
+
+
+def _info(args: argparse.Namespace) -> int:
+    from slopekp.train.checkpoint import load_checkpoint, model_card
+
+    card = model_card(load_checkpoint(args.checkpoint, map_location="cpu"))
+    if args.json:
+        from slopekp.predict.outputs import jsonable
+
+        print(json.dumps(jsonable(card), indent=2))
+    else:
+        print(format_card(card, args.checkpoint))
+    return 0

@@ -1,0 +1,252 @@
+"""The Python API of a trained model: ``Reconstructor.from_checkpoint(path).predict(photo) -> Reconstruction``.
+
+>>> from slopekp import Reconstructor
+>>> rec = Reconstructor.from_checkpoint("runs/stage3_keypoints/checkpoints/last.pt")  # doctest: +SKIP
+>>> r = rec.predict("bird.jpg", mask="bird_mask.png")  # doctest: +SKIP
+>>> r.export("bird.glb"); r.render(azimuth=60)  # doctest: +SKIP
+
+:class:`Reconstructor` wraps the network (:class:`slopekp.models.reconstructor.ReconstructionNet`), its template
+and the training run's crop settings; :class:`Reconstruction` is one photo's result: the mesh in the object frame
+(``docs/conventions.md``), its UV texture, the camera in the NDC of the crop, and the crop's place in the photo.
+(The network's own batch output is :class:`slopekp.models.base.Prediction`; a ``Reconstruction`` is one photo's
+share of it, with what a person needs around it.) Everything runs on the device the model was loaded on, CPU or CUDA.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from slopekp.predict.inputs import PhotoCrop, crop_photo, object_box, read_mask, read_photo
+
+__all__ = ["MESH_RGB", "Reconstruction", "Reconstructor", "WholeImageWarning"]
+
+#: The colour of untextured renders (light blue, as in the SLOPE-KP and U-CMR figures).
+MESH_RGB = (156 / 255, 199 / 255, 234 / 255)
+
+
+class WholeImageWarning(UserWarning):
+    """A photo was read whole: neither a mask nor a box said where the object is."""
+
+
+@dataclass(frozen=True, eq=False)
+class Reconstruction:
+    """One photo's reconstruction. Tensors are on the model's device and hold no gradient.
+
+    Attributes:
+        verts: ``(V, 3)`` the predicted shape in the object frame.
+        faces: ``(F, 3)`` int64, the template's triangles.
+        verts_uv: ``(V, 2)`` the template's sphere UVs in ``[−1, 1]``.
+        texture: ``(3, Hu, Wu)`` the predicted UV image, RGB in [0, 1].
+        camera: ``(7,)`` ``[s, tx, ty, qw, qx, qy, qz]`` in the NDC of :attr:`crop`.
+        crop: the network's input and where it lies in the photo (:class:`slopekp.predict.inputs.PhotoCrop`).
+        head: the pose head that gave the camera.
+        keypoints: ``(K, 2)`` the keypoint head's 2D keypoints in the crop's NDC (None for the other heads).
+        z_offset: the renderer's depth offset the model was trained with.
+    """
+
+    verts: Tensor
+    faces: Tensor
+    verts_uv: Tensor
+    texture: Tensor
+    camera: Tensor
+    crop: PhotoCrop
+    head: str
+    keypoints: Tensor | None = None
+    z_offset: float = 5.0
+
+    @property
+    def mesh(self):
+        """The textured mesh as a ``trimesh.Trimesh`` (object frame; seam vertices duplicated as in GLB export)."""
+        from slopekp.mesh.io import textured_trimesh
+
+        return textured_trimesh(self.verts, self.faces, self.verts_uv, self.texture)
+
+    def view_camera(self, azimuth: float = 0.0, elevation: float = 0.0) -> Tensor:
+        """``(7,)`` the predicted camera with the object turned by ``azimuth`` degrees about the image's vertical
+        axis, then tilted by ``elevation`` degrees (:func:`slopekp.geometry.camera.turn_camera`)."""
+        from slopekp.geometry.camera import turn_camera
+
+        return turn_camera(self.camera, azimuth, elevation)
+
+    @torch.no_grad()
+    def render(self, view: Tensor | None = None, *, azimuth: float = 0.0, elevation: float = 0.0,
+               textured: bool = True, size: int = 256, background=(1.0, 1.0, 1.0)) -> Tensor:  # fmt: skip
+        """Render the mesh.
+
+        Args:
+            view: a ``(7,)`` camera in the crop's NDC; None (default) is the predicted camera turned by
+                ``azimuth`` and ``elevation`` degrees (both 0: the photo's viewpoint).
+            textured: with the predicted texture; else shaded in :data:`MESH_RGB`.
+            size: the side of the square image; the crop's NDC is kept, so it lines up with the crop at any size.
+            background: RGB in [0, 1] of empty pixels.
+
+        Returns:
+            ``(4, size, size)`` float RGBA in [0, 1] (alpha: the hard silhouette).
+        """
+        from slopekp.render import Lighting, Renderer, RenderSettings
+
+        cam = self.view_camera(azimuth, elevation) if view is None else view.to(self.camera)
+        if cam.shape != (7,):
+            raise ValueError(f"view must be a (7,) camera, got shape {tuple(cam.shape)}")
+        r = Renderer(RenderSettings(image_size=int(size), z_offset=self.z_offset))
+        light = Lighting(ambient=0.55, directional=0.45)
+        if textured:
+            out = r(self.verts[None], self.faces, cam[None], mode="hard", uv_image=self.texture[None],
+                    verts_uv=self.verts_uv, lighting=Lighting(ambient=0.8, directional=0.2))  # fmt: skip
+        else:
+            rgb = torch.tensor(MESH_RGB, device=self.verts.device).expand_as(self.verts)
+            out = r(self.verts[None], self.faces, cam[None], mode="hard", verts_rgb=rgb[None], lighting=light)
+        alpha = out.alpha[0]
+        bg = torch.tensor(background, dtype=alpha.dtype, device=alpha.device)[:, None, None]
+        rgb = out.rgb[0] * alpha + bg * (1 - alpha)
+        return torch.cat([rgb.clamp(0, 1), alpha[None]])
+
+    def mask(self, size: int | None = None) -> Tensor:
+        """``(size, size)`` the hard silhouette under the predicted camera in the crop (default: the input size)."""
+        return self.render(textured=False, size=size or self.crop.image.shape[0])[3]
+
+    def photo_mask(self, size: int = 512) -> np.ndarray:
+        """``(H, W)`` bool: the silhouette pasted back into the photo (rendered at ``size``², then warped)."""
+        from slopekp.data.transforms import PixelAffine, paste_crop
+
+        # crop pixel u (NDC 2u/S - 1, the data's convention) is render pixel k·u - 1/2: the renderer samples pixel
+        # centres, NDC (2u' + 1)/size - 1 (docs/conventions.md)
+        k = size / self.crop.image.shape[0]
+        to_render = self.crop.affine.then(PixelAffine(k, -0.5, -0.5))
+        return paste_crop(self.mask(size).cpu().numpy(), to_render, self.crop.photo_size) > 0.5
+
+    def camera_dict(self) -> dict[str, Any]:
+        """The camera as JSON-ready values: the 7-vector, its rotation matrix, the viewpoint in degrees and the
+        crop's box in the photo, with the conventions that read them."""
+        from slopekp.data.viewpoints import rotations_to_azelcr
+        from slopekp.geometry.rotations import quat_to_rotmat
+
+        cam = self.camera.detach().double().cpu()
+        rot = quat_to_rotmat(cam[3:])
+        az, el, cr = np.degrees(rotations_to_azelcr(rot[None].numpy()))[0]
+        return {
+            "camera": [float(v) for v in cam],
+            "rotation": rot.tolist(),
+            "azimuth_deg": float(az),
+            "elevation_deg": float(el),
+            "cyclo_rotation_deg": float(cr),
+            "head": self.head,
+            "crop_box": [float(v) for v in self.crop.box],
+            "crop_size": int(self.crop.image.shape[0]),
+            "box_source": self.crop.source,
+            "photo_size": list(self.crop.photo_size),
+            "z_offset": self.z_offset,
+            "convention": "weak perspective [s, tx, ty, qw, qx, qy, qz]: p = s (R X)_xy + t in the NDC of the "
+            "square crop (x right, y down, [-1, 1]); crop_box is [x1, y1, x2, y2] in 0-based photo pixels, "
+            "inclusive; see docs/conventions.md",
+        }
+
+    def export(self, path: str | os.PathLike) -> list[Path]:
+        """Write the textured mesh (object frame); the suffix picks the format: ``.obj`` (+ ``.mtl`` + ``.png``),
+        ``.glb`` or ``.ply`` (shape only). Returns the files written, each atomically."""
+        from slopekp.mesh.io import export_mesh
+
+        path = Path(path)
+        if path.suffix.lower() == ".ply":
+            return export_mesh(path, self.verts, self.faces)
+        return export_mesh(path, self.verts, self.faces, self.verts_uv, self.texture.clamp(0, 1))
+
+
+class Reconstructor:
+    """A trained model ready for photos. Build it with :meth:`from_checkpoint`.
+
+    Attributes:
+        net: the network in eval mode. template: its :class:`slopekp.mesh.Template`. head: the pose head.
+        cfg: the training run's config. card: the checkpoint's model card
+        (:func:`slopekp.train.checkpoint.model_card`). device: where it runs.
+    """
+
+    def __init__(self, net: torch.nn.Module, template, cfg, head: str, card: dict | None = None) -> None:
+        self.net, self.template, self.cfg, self.head = net.eval(), template, cfg, head
+        self.card = card or {}
+
+    @property
+    def device(self) -> torch.device:
+        return self.template.verts.device
+
+    @property
+    def image_size(self) -> int:
+        """The side of the network's square input."""
+        return int(self.cfg.model.image_size)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike, *, device: str | torch.device = "auto",
+                        template: str | None = None) -> Reconstructor:  # fmt: skip
+        """Load a Stage III checkpoint safely (``weights_only=True``).
+
+        Args:
+            device: ``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:1`` ...
+            template: only for old checkpoints that do not carry their template (see
+                :func:`slopekp.eval.report.load_trained_model`).
+
+        Raises:
+            FileNotFoundError, slopekp.train.checkpoint.CheckpointError: naming the file: missing, not a
+                checkpoint, damaged, or not a trained model (Stage II and Stage I files are refused).
+        """
+        from slopekp.eval.report import load_trained_model
+        from slopekp.train.checkpoint import load_checkpoint, model_card
+        from slopekp.utils import resolve_device
+
+        dev = resolve_device(device) if isinstance(device, str) else torch.device(device)
+        tm = load_trained_model(path, template=template, device=dev)
+        card = model_card(load_checkpoint(path, map_location="cpu"))
+        return cls(tm.model, tm.template, tm.cfg, tm.head, card)
+
+    def prepare(self, image: Any, mask: Any = None, bbox: Any = None, *, name: str = "image") -> PhotoCrop:
+        """Read ``image`` (and ``mask``) and crop it for the network (:mod:`slopekp.predict.inputs`).
+
+        Warns:
+            WholeImageWarning: neither ``mask`` nor ``bbox`` was given.
+        """
+        if isinstance(image, (str, os.PathLike)):
+            name = str(image)
+        photo = read_photo(image, name)
+        size = (photo.shape[0], photo.shape[1])
+        m = None if mask is None else read_mask(mask, size)
+        box, source = object_box(size, m, bbox, name)
+        if source == "whole image":
+            warnings.warn(f"{name}: no mask or box given; reading the whole image as the object's crop",
+                          WholeImageWarning, stacklevel=2)  # fmt: skip
+        padding = 0.0 if source == "whole image" else float(self.cfg.data.padding_frac)
+        return crop_photo(photo, box, self.image_size, padding, source)
+
+    @torch.no_grad()
+    def predict_crops(self, crops: list[PhotoCrop]) -> list[Reconstruction]:
+        """Run the network on prepared crops as one batch."""
+        from slopekp.models.encoder import normalize_image
+
+        if not crops:
+            return []
+        img = torch.stack([torch.from_numpy(c.image).permute(2, 0, 1) for c in crops]).to(self.device)
+        pred = self.net(normalize_image(img))
+        t, kp = self.template, pred.pose_extras.get("points2d")
+        return [Reconstruction(pred.verts[i], t.faces, t.verts_uv, pred.uv_image[i], pred.camera[i], c, self.head,
+                               None if kp is None else kp[i], float(self.cfg.render.z_offset))
+                for i, c in enumerate(crops)]  # fmt: skip
+
+    def predict(self, image: Any, mask: Any = None, bbox: Any = None) -> Reconstruction:
+        """Reconstruct one photo.
+
+        Args:
+            image: a path, ``PIL.Image``, array or tensor (:func:`slopekp.predict.inputs.read_photo`).
+            mask: the object's mask (a path or ``(H, W)`` array of the photo's size), or None.
+            bbox: the object's box ``[x1, y1, x2, y2]`` (0-based, inclusive) or ``"x1,y1,x2,y2"``, or None.
+                Without either, the whole photo is read (with a :class:`WholeImageWarning`).
+
+        Raises:
+            ValueError: naming the file: unreadable image, mask of another size or empty, box outside the photo.
+        """
+        return self.predict_crops([self.prepare(image, mask, bbox)])[0]

@@ -1,0 +1,189 @@
+"""A user's photo → the square crop the network reads (METHOD §1.2 at test time, for images without annotations).
+
+Conventions (``docs/conventions.md``): pixels are 0-based (column ``u``, row ``v``); a box is
+``[x1, y1, x2, y2]`` with **inclusive** corners, like the CUB loader's. The object's box comes from
+
+* a mask (``mask``: the tight box of its foreground),
+* a box (``bbox``), or
+* neither: the whole photo, with a warning (the network was trained on crops centred on one bird).
+
+The box is padded by the training run's ``data.padding_frac`` on each side, squared about its centre, cut out of
+the photo (pixels outside it are white, as in training) and resized to the network's input size. The map from
+photo pixels to crop pixels is kept (:attr:`PhotoCrop.affine`), so that a rendered mask can be pasted back
+(:func:`slopekp.data.transforms.paste_crop`).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from slopekp.data import transforms as T
+
+#: Where a crop's box came from.
+BOX_SOURCES = ("mask", "bbox", "whole image")
+
+
+@dataclass(frozen=True, eq=False)
+class PhotoCrop:
+    """One photo prepared for the network.
+
+    Attributes:
+        image: ``(S, S, 3)`` float32 RGB in [0, 1], the network's input (not yet normalised).
+        box: ``(4,)`` the square box cut out of the photo (0-based inclusive pixels; may reach outside it).
+        affine: photo pixels → pixels of ``image`` (:class:`slopekp.data.transforms.PixelAffine`).
+        photo_size: ``(H, W)`` of the photo.
+        source: one of :data:`BOX_SOURCES`.
+    """
+
+    image: np.ndarray
+    box: np.ndarray
+    affine: T.PixelAffine
+    photo_size: tuple[int, int]
+    source: str
+
+
+def read_photo(image: Any, name: str = "image") -> np.ndarray:
+    """A photo as ``(H, W, 3)`` float32 RGB in [0, 1].
+
+    Args:
+        image: a file path (any format Pillow reads; grey and palette images become RGB, alpha is dropped), a
+            ``PIL.Image``, an ``(H, W, 3)`` or ``(H, W)`` array (uint8 in [0, 255] or float in [0, 1]) or a
+            ``(3, H, W)`` tensor in [0, 1].
+        name: how errors name an in-memory image.
+
+    Raises:
+        ValueError: naming the file: missing, not an image, or an array of another shape or range.
+    """
+    import torch
+    from PIL import Image
+
+    from slopekp.data.matfiles import read_image
+
+    if isinstance(image, (str, os.PathLike)):
+        return read_image(Path(image)).astype(np.float32) / 255.0
+    if isinstance(image, Image.Image):
+        return np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+    if isinstance(image, torch.Tensor):
+        if image.dim() != 3 or image.shape[0] != 3:
+            raise ValueError(f"{name}: a tensor image must have shape (3, H, W), got {tuple(image.shape)}")
+        image = image.detach().float().permute(1, 2, 0).cpu().numpy()
+    a = np.asarray(image)
+    if a.ndim == 2:
+        a = np.repeat(a[..., None], 3, axis=2)
+    if a.ndim != 3 or a.shape[2] != 3 or min(a.shape[:2]) < 1:
+        raise ValueError(f"{name}: an image must have shape (H, W, 3) or (H, W), got {a.shape}")
+    if a.dtype == np.uint8:
+        return a.astype(np.float32) / 255.0
+    a = a.astype(np.float32)
+    if not np.isfinite(a).all() or a.min() < 0 or a.max() > 1:
+        raise ValueError(f"{name}: a float image must be finite and in [0, 1]")
+    return a
+
+
+def read_mask(mask: Any, photo_size: tuple[int, int], name: str = "mask") -> np.ndarray:
+    """An object mask as ``(H, W)`` bool, checked against the photo's size.
+
+    Args:
+        mask: a file path or an array. In a file, foreground is: index > 0 and not 255 (void) in a palette PNG
+            (the DAVIS format: one object per index, all of them taken), > 127 in a grey or RGB image (any
+            channel), or > 0.5 in an array of floats (> 0 in one of bools or integers).
+        photo_size: ``(H, W)`` the mask must have.
+
+    Raises:
+        ValueError: naming the file: unreadable, another size than the photo, or no foreground pixel.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    if isinstance(mask, (str, os.PathLike)):
+        name = str(mask)
+        if not Path(mask).is_file():
+            raise ValueError(f"{name}: mask file not found")
+        try:
+            with Image.open(mask) as im:
+                im.load()
+                if im.mode == "P":
+                    idx = np.asarray(im)
+                    m = (idx > 0) & (idx != 255)
+                else:
+                    a = np.asarray(im.convert("RGB"))
+                    m = (a > 127).any(axis=2)
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+            raise ValueError(f"{name}: corrupt or unreadable mask ({type(e).__name__}: {e})") from e
+    else:
+        a = np.asarray(mask)
+        if a.ndim != 2:
+            raise ValueError(f"{name}: a mask must have shape (H, W), got {a.shape}")
+        m = a > 0.5 if a.dtype.kind == "f" else a > 0
+    if m.shape != tuple(photo_size):
+        raise ValueError(
+            f"{name}: mask size {m.shape[0]}x{m.shape[1]} differs from the image size "
+            f"{photo_size[0]}x{photo_size[1]} (height x width)"
+        )
+    if not m.any():
+        raise ValueError(f"{name}: the mask has no foreground pixel")
+    return m
+
+
+def parse_bbox(text: str | Any) -> np.ndarray:
+    """``"x1,y1,x2,y2"`` (or 4 numbers) → ``(4,)`` float64, 0-based inclusive corners.
+
+    Raises:
+        ValueError: not 4 finite numbers, or ``x2 < x1`` / ``y2 < y1``.
+    """
+    if isinstance(text, str):
+        parts = [p for p in text.replace(" ", "").split(",") if p != ""]
+        try:
+            box = np.array([float(p) for p in parts], dtype=np.float64)
+        except ValueError:
+            raise ValueError(f"box {text!r}: expected four numbers x1,y1,x2,y2") from None
+    else:
+        box = np.asarray(text, dtype=np.float64).reshape(-1)
+    if box.shape != (4,) or not np.isfinite(box).all():
+        raise ValueError(f"box {text!r}: expected four finite numbers x1,y1,x2,y2")
+    if box[2] < box[0] or box[3] < box[1]:
+        raise ValueError(f"box {text!r}: needs x1 <= x2 and y1 <= y2")
+    return box
+
+
+def mask_box(mask: np.ndarray) -> np.ndarray:
+    """The tight ``[x1, y1, x2, y2]`` (inclusive) of a non-empty ``(H, W)`` bool mask."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    return np.array([cols[0], rows[0], cols[-1], rows[-1]], dtype=np.float64)
+
+
+def object_box(photo_size: tuple[int, int], mask: np.ndarray | None = None, bbox: Any = None,
+               name: str = "image") -> tuple[np.ndarray, str]:  # fmt: skip
+    """The object's box in the photo and where it came from (:data:`BOX_SOURCES`).
+
+    Raises:
+        ValueError: naming ``name``: both a mask and a box, or a box that does not overlap the photo.
+    """
+    h, w = photo_size
+    if mask is not None and bbox is not None:
+        raise ValueError(f"{name}: give a mask or a box, not both")
+    if mask is not None:
+        return mask_box(mask), "mask"
+    if bbox is not None:
+        box = parse_bbox(bbox)
+        if box[2] < 0 or box[3] < 0 or box[0] > w - 1 or box[1] > h - 1:
+            raise ValueError(
+                f"{name}: box {box.tolist()} lies outside the {w}x{h} image (0-based pixels x1,y1,x2,y2, inclusive)"
+            )
+        return box, "bbox"
+    return np.array([0.0, 0.0, w - 1.0, h - 1.0]), "whole image"
+
+
+def crop_photo(photo: np.ndarray, box: np.ndarray, size: int, padding_frac: float, source: str) -> PhotoCrop:
+    """Pad ``box`` by ``padding_frac`` of its size on each side, square it, cut it out of ``photo`` (white
+    outside) and resize to ``size``² (see the module docstring)."""
+    padded = T.perturb_bbox(box, padding_frac, 0.0, None)
+    square = T.square_bbox(padded)
+    side = int(square[2] - square[0] + 1)
+    affine = T.crop_affine(square).then(T.resize_affine(side, size))
+    image = T.resize_square(T.crop(photo, square, fill=1.0), size)
+    return PhotoCrop(np.clip(image, 0.0, 1.0), square, affine, (photo.shape[0], photo.shape[1]), source)

@@ -1,0 +1,141 @@
+"""What ``slopekp predict`` writes: one folder per photo and an index of them all.
+
+``OUT/<name>/`` (``<name>``: the photo's file stem, made unique) holds
+
+* ``mesh.obj`` + ``mesh.mtl`` + ``mesh.png`` (the UV texture) and ``mesh.glb``: the textured mesh in the object
+  frame (``docs/conventions.md``; open in Blender, MeshLab or a browser);
+* ``camera.json``: the camera, its rotation and viewpoint, and the crop's box in the photo
+  (:meth:`~slopekp.predict.api.Reconstruction.camera_dict`);
+* ``mask.png``: the predicted silhouette pasted back into the photo (photo size, 0 or 255);
+* ``input.png``: the crop the model saw, at the figures' size;
+* ``figure.png``: input | mesh in the predicted pose | textured | mask over the input | three novel views;
+* ``turntable.gif``: the textured mesh turning about the image's vertical axis.
+
+``OUT/predictions.json`` lists every photo with its folder, its status (``ok`` or ``error`` and the message) and
+the model card, so that a batch with a bad photo still says what happened to each. Every file is written
+atomically.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from slopekp.predict.api import Reconstruction
+from slopekp.utils import atomic_save_json, atomic_write
+
+__all__ = ["INDEX", "NOVEL_VIEWS", "jsonable", "unique_names", "write_index", "write_reconstruction"]
+
+INDEX = "predictions.json"
+INDEX_FORMAT = "slopekp.predictions/1"
+#: The figure's novel views, ``(azimuth, elevation)`` in degrees (U-CMR's demo: 30° and 60° about the vertical
+#: axis with 20° of elevation, and 60° about the horizontal axis).
+NOVEL_VIEWS = ((30.0, 20.0), (60.0, 20.0), (0.0, 60.0))
+
+
+def unique_names(paths: list[Path]) -> list[str]:
+    """Folder names for ``paths``: their stems, with ``-2``, ``-3`` ... added to repeats."""
+    seen: dict[str, int] = {}
+    out = []
+    for p in paths:
+        stem = Path(p).stem or "image"
+        n = seen.get(stem, 0) + 1
+        seen[stem] = n
+        out.append(stem if n == 1 else f"{stem}-{n}")
+    return out
+
+
+def display_crop(photo: np.ndarray, rec: Reconstruction, size: int) -> np.ndarray:
+    """``(size, size, 3)`` the photo's crop (the box the model saw) at ``size``², from the full-resolution photo."""
+    from slopekp.data import transforms as T
+
+    return np.clip(T.resize_square(T.crop(photo, rec.crop.box, fill=1.0), size), 0, 1)
+
+
+def write_reconstruction(rec: Reconstruction, photo: np.ndarray, out: str | os.PathLike, *, title: str = "",
+                         size: int = 256, turntable_frames: int = 36) -> list[Path]:  # fmt: skip
+    """Write the files of the module docstring for one photo into ``out`` (created); returns them."""
+    from slopekp.viz.figures import overlay_mask, save_png
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    files = [*rec.export(out / "mesh.obj"), *rec.export(out / "mesh.glb")]
+    atomic_save_json(rec.camera_dict(), out / "camera.json")
+    files.append(out / "camera.json")
+    mask = rec.photo_mask(max(size, 2 * rec.crop.image.shape[0]))
+    _save_gray(out / "mask.png", mask)
+    files.append(out / "mask.png")
+    crop = display_crop(photo, rec, size)
+    save_png(out / "input.png", crop)
+    files.append(out / "input.png")
+    panels = [("input", crop), ("mesh, predicted pose", _rgb(rec.render(textured=False, size=size))),
+              ("textured", _rgb(rec.render(size=size))),
+              ("predicted mask", overlay_mask(crop, rec.mask(size).cpu().numpy(), alpha=0.45))]  # fmt: skip
+    for az, el in NOVEL_VIEWS:
+        panels.append((f"novel view {az:.0f}°, {el:.0f}°", _rgb(rec.render(azimuth=az, elevation=el, size=size))))
+    _figure(out / "figure.png", panels, title)
+    files.append(out / "figure.png")
+    if turntable_frames > 0:
+        _turntable(out / "turntable.gif", rec, turntable_frames, size=min(size, 192))
+        files.append(out / "turntable.gif")
+    return files
+
+
+def write_index(out: str | os.PathLike, entries: list[dict[str, Any]], *, checkpoint: str, card: dict) -> Path:
+    """Write ``OUT/predictions.json``: ``entries`` (one per photo: ``image``, ``name``, ``status``, ``error``,
+    ``files``) with the checkpoint and its model card."""
+    path = Path(out) / INDEX
+    atomic_save_json({"format": INDEX_FORMAT, "checkpoint": str(checkpoint), "model": jsonable(card),
+                      "images": entries}, path)  # fmt: skip
+    return path
+
+
+def jsonable(x: Any) -> Any:
+    """``x`` with values JSON cannot hold (tensors, numpy scalars) turned into plain numbers or strings."""
+    return json.loads(json.dumps(x, default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v)))
+
+
+def _rgb(rgba) -> np.ndarray:
+    return rgba[:3].permute(1, 2, 0).cpu().numpy()
+
+
+def _save_gray(path: Path, mask: np.ndarray) -> None:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray((mask.astype(np.uint8) * 255), mode="L").save(buf, format="PNG", optimize=True)
+    with atomic_write(path, "wb") as f:
+        f.write(buf.getvalue())
+
+
+def _figure(path: Path, panels: list[tuple[str, np.ndarray]], title: str) -> None:
+    from slopekp.viz.figures import pyplot, save_figure
+
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(2.0 * len(panels), 2.45), layout="constrained")
+    for ax, (name, im) in zip(axes, panels):
+        ax.imshow(im if im.dtype == np.uint8 else np.clip(im, 0, 1))
+        ax.set_title(name, fontsize=8)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if title:
+        fig.suptitle(title, fontsize=9)
+    save_figure(fig, path)
+
+
+def _turntable(path: Path, rec: Reconstruction, frames: int, size: int) -> None:
+    from PIL import Image
+
+    from slopekp.viz.figures import to_uint8
+
+    images = [Image.fromarray(to_uint8(_rgb(rec.render(azimuth=360.0 * i / frames, size=size))))
+              for i in range(frames)]  # fmt: skip
+    buf = io.BytesIO()
+    images[0].save(buf, format="GIF", save_all=True, append_images=images[1:], duration=80, loop=0)
+    with atomic_write(path, "wb") as f:
+        f.write(buf.getvalue())

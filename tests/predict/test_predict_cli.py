@@ -1,0 +1,149 @@
+"""``slopekp predict`` and ``slopekp info``: the files per photo on real bird photos, and a batch that goes on past
+bad input (issue 11)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from slopekp.cli import main
+
+DEMO = ("cmr_img1.jpg", "cmr_img2.jpg", "ucmr_birdie1.png", "ucmr_birdie2.png")
+
+
+@pytest.fixture(scope="module")
+def demo_images(shared_data):
+    folder = shared_data / "demo_images"
+    missing = [n for n in DEMO if not (folder / n).is_file()]
+    if missing:
+        pytest.skip(f"demo photos missing in {folder}: {missing}")
+    return folder
+
+
+def test_predict_on_the_real_bird_photos(tiny_model, demo_images, tmp_path, capsys):
+    import torch
+    import trimesh
+
+    from slopekp.mesh.io import textured_trimesh
+    from slopekp.predict import Reconstructor
+
+    out = tmp_path / "pred"
+    code = main(["predict", str(demo_images), "--checkpoint", str(tiny_model.checkpoint), "--out", str(out),
+                 "--quiet", "--turntable-frames", "6", "--size", "96", "--batch-size", "3"])  # fmt: skip
+    assert code == 0
+    captured = capsys.readouterr()
+    assert "wrote 4 of 4 reconstruction(s)" in captured.out
+    assert captured.err.count("no mask or box given") == 4  # each photo read whole, with a warning
+    index = json.loads((out / "predictions.json").read_text())
+    assert [e["name"] for e in index["images"]] == [n.rsplit(".", 1)[0] for n in DEMO]
+    assert all(e["status"] == "ok" and e["error"] is None for e in index["images"])
+    assert index["model"]["head"] == "keypoints" and index["model"]["data"]["name"] == "SynthBirds"
+    rec = Reconstructor.from_checkpoint(tiny_model.checkpoint, device="cpu")
+    t = rec.template  # the template's vertices, plus copies of those on the UV seam (one UV per vertex)
+    nverts = len(textured_trimesh(t.verts, t.faces, t.verts_uv, torch.zeros(3, 4, 8)).vertices)
+    assert t.num_verts < nverts < 1.2 * t.num_verts
+    for name in DEMO:
+        d = out / name.rsplit(".", 1)[0]
+        glb = trimesh.load(d / "mesh.glb", force="mesh")
+        obj = trimesh.load(d / "mesh.obj", force="mesh")
+        assert len(glb.vertices) == len(obj.vertices) == nverts, name
+        assert len(glb.faces) == len(obj.faces) == rec.template.num_faces
+        for m in (glb, obj):  # textured, with the predicted UV image
+            assert isinstance(m.visual, trimesh.visual.TextureVisuals) and m.visual.uv.shape == (nverts, 2)
+        assert np.asarray(obj.visual.material.image).shape[:2] == (rec.cfg.model.uv_height,
+                                                                   2 * rec.cfg.model.uv_height)  # fmt: skip
+        photo = Image.open(demo_images / name)
+        mask = Image.open(d / "mask.png")
+        assert mask.size == photo.size and set(np.unique(np.asarray(mask))) <= {0, 255}
+        cam = json.loads((d / "camera.json").read_text())
+        assert len(cam["camera"]) == 7 and cam["box_source"] == "whole image" and cam["head"] == "keypoints"
+        fig = Image.open(d / "figure.png")
+        assert fig.size[0] > 5 * fig.size[1] / 2 and np.asarray(fig.convert("L")).std() > 5
+        gif = Image.open(d / "turntable.gif")
+        assert gif.n_frames == 6 and gif.size == (96, 96)
+        assert Image.open(d / "input.png").size == (96, 96)
+
+
+def test_info_prints_the_model_card(tiny_model, capsys):
+    assert main(["info", str(tiny_model.checkpoint)]) == 0
+    text = capsys.readouterr().out
+    assert "pose head   keypoints" in text and "SynthBirds" in text and "embedded" in text
+    assert "metrics     on 3 test images: mask IoU" in text
+    assert main(["info", str(tiny_model.checkpoint), "--json"]) == 0
+    card = json.loads(capsys.readouterr().out)
+    assert card["kind"] == "stage3" and card["metrics"]["num_images"] == 3
+    assert main(["info", str(tiny_model.stage2)]) == 0  # a Stage II file has a card too, without test metrics
+    assert "kind        stage2" in capsys.readouterr().out
+
+
+def _photo(path, size=(60, 80), seed=0):
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(path)
+
+
+def _mask(path, size=(60, 80)):
+    m = np.zeros(size, np.uint8)
+    m[10:40, 20:60] = 255
+    Image.fromarray(m).save(path)
+
+
+def test_a_batch_goes_on_past_bad_photos_masks_and_boxes(tiny_model, tmp_path, capsys):
+    ck = str(tiny_model.checkpoint)
+    _photo(tmp_path / "good.png")
+    _photo(tmp_path / "other.png", seed=1)
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8 this is not a jpeg")
+    _mask(tmp_path / "m_good.png")
+    _mask(tmp_path / "m_small.png", size=(30, 40))
+    out = tmp_path / "out"
+    args = ["predict", str(tmp_path / "good.png"), str(tmp_path / "broken.jpg"), str(tmp_path / "other.png"),
+            "--checkpoint", ck, "--out", str(out), "--quiet", "--turntable-frames", "2", "--size", "32",
+            "--mask", str(tmp_path / "m_good.png"), str(tmp_path / "m_good.png"), str(tmp_path / "m_small.png")]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "broken.jpg: corrupt or unreadable image" in err
+    assert "m_small.png: mask size 30x40 differs from the image size 60x80" in err
+    index = json.loads((out / "predictions.json").read_text())
+    status = {e["name"]: e["status"] for e in index["images"]}
+    assert status == {"good": "ok", "broken": "error", "other": "error"}
+    assert (out / "good" / "mesh.glb").is_file() and not (out / "broken").exists()
+
+    # boxes: one outside the photo, one fine
+    out2 = tmp_path / "out2"
+    assert main(["predict", str(tmp_path / "good.png"), str(tmp_path / "other.png"), "--checkpoint", ck, "--out",
+                 str(out2), "--quiet", "--turntable-frames", "0", "--size", "32",
+                 "--bbox", "500,500,600,600", "10,5,50,40"]) == 1  # fmt: skip
+    err = capsys.readouterr().err
+    assert "good.png: box [500.0, 500.0, 600.0, 600.0] lies outside the 80x60 image" in err
+    assert (out2 / "other" / "mesh.obj").is_file() and not (out2 / "other" / "turntable.gif").exists()
+    cam = json.loads((out2 / "other" / "camera.json").read_text())
+    assert cam["box_source"] == "bbox"
+
+    # a mask folder: <stem>.png per photo; a missing one fails that photo only
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    _mask(masks / "good.png")
+    assert main(["predict", str(tmp_path / "good.png"), str(tmp_path / "other.png"), "--checkpoint", ck, "--out",
+                 str(tmp_path / "out3"), "--quiet", "--turntable-frames", "0", "--size", "32",
+                 "--mask", str(masks)]) == 1  # fmt: skip
+    assert "other.png: mask file not found" in capsys.readouterr().err.replace(str(masks / ""), "")
+
+
+def test_whole_command_errors(tiny_model, tmp_path, capsys):
+    _photo(tmp_path / "a.png")
+    base = ["predict", str(tmp_path / "a.png"), "--out", str(tmp_path / "o"), "--quiet"]
+    assert main([*base, "--checkpoint", str(tiny_model.stage2)]) == 2
+    assert "has no trained pose head" in capsys.readouterr().err
+    (tmp_path / "w.pt").write_bytes(b"nope")
+    assert main([*base, "--checkpoint", str(tmp_path / "w.pt")]) == 2
+    assert "w.pt: " in capsys.readouterr().err
+    assert main([*base, "--checkpoint", str(tiny_model.checkpoint), "--bbox", "1,2,3,4", "5,6,7,8"]) == 2
+    assert "2 box(es) for 1 image(s)" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["predict", str(empty), "--out", str(tmp_path / "o"), "--checkpoint", str(tiny_model.checkpoint)]) == 2
+    assert "a folder with no images" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # argparse: --mask and --bbox exclude each other
+        main([*base, "--checkpoint", "x", "--mask", "m.png", "--bbox", "1,2,3,4"])

@@ -1,0 +1,133 @@
+"""``slopekp viewer``: the server's pages and files, and the page in headless Chromium: it loads and shows the mesh
+(issue 11)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from slopekp.cli import main
+from slopekp.viewer import listing, serve_in_thread
+
+#: The page's background behind a mesh (viewer.js BACKGROUND), in 0..255.
+BACKGROUND = np.array([0.149, 0.188, 0.227]) * 255
+
+
+@pytest.fixture(scope="module")
+def predictions(tiny_model, tmp_path_factory):
+    """``slopekp predict`` on two SynthBirds test photos (with their masks), and a copy with a broken GLB."""
+    from slopekp.data.cub import CubDataset
+
+    root = tmp_path_factory.mktemp("viewer")
+    ds = CubDataset(tiny_model.data, split="test", img_size=64)
+    images, masks = [], []
+    for i in range(2):
+        images.append(str(ds.image_path(i)))
+        Image.fromarray(ds.records[i].mask.astype(np.uint8) * 255).save(root / f"mask{i}.png")
+        masks.append(str(root / f"mask{i}.png"))
+    out = root / "pred"
+    assert main(["predict", *images, "--mask", *masks, "--checkpoint", str(tiny_model.checkpoint), "--out", str(out),
+                 "--quiet", "--turntable-frames", "0", "--size", "64"]) == 0  # fmt: skip
+    broken = root / "broken"
+    shutil.copytree(out, broken)
+    for d in broken.iterdir():
+        if (d / "mesh.glb").is_file():
+            (d / "mesh.glb").write_bytes(b"glTF but not really")
+    return out, broken
+
+
+def _get(url: str) -> tuple[int, bytes, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return r.status, r.read(), r.headers.get("Content-Type", "")
+    except urllib.error.HTTPError as e:
+        return e.code, b"", ""
+
+
+def test_listing_and_server(predictions, tmp_path):
+    out, _ = predictions
+    lst = listing(out)
+    names = [it["name"] for it in lst["items"]]
+    assert len(names) == 2 and lst["failed"] == 0 and "keypoints head, trained on SynthBirds" in lst["model"]
+    assert all(it["glb"] == f"files/{it['name']}/mesh.glb" and "input" in it and "camera" in it for it in lst["items"])
+    server, url = serve_in_thread(out)
+    try:
+        code, body, ctype = _get(url)
+        assert code == 200 and b"viewer.js" in body and ctype.startswith("text/html")
+        code, body, ctype = _get(url + "viewer.js")
+        assert code == 200 and b"parseGLB" in body and "javascript" in ctype
+        code, body, _ = _get(url + "predictions.json")
+        assert json.loads(body) == lst
+        code, body, ctype = _get(url + lst["items"][0]["glb"])
+        assert code == 200 and body[:4] == b"glTF" and ctype == "model/gltf-binary"
+        assert body == (out / names[0] / "mesh.glb").read_bytes()
+        # nothing outside the folder, nothing that is not there
+        (out.parent / "secret.txt").write_text("private")
+        for bad in ("files/../secret.txt", "files/%2e%2e/secret.txt", "files/nope/mesh.glb", "etc/passwd"):
+            assert _get(url + bad)[0] == 404, bad
+    finally:
+        server.shutdown()
+        server.server_close()
+    with pytest.raises(ValueError, match="no predictions to show"):
+        listing(tmp_path)
+    (tmp_path / "predictions.json").write_text("{broken")
+    with pytest.raises(ValueError, match="predictions.json: not an index"):
+        listing(tmp_path)
+
+
+def test_viewer_command_refuses_a_folder_without_predictions(tmp_path, capsys):
+    assert main(["viewer", str(tmp_path), "--port", "0"]) == 2
+    assert "no predictions to show" in capsys.readouterr().err
+
+
+def _chromium() -> str:
+    for name in (os.environ.get("SLOPEKP_CHROMIUM", ""), "chromium", "chromium-browser", "google-chrome"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    pytest.skip("no Chromium found (.ci/run installs Debian's chromium; or set SLOPEKP_CHROMIUM)")
+
+
+def _browser(url: str, tmp_path, *args: str) -> subprocess.CompletedProcess:
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--use-angle=swiftshader", "--enable-unsafe-swiftshader",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run",
+             "--disable-quic", f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=15000"]  # fmt: skip
+    return subprocess.run([_chromium(), *flags, *args, url], capture_output=True, text=True, timeout=120)
+
+
+def _mesh_pixels(shot) -> float:
+    """The share of pixels that differ from the page's background."""
+    a = np.asarray(Image.open(shot).convert("RGB"), dtype=np.float64)
+    return float((np.abs(a - BACKGROUND).max(axis=2) > 12).mean())
+
+
+@pytest.mark.parametrize("which", ["good", "broken"])
+def test_the_page_shows_the_meshes_in_headless_chromium(predictions, tmp_path, which):
+    out = predictions[0] if which == "good" else predictions[1]
+    server, url = serve_in_thread(out)
+    try:
+        dom = _browser(url, tmp_path, "--window-size=1200,900", "--dump-dom")
+        assert dom.returncode == 0, dom.stderr[-2000:]
+        name = listing(out)["items"][0]["name"]
+        shot = tmp_path / "shot.png"
+        r = _browser(f"{url}?name={name}&solo=1", tmp_path, "--window-size=400,400", f"--screenshot={shot}")
+        assert r.returncode == 0 and shot.is_file(), r.stderr[-2000:]
+    finally:
+        server.shutdown()
+        server.server_close()
+    share = _mesh_pixels(shot)
+    if which == "good":
+        assert 'data-status="ready"' in dom.stdout and 'data-ready="2"' in dom.stdout, dom.stdout[:3000]
+        assert dom.stdout.count('class="card" data-status="ready"') == 2
+        assert "textured" in dom.stdout
+        assert 0.02 < share < 0.9, share  # the mesh fills part of the view, not none and not all of it
+    else:  # the test can fail: a GLB that does not parse shows an error and an empty view
+        assert 'data-status="error"' in dom.stdout and "not a GLB file" in dom.stdout
+        assert share < 0.001, share
