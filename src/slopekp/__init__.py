@@ -18,7 +18,7 @@ __version__ = "0.1.0"
 
 def __getattr__(name: str):
     # ``from slopekp import Reconstructor``, without importing torch for ``slopekp --help``
-    if name in ("Reconstructor", "Reconstruction"):
+    if name in ("Reconstructor", "Reconstruction", "CropWarning"):
         from slopekp import predict
 
         return getattr(predict, name)

@@ -192,6 +192,12 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message (its type's name when the message is empty), for one-line
+    errors."""
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
 def check_finite(name: str, t: torch.Tensor) -> None:
     """Raise ``ValueError`` naming ``name`` if ``t`` holds NaN or infinite values."""
     if not torch.isfinite(t).all():

@@ -8,7 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from slopekp.predict import Reconstructor, WholeImageWarning
+from slopekp.predict import CropWarning, Reconstructor
+from slopekp.predict.api import OBJECT_TO_FILE
 
 
 def _test_image(tiny_model, i: int = 0, scale: int = 4):
@@ -138,17 +139,26 @@ def test_render_export_and_mesh(reconstructor, tiny_model, tmp_path):
     assert len(glb.vertices) == len(mesh.vertices) and len(glb.faces) == r.faces.shape[0]
     np.testing.assert_allclose(np.asarray(glb.visual.material.baseColorTexture.size),
                                [r.texture.shape[2], r.texture.shape[1]])  # fmt: skip
+    # files are upright: glTF's +Y is the bird's back (+z), +Z its beak (-y); object-frame coordinates on request
+    M = np.array(OBJECT_TO_FILE)
+    np.testing.assert_allclose(M @ M.T, np.eye(3), atol=0)
+    assert np.linalg.det(M) == pytest.approx(1.0)
+    v = r.verts.cpu().numpy()
     ply = trimesh.load(tmp_path / "m.ply", process=False)
-    np.testing.assert_allclose(ply.vertices, r.verts.cpu().numpy(), atol=1e-5)
+    np.testing.assert_allclose(ply.vertices, np.stack([v[:, 0], v[:, 2], -v[:, 1]], 1), atol=1e-5)
+    r.export(tmp_path / "raw.ply", y_up=False)
+    np.testing.assert_allclose(trimesh.load(tmp_path / "raw.ply", process=False).vertices, v, atol=1e-5)
     d = r.camera_dict()
     R = np.array(d["rotation"])
     np.testing.assert_allclose(R @ R.T, np.eye(3), atol=1e-9)
     assert d["box_source"] == "mask" and d["photo_size"] == list(img.shape[:2])
+    # the exported file's coordinates under file_rotation land where the object frame's do under rotation
+    np.testing.assert_allclose(np.array(d["file_rotation"]) @ ply.vertices.T, R @ v.T, atol=1e-5)
 
 
 def test_a_whole_photo_is_read_with_a_warning(reconstructor, tiny_model):
     img, _ = _test_image(tiny_model)
-    with pytest.warns(WholeImageWarning, match="whole image"):
+    with pytest.warns(CropWarning, match="whole image"):
         r = reconstructor.predict(Image.fromarray(img))
     assert r.crop.source == "whole image" and r.crop.box.tolist() == [0, 0, img.shape[1] - 1, img.shape[0] - 1]
 
@@ -174,3 +184,29 @@ def test_the_top_level_import(tiny_model):
     assert slopekp.Reconstructor is Reconstructor
     with pytest.raises(AttributeError):
         slopekp.NoSuchThing  # noqa: B018
+
+
+def test_the_camera_in_photo_pixels_projects_like_the_crop_camera(tiny_model, reconstructor):
+    from slopekp.geometry.camera import project_points
+
+    img, _ = _test_image(tiny_model, 1)
+    r = reconstructor.predict(img, bbox="20 30 150 160")  # spaces work as separators too
+    verts = r.verts.detach().double().cpu()
+    in_crop = project_points(verts, r.camera.detach().double().cpu())[:, :2]
+    in_photo = project_points(verts, r.photo_camera())[:, :2]
+    # photo pixels -> crop pixels (u_c = k u + o) -> crop NDC (2 u_c / S - 1)
+    a, S = r.crop.affine, r.crop.image.shape[0]
+    to_ndc = 2 * (a.k * in_photo + torch.tensor([a.ox, a.oy], dtype=torch.float64)) / S - 1
+    torch.testing.assert_close(to_ndc, in_crop, atol=1e-9, rtol=0)
+    d = r.camera_dict()
+    np.testing.assert_allclose(d["camera_photo_px"], r.photo_camera().numpy())
+    kp_px = torch.tensor(d["keypoints_photo_px"], dtype=torch.float64)
+    kp_ndc = 2 * (a.k * kp_px + torch.tensor([a.ox, a.oy], dtype=torch.float64)) / S - 1
+    torch.testing.assert_close(kp_ndc, r.keypoints.detach().double().cpu(), atol=1e-6, rtol=0)
+
+
+def test_a_tiny_box_gets_a_warning(reconstructor, tiny_model):
+    img, _ = _test_image(tiny_model)
+    with pytest.warns(CropWarning, match="under 16 pixels"):
+        r = reconstructor.predict(img, bbox=[40, 40, 45, 60])
+    assert torch.isfinite(r.camera).all()

@@ -100,3 +100,61 @@ def test_paste_crop_inverts_the_crop_map_like_a_direct_resampling():
     np.testing.assert_allclose(back[inside], ref[inside], atol=1e-3)
     assert np.abs(back[inside] - frame[inside]).max() < 0.05  # and it is the frame again, up to resampling
     assert np.all(back[~inside & ((u < -1) | (v < -1) | (u > size) | (v > size))] == 0)
+
+
+def test_photos_are_read_upright_in_range_and_on_white(tmp_path, monkeypatch):
+    from PIL import Image as PILImage
+
+    rgb = np.zeros((20, 30, 3), np.uint8)
+    rgb[:5] = 255  # a white band at the top of the upright photo
+    im = PILImage.fromarray(rgb).rotate(90, expand=True)  # stored sideways (30 x 20) ...
+    exif = im.getexif()
+    exif[0x0112] = 6  # ... with "rotate 90° clockwise to view"
+    im.save(tmp_path / "phone.jpg", exif=exif, quality=95)
+    up = read_photo(tmp_path / "phone.jpg")
+    assert up.shape == (20, 30, 3) and up[:4].mean() > 0.9 and up[6:].mean() < 0.1
+    # 16 bits keep their range (not clipped to white)
+    a16 = (np.linspace(0, 65535, 20 * 30).reshape(20, 30)).astype(np.uint16)
+    PILImage.fromarray(a16).save(tmp_path / "deep.png")
+    got = read_photo(tmp_path / "deep.png")
+    np.testing.assert_allclose(got[..., 0], a16 / 65535.0, atol=1e-3)
+    np.testing.assert_allclose(read_photo(a16), np.repeat((a16 / 65535.0)[..., None], 3, 2), atol=1e-6)
+    # transparency over white, as the network was trained
+    rgba = np.zeros((8, 8, 4), np.uint8)
+    rgba[..., 3] = 0
+    rgba[:4, :, 3] = 255
+    PILImage.fromarray(rgba, "RGBA").save(tmp_path / "cut.png")
+    got = read_photo(tmp_path / "cut.png")
+    assert np.allclose(got[:4], 0.0) and np.allclose(got[4:], 1.0)
+    np.testing.assert_allclose(read_photo(rgba), got, atol=1e-6)
+    # a decompression bomb is a clear error naming the file
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 100)
+    with pytest.raises(ValueError, match="phone.jpg: image too large to decode safely"):
+        read_photo(tmp_path / "phone.jpg")
+
+
+def test_label_masks_with_values_0_and_1(tmp_path):
+    m = np.zeros((10, 12), np.uint8)
+    m[3:6, 4:9] = 1
+    Image.fromarray(m).save(tmp_path / "labels.png")
+    np.testing.assert_array_equal(read_mask(tmp_path / "labels.png", (10, 12)), m > 0)
+    Image.fromarray(m.astype(np.uint16) * 40000).save(tmp_path / "deep.png")
+    np.testing.assert_array_equal(read_mask(tmp_path / "deep.png", (10, 12)), m > 0)
+    with pytest.raises(ValueError, match="is a folder"):
+        read_mask(tmp_path, (10, 12))
+
+
+def test_crop_resize_equals_crop_then_resize():
+    rng = np.random.default_rng(2)
+    img = rng.uniform(size=(120, 200, 3)).astype(np.float32)
+    for box, size in (([30, 10, 129, 109], 64), ([-20, -30, 229, 219], 64), ([150, 80, 249, 179], 32)):
+        box = np.array(box, dtype=np.float64)
+        side = int(box[2] - box[0] + 1)
+        affine = T.crop_affine(box).then(T.resize_affine(side, size))
+        ref = T.resize_square(T.crop(img, box, fill=1.0), size)
+        np.testing.assert_allclose(T.crop_resize(img, affine, size, fill=1.0), ref, atol=2e-3)
+    # a box far larger than the image: no side² canvas, and the image lands where the map puts it
+    big = np.array([-5000.0, -5000.0, 5199.0, 5199.0])
+    affine = T.crop_affine(big).then(T.resize_affine(10200, 51))
+    out = T.crop_resize(img, affine, 51, fill=1.0)
+    assert out.shape == (51, 51, 3) and np.allclose(out[0], 1.0) and out[25, 25].std() > 0  # photo near the centre

@@ -120,6 +120,12 @@ def test_a_batch_goes_on_past_bad_photos_masks_and_boxes(tiny_model, tmp_path, c
     assert (out2 / "other" / "mesh.obj").is_file() and not (out2 / "other" / "turntable.gif").exists()
     cam = json.loads((out2 / "other" / "camera.json").read_text())
     assert cam["box_source"] == "bbox"
+    # negative corners: --bbox=..., repeated (argparse would read "-5,..." as an option)
+    assert main(["predict", str(tmp_path / "good.png"), str(tmp_path / "other.png"), "--checkpoint", ck, "--out",
+                 str(tmp_path / "out4"), "--quiet", "--turntable-frames", "0", "--size", "32",
+                 "--bbox=-5,-5,50,40", "--bbox=10,5,50,40"]) == 0  # fmt: skip
+    cams = [json.loads((tmp_path / "out4" / n / "camera.json").read_text()) for n in ("good", "other")]
+    assert cams[0]["crop_box"][0] < -5 and cams[1]["crop_box"][0] > 0
 
     # a mask folder: <stem>.png per photo; a missing one fails that photo only
     masks = tmp_path / "masks"
@@ -147,3 +153,21 @@ def test_whole_command_errors(tiny_model, tmp_path, capsys):
     assert "a folder with no images" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # argparse: --mask and --bbox exclude each other
         main([*base, "--checkpoint", "x", "--mask", "m.png", "--bbox", "1,2,3,4"])
+
+
+def test_names_are_unique_and_a_photo_that_now_fails_leaves_nothing_stale(tiny_model, tmp_path, capsys):
+    from pathlib import Path
+
+    from slopekp.predict.outputs import unique_names
+
+    assert unique_names([Path("a/bird.jpg"), Path("b/bird.jpg"), Path("bird-2.png"), Path("c/Bird.jpg")]) == [
+        "bird", "bird-2", "bird-2-2", "Bird-3"]  # fmt: skip
+    _photo(tmp_path / "p.png")
+    out = tmp_path / "out"
+    args = ["predict", str(tmp_path / "p.png"), "--checkpoint", str(tiny_model.checkpoint), "--out", str(out),
+            "--quiet", "--turntable-frames", "0", "--size", "32"]  # fmt: skip
+    assert main(args) == 0 and (out / "p" / "mesh.glb").is_file()
+    (tmp_path / "p.png").write_bytes(b"now broken")
+    assert main(args) == 1
+    assert not (out / "p" / "mesh.glb").exists() and not (out / "p" / "figure.png").exists()
+    assert "p.png: corrupt or unreadable image" in capsys.readouterr().err

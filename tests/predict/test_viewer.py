@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import urllib.error
+import urllib.parse
 import urllib.request
 
 import numpy as np
@@ -23,7 +24,8 @@ BACKGROUND = np.array([0.149, 0.188, 0.227]) * 255
 
 @pytest.fixture(scope="module")
 def predictions(tiny_model, tmp_path_factory):
-    """``slopekp predict`` on two SynthBirds test photos (with their masks), and a copy with a broken GLB."""
+    """``slopekp predict`` on two SynthBirds test photos (with their masks), a copy with a broken GLB, and a folder
+    of 24 predictions (more than a browser keeps WebGL contexts) with names that URLs must escape."""
     from slopekp.data.cub import CubDataset
 
     root = tmp_path_factory.mktemp("viewer")
@@ -41,7 +43,12 @@ def predictions(tiny_model, tmp_path_factory):
     for d in broken.iterdir():
         if (d / "mesh.glb").is_file():
             (d / "mesh.glb").write_bytes(b"glTF but not really")
-    return out, broken
+    many = root / "many"
+    many.mkdir()
+    first = sorted(p for p in out.iterdir() if p.is_dir())[0]
+    for i in range(24):
+        shutil.copytree(first, many / f"bird #{i} 100%")
+    return out, broken, many
 
 
 def _get(url: str) -> tuple[int, bytes, str]:
@@ -53,7 +60,7 @@ def _get(url: str) -> tuple[int, bytes, str]:
 
 
 def test_listing_and_server(predictions, tmp_path):
-    out, _ = predictions
+    out = predictions[0]
     lst = listing(out)
     names = [it["name"] for it in lst["items"]]
     assert len(names) == 2 and lst["failed"] == 0 and "keypoints head, trained on SynthBirds" in lst["model"]
@@ -71,8 +78,16 @@ def test_listing_and_server(predictions, tmp_path):
         assert body == (out / names[0] / "mesh.glb").read_bytes()
         # nothing outside the folder, nothing that is not there
         (out.parent / "secret.txt").write_text("private")
-        for bad in ("files/../secret.txt", "files/%2e%2e/secret.txt", "files/nope/mesh.glb", "etc/passwd"):
+        for bad in ("files/../secret.txt", "files/%2e%2e/secret.txt", "files/nope/mesh.glb", "etc/passwd",
+                    "files/x%00/mesh.glb"):  # fmt: skip
             assert _get(url + bad)[0] == 404, bad
+        # a page elsewhere whose name points at 127.0.0.1 (DNS rebinding) is refused
+        req = urllib.request.Request(url + "predictions.json", headers={"Host": "evil.example:8000"})
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(req, timeout=10)
+        assert e.value.code == 403
+        req = urllib.request.Request(url + "predictions.json", headers={"Host": f"localhost:{server.server_port}"})
+        assert urllib.request.urlopen(req, timeout=10).status == 200
     finally:
         server.shutdown()
         server.server_close()
@@ -108,16 +123,17 @@ def _mesh_pixels(shot) -> float:
     return float((np.abs(a - BACKGROUND).max(axis=2) > 12).mean())
 
 
-@pytest.mark.parametrize("which", ["good", "broken"])
+@pytest.mark.parametrize("which", ["good", "broken", "many"])
 def test_the_page_shows_the_meshes_in_headless_chromium(predictions, tmp_path, which):
-    out = predictions[0] if which == "good" else predictions[1]
+    out = predictions[("good", "broken", "many").index(which)]
     server, url = serve_in_thread(out)
     try:
         dom = _browser(url, tmp_path, "--window-size=1200,900", "--dump-dom")
         assert dom.returncode == 0, dom.stderr[-2000:]
         name = listing(out)["items"][0]["name"]
         shot = tmp_path / "shot.png"
-        r = _browser(f"{url}?name={name}&solo=1", tmp_path, "--window-size=400,400", f"--screenshot={shot}")
+        r = _browser(f"{url}?name={urllib.parse.quote(name)}&solo=1", tmp_path, "--window-size=400,400",
+                     f"--screenshot={shot}")  # fmt: skip
         assert r.returncode == 0 and shot.is_file(), r.stderr[-2000:]
     finally:
         server.shutdown()
@@ -128,6 +144,11 @@ def test_the_page_shows_the_meshes_in_headless_chromium(predictions, tmp_path, w
         assert dom.stdout.count('class="card" data-status="ready"') == 2
         assert "textured" in dom.stdout
         assert 0.02 < share < 0.9, share  # the mesh fills part of the view, not none and not all of it
-    else:  # the test can fail: a GLB that does not parse shows an error and an empty view
+    elif which == "broken":  # the test can fail: a GLB that does not parse shows an error and an empty view
         assert 'data-status="error"' in dom.stdout and "not a GLB file" in dom.stdout
         assert share < 0.001, share
+    else:  # every card loads (names with '#', '%' and spaces included); only those on screen hold a WebGL view
+        assert dom.stdout.count('class="card" data-status="ready"') == 24 and 'data-ready="24"' in dom.stdout
+        live = dom.stdout.count('data-view="on"')
+        assert 1 <= live <= 8, live
+        assert 0.02 < share < 0.9, share

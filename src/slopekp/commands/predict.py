@@ -33,10 +33,11 @@ def register(sub) -> None:
     p.add_argument("--checkpoint", required=True, help="a trained model (Stage III OUT/checkpoints/last.pt)")
     p.add_argument("--out", required=True, help="output folder: OUT/<image stem>/ per photo and predictions.json")
     where = p.add_mutually_exclusive_group()
-    where.add_argument("--mask", nargs="+", default=None, metavar="M",
+    where.add_argument("--mask", nargs="+", action="extend", default=None, metavar="M",
                        help="the object's mask per image (in order), or one folder of <stem>.png masks")  # fmt: skip
-    where.add_argument("--bbox", nargs="+", default=None, metavar="x1,y1,x2,y2",
-                       help="the object's box per image (in order), 0-based pixels, inclusive")  # fmt: skip
+    where.add_argument("--bbox", nargs="+", action="extend", default=None, metavar="x1,y1,x2,y2",
+                       help="the object's box per image (in order), 0-based pixels, inclusive corners; a box with a "
+                            "negative number is written --bbox=-5,0,90,80 (repeat --bbox= for more)")  # fmt: skip
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
     p.add_argument("--batch-size", type=int, default=8, help="photos per network batch")
     p.add_argument("--size", type=int, default=256, help="side of the figures' panels and renders (pixels)")
@@ -85,22 +86,19 @@ def pair_inputs(images: list[Path], masks: list[str] | None, boxes: list[str] | 
         return [(Path(m), None) for m in masks]
     if boxes is not None:
         if len(boxes) != n:
-            raise ValueError(f"--bbox: {len(boxes)} box(es) for {n} image(s); give one per image")
+            raise ValueError(f"--bbox: {len(boxes)} box(es) for {n} image(s); give one x1,y1,x2,y2 per image, "
+                             "with no spaces inside a box")  # fmt: skip
         return [(None, b) for b in boxes]
     return [(None, None)] * n
-
-
-def _one_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
 def _predict(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from slopekp.predict import Reconstructor, WholeImageWarning
+    from slopekp.predict import CropWarning, Reconstructor
     from slopekp.predict.inputs import read_photo
-    from slopekp.predict.outputs import unique_names, write_index, write_reconstruction
-    from slopekp.utils import check_device_name
+    from slopekp.predict.outputs import remove_outputs, unique_names, write_index, write_reconstruction
+    from slopekp.utils import check_device_name, first_line
 
     for name, v, low in (("--batch-size", args.batch_size, 1), ("--size", args.size, 16),
                          ("--turntable-frames", args.turntable_frames, 0)):  # fmt: skip
@@ -117,17 +115,29 @@ def _predict(args: argparse.Namespace) -> int:
                for img, name in zip(images, names)]  # fmt: skip
     card = rec.card
     bar = tqdm(total=len(images), unit="img", desc="predict", disable=args.quiet, dynamic_ncols=True)
+    def fail(i: int, e: Exception) -> None:
+        """Record photo ``i``'s failure, say it now, remove what an earlier run wrote for it, and go on (with
+        ``--debug``, stop with the traceback instead)."""
+        if args.debug:
+            raise e
+        msg = first_line(e) if isinstance(e, (ValueError, OSError)) else f"{type(e).__name__}: {first_line(e)}"
+        msg = msg if str(images[i]) in msg else f"{images[i]}: {msg}"
+        entries[i].update(status="error", error=msg)
+        remove_outputs(out / entries[i]["name"])
+        tqdm.write(f"slopekp: failed: {msg}", file=sys.stderr)
+        bar.update(1)
+
     for start in range(0, len(images), args.batch_size):
         chunk = range(start, min(start + args.batch_size, len(images)))
         crops, photos, ok = [], [], []
         for i in chunk:
             try:
                 with warnings.catch_warnings(record=True) as caught:
-                    warnings.simplefilter("always", WholeImageWarning)
+                    warnings.simplefilter("always", CropWarning)
                     photo = read_photo(images[i])
                     crop = rec.prepare(photo, *pairs[i], name=str(images[i]))
-            except (ValueError, OSError) as e:
-                _fail(entries[i], e, bar)
+            except Exception as e:  # one bad photo must not stop the batch (MemoryError, a decoder's own errors)
+                fail(i, e)
                 continue
             for w in caught:
                 tqdm.write(f"slopekp: warning: {w.message}", file=sys.stderr)
@@ -138,45 +148,42 @@ def _predict(args: argparse.Namespace) -> int:
         for i, photo, r in zip(ok, photos, results):
             e = entries[i]
             try:
+                remove_outputs(out / e["name"])
                 files = write_reconstruction(r, photo, out / e["name"], title=f"{images[i].name} ({rec.head} head)",
                                              size=args.size, turntable_frames=args.turntable_frames)  # fmt: skip
-            except (ValueError, OSError) as err:
-                _fail(e, err, bar)
+            except Exception as err:
+                fail(i, err)
                 continue
             e.update(status="ok", files=[str(f.relative_to(out)) for f in files], box_source=r.crop.source)
             bar.update(1)
         write_index(out, entries, checkpoint=args.checkpoint, card=card)
     bar.close()
-    failed = [e for e in entries if e["status"] != "ok"]
-    print(f"wrote {len(entries) - len(failed)} of {len(entries)} reconstruction(s) to {out}/ "
-          f"({rec.head} head; index: {out / 'predictions.json'})")  # fmt: skip
-    for e in failed:
-        print(f"slopekp: failed: {e['error']}", file=sys.stderr)
+    failed = sum(e["status"] != "ok" for e in entries)
+    print(f"wrote {len(entries) - failed} of {len(entries)} reconstruction(s) to {out}/ "
+          f"({rec.head} head; index: {out / 'predictions.json'})" + (f"; {failed} failed" if failed else ""))
     return 1 if failed else 0
-
-
-def _fail(entry: dict, e: BaseException, bar) -> None:
-    msg = _one_line(e)
-    if entry["image"] not in msg:
-        msg = f"{entry['image']}: {msg}"
-    entry.update(status="error", error=msg)
-    bar.update(1)
 
 
 def format_card(card: dict, path: str) -> str:
     """The model card as lines for a person."""
-    lines = [f"checkpoint  {path}", f"kind        {card.get('kind')}", f"pose head   {card.get('head')}"]
+    from slopekp.mesh.template import TEMPLATE_NAMES
+
+    kind = card.get("kind")
+    usable = "yes" if kind == "stage3" else "no (a Stage II model has no trained pose head)"
+    lines = [f"checkpoint  {path}", f"kind        {kind}, usable by `slopekp predict`: {usable}"]
+    lines.append(f"pose head   {card.get('head')}" + ("" if kind == "stage3" else " (configured, not trained)"))
     if card.get("targets"):
         lines.append(f"targets     {card['targets']}")
     t = card.get("template") or {}
     size = f", {t['num_verts']} vertices, {t['num_faces']} faces" if "num_verts" in t else ""
-    lines.append(f"template    {t.get('path')} (fingerprint {t.get('fingerprint')}"
-                 f"{size}{', embedded' if t.get('embedded') else ', not embedded: needs the file'})")  # fmt: skip
+    where = ("embedded" if t.get("embedded") else "built in" if t.get("path") in TEMPLATE_NAMES
+             else "not embedded: loads from that path")  # fmt: skip
+    lines.append(f"template    {t.get('path')} (fingerprint {t.get('fingerprint')}{size}, {where})")
     d = card.get("data") or {}
     if d:
-        what = d.get("name") or d.get("path")
         extra = ", ".join(f"{k} {d[k]}" for k in ("split", "images", "fingerprint") if d.get(k) is not None)
-        lines.append(f"data        {what} ({extra}) at {d.get('path')}")
+        name = f"{d['name']} at " if d.get("name") else ""
+        lines.append(f"data        {name}{d.get('path')} ({extra})")
     tr = card.get("trained") or {}
     lines.append(f"trained     {tr.get('epochs')} epoch(s), {tr.get('steps')} step(s) by `slopekp "
                  f"{card.get('command')}`, slopekp {card.get('slopekp_version')}, {card.get('created')}")  # fmt: skip

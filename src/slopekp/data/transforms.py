@@ -127,6 +127,22 @@ def resize_affine(src_size: int, dst_size: int) -> PixelAffine:
     return PixelAffine(k, (k - 1) / 2, (k - 1) / 2)
 
 
+def crop_resize(img: np.ndarray, affine: PixelAffine, size: int, fill: float) -> np.ndarray:
+    """``resize_square(crop(img, box, fill), size)`` in one bilinear warp, for the ``affine`` of that crop and
+    resize (``crop_affine(box).then(resize_affine(side, size))``): memory ``size``², not ``side``², so a box far
+    larger than the image costs nothing. Equal to the two steps up to OpenCV's 1/32-pixel interpolation weights
+    (and, at the box's own edge when enlarging, the fill instead of the edge pixel).
+
+    Returns ``(size, size[, C])`` float32.
+    """
+    m = np.array([[affine.k, 0.0, affine.ox], [0.0, affine.k, affine.oy]], dtype=np.float64)
+    src = np.ascontiguousarray(img, dtype=np.float32)
+    channels = src.shape[2] if src.ndim == 3 else 1
+    out = cv2.warpAffine(src, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                         borderValue=(fill,) * min(channels, 4))  # fmt: skip
+    return out.reshape((size, size) + img.shape[2:])
+
+
 def paste_crop(crop_img: np.ndarray, affine: PixelAffine, out_size: tuple[int, int]) -> np.ndarray:
     """Put a crop back into the frame it was cut from: the inverse of ``affine`` (frame pixels → crop pixels, e.g.
     ``crop_affine(box).then(resize_affine(side, size))``), bilinear.

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from slopekp.utils import atomic_save_json, atomic_write
+from slopekp.utils import atomic_save_json, atomic_write, first_line
 from slopekp.viz.figures import pyplot, save_figure
 
 __all__ = ["TrainedModel", "evaluate_checkpoint", "load_trained_model"]
@@ -50,6 +50,8 @@ class TrainedModel:
     head: str
     targets: str = ""
     """What its pose head was trained on (the checkpoint's ``targets``: self-supervised, supervised, ...)."""
+    card: dict | None = None
+    """The checkpoint's model card (:func:`slopekp.train.checkpoint.model_card`)."""
 
 
 def load_trained_model(checkpoint: str | os.PathLike, *, template: str | None = None, device="cpu") -> TrainedModel:
@@ -67,7 +69,7 @@ def load_trained_model(checkpoint: str | os.PathLike, *, template: str | None = 
     from slopekp.config import ConfigError, config_from_yaml
     from slopekp.mesh import load_template
     from slopekp.models.reconstructor import build_model
-    from slopekp.train.checkpoint import CheckpointError, load_checkpoint, template_from_payload
+    from slopekp.train.checkpoint import CheckpointError, load_checkpoint, model_card, template_from_payload
     from slopekp.train.multiplex import template_fingerprint
 
     path = Path(checkpoint)
@@ -105,10 +107,10 @@ def load_trained_model(checkpoint: str | os.PathLike, *, template: str | None = 
     try:
         model.load_state_dict(ck["model"])
     except (KeyError, RuntimeError) as e:
-        detail = (str(e).splitlines() or [type(e).__name__])[0]
+        detail = first_line(e)
         raise CheckpointError(f"{path}: its weights do not fit the network of its config ({detail})") from e
     model.to(device).eval()
-    return TrainedModel(model, cfg, tpl.to(device), str(ck.get("head")), str(ck.get("targets", "")))
+    return TrainedModel(model, cfg, tpl.to(device), str(ck.get("head")), str(ck.get("targets", "")), model_card(ck))
 
 
 def evaluate_checkpoint(

@@ -7,6 +7,6 @@
   turntable) and the folder's index that ``slopekp viewer`` shows.
 """
 
-from slopekp.predict.api import Reconstruction, Reconstructor, WholeImageWarning
+from slopekp.predict.api import CropWarning, Reconstruction, Reconstructor
 
-__all__ = ["Reconstruction", "Reconstructor", "WholeImageWarning"]
+__all__ = ["Reconstruction", "Reconstructor", "CropWarning"]

@@ -26,14 +26,23 @@ from torch import Tensor
 
 from slopekp.predict.inputs import PhotoCrop, crop_photo, object_box, read_mask, read_photo
 
-__all__ = ["MESH_RGB", "Reconstruction", "Reconstructor", "WholeImageWarning"]
+__all__ = ["MESH_RGB", "OBJECT_TO_FILE", "CropWarning", "Reconstruction", "Reconstructor"]
 
 #: The colour of untextured renders (light blue, as in the SLOPE-KP and U-CMR figures).
 MESH_RGB = (156 / 255, 199 / 255, 234 / 255)
 
 
-class WholeImageWarning(UserWarning):
-    """A photo was read whole: neither a mask nor a box said where the object is."""
+class CropWarning(UserWarning):
+    """The crop is probably not what the network expects: the photo was read whole (neither a mask nor a box said
+    where the object is), or the object's box is tiny."""
+
+
+#: Boxes narrower than this (pixels of the photo) get a :class:`CropWarning`.
+MIN_BOX_SIDE = 16
+
+#: Object frame → the frame of exported files (glTF's convention: +Y up, +Z towards the viewer): X = the bird's
+#: left, Y = its back (up), Z = its beak (front). A proper rotation, so OBJ/GLB open upright in Blender and browsers.
+OBJECT_TO_FILE = ((1.0, 0.0, 0.0), (0.0, 0.0, 1.0), (0.0, -1.0, 0.0))
 
 
 @dataclass(frozen=True, eq=False)
@@ -64,7 +73,8 @@ class Reconstruction:
 
     @property
     def mesh(self):
-        """The textured mesh as a ``trimesh.Trimesh`` (object frame; seam vertices duplicated as in GLB export)."""
+        """The textured mesh as a ``trimesh.Trimesh`` in the object frame (``docs/conventions.md``; :meth:`export`
+        writes files upright instead); seam vertices are duplicated as in GLB export."""
         from slopekp.mesh.io import textured_trimesh
 
         return textured_trimesh(self.verts, self.faces, self.verts_uv, self.texture)
@@ -113,10 +123,14 @@ class Reconstruction:
         """``(size, size)`` the hard silhouette under the predicted camera in the crop (default: the input size)."""
         return self.render(textured=False, size=size or self.crop.image.shape[0])[3]
 
-    def photo_mask(self, size: int = 512) -> np.ndarray:
-        """``(H, W)`` bool: the silhouette pasted back into the photo (rendered at ``size``², then warped)."""
+    def photo_mask(self, size: int | None = None) -> np.ndarray:
+        """``(H, W)`` bool: the silhouette pasted back into the photo, rendered at ``size``² (default: the crop's
+        side in the photo's pixels, between the input size and 2048) and warped."""
         from slopekp.data.transforms import PixelAffine, paste_crop
 
+        if size is None:
+            side = int(self.crop.box[2] - self.crop.box[0] + 1)
+            size = int(np.clip(side, self.crop.image.shape[0], 2048))
         # crop pixel u (NDC 2u/S - 1, the data's convention) is render pixel k·u - 1/2: the renderer samples pixel
         # centres, NDC (2u' + 1)/size - 1 (docs/conventions.md)
         k = size / self.crop.image.shape[0]
@@ -132,32 +146,64 @@ class Reconstruction:
         cam = self.camera.detach().double().cpu()
         rot = quat_to_rotmat(cam[3:])
         az, el, cr = np.degrees(rotations_to_azelcr(rot[None].numpy()))[0]
-        return {
+        out = {
             "camera": [float(v) for v in cam],
+            "camera_photo_px": [float(v) for v in self.photo_camera()],
             "rotation": rot.tolist(),
+            "file_rotation": (rot @ torch.tensor(OBJECT_TO_FILE, dtype=rot.dtype).T).tolist(),
             "azimuth_deg": float(az),
             "elevation_deg": float(el),
             "cyclo_rotation_deg": float(cr),
             "head": self.head,
             "crop_box": [float(v) for v in self.crop.box],
             "crop_size": int(self.crop.image.shape[0]),
+            "photo_to_crop_px": list(self.crop.affine),
             "box_source": self.crop.source,
             "photo_size": list(self.crop.photo_size),
             "z_offset": self.z_offset,
-            "convention": "weak perspective [s, tx, ty, qw, qx, qy, qz]: p = s (R X)_xy + t in the NDC of the "
-            "square crop (x right, y down, [-1, 1]); crop_box is [x1, y1, x2, y2] in 0-based photo pixels, "
-            "inclusive; see docs/conventions.md",
+            "convention": "weak perspective [s, tx, ty, qw, qx, qy, qz]: p = s (R X)_xy + t, X in the object frame; "
+            "camera: p in the NDC of the square crop (x right, y down, [-1, 1]; pixel u of the crop is "
+            "2u/crop_size - 1); camera_photo_px: p in 0-based pixels of the photo; file_rotation: R for the "
+            "coordinates of the exported mesh files (R times OBJECT_TO_FILE transposed); crop_box is [x1, y1, x2, y2] "
+            "in 0-based photo pixels, inclusive; photo_to_crop_px is [k, ox, oy]: u_crop = k u + ox; see "
+            "docs/conventions.md and docs/predict.md",
         }
+        if self.keypoints is not None:
+            kp = self.keypoints.detach().double().cpu()
+            out["keypoints_ndc"] = kp.tolist()
+            out["keypoints_photo_px"] = self._ndc_to_photo_px(kp).tolist()
+        return out
 
-    def export(self, path: str | os.PathLike) -> list[Path]:
-        """Write the textured mesh (object frame); the suffix picks the format: ``.obj`` (+ ``.mtl`` + ``.png``),
-        ``.glb`` or ``.ply`` (shape only). Returns the files written, each atomically."""
+    def _ndc_to_photo_px(self, points: Tensor) -> Tensor:
+        """``(..., 2)`` crop NDC → 0-based photo pixels (inverse of ``u_crop = k u + o``, ``ndc = 2 u_crop/S − 1``)."""
+        a, size = self.crop.affine, self.crop.image.shape[0]
+        off = torch.tensor([a.ox, a.oy], dtype=points.dtype)
+        return ((points + 1.0) * size / 2.0 - off) / a.k
+
+    def photo_camera(self) -> Tensor:
+        """``(7,)`` the camera in 0-based pixels of the photo: ``p_px = s (R X)_xy + t`` (float64, on the CPU)."""
+        from slopekp.geometry.camera import affine_camera, ndc_to_px_camera
+
+        a = self.crop.affine
+        crop_px = ndc_to_px_camera(self.camera.detach().double().cpu(), float(self.crop.image.shape[0]))
+        return affine_camera(crop_px, 1.0 / a.k, torch.tensor([-a.ox / a.k, -a.oy / a.k], dtype=torch.float64))
+
+    def export(self, path: str | os.PathLike, *, y_up: bool = True) -> list[Path]:
+        """Write the textured mesh; the suffix picks the format: ``.obj`` (+ ``.mtl`` + ``.png``), ``.glb`` or ``.ply``
+        (shape only). Returns the files written, each atomically.
+
+        Args:
+            y_up: turn the object frame into the files' convention (:data:`OBJECT_TO_FILE`: +Y up, +Z the beak), so
+                that viewers show the bird upright; False writes object-frame coordinates.
+        """
         from slopekp.mesh.io import export_mesh
 
         path = Path(path)
+        verts = self.verts @ torch.tensor(OBJECT_TO_FILE, dtype=self.verts.dtype, device=self.verts.device).T
+        verts = verts if y_up else self.verts
         if path.suffix.lower() == ".ply":
-            return export_mesh(path, self.verts, self.faces)
-        return export_mesh(path, self.verts, self.faces, self.verts_uv, self.texture.clamp(0, 1))
+            return export_mesh(path, verts, self.faces)
+        return export_mesh(path, verts, self.faces, self.verts_uv, self.texture.clamp(0, 1))
 
 
 class Reconstructor:
@@ -197,19 +243,19 @@ class Reconstructor:
                 checkpoint, damaged, or not a trained model (Stage II and Stage I files are refused).
         """
         from slopekp.eval.report import load_trained_model
-        from slopekp.train.checkpoint import load_checkpoint, model_card
         from slopekp.utils import resolve_device
 
         dev = resolve_device(device) if isinstance(device, str) else torch.device(device)
         tm = load_trained_model(path, template=template, device=dev)
-        card = model_card(load_checkpoint(path, map_location="cpu"))
-        return cls(tm.model, tm.template, tm.cfg, tm.head, card)
+        return cls(tm.model, tm.template, tm.cfg, tm.head, tm.card)
 
-    def prepare(self, image: Any, mask: Any = None, bbox: Any = None, *, name: str = "image") -> PhotoCrop:
+    def prepare(self, image: Any, mask: Any = None, bbox: Any = None, *, name: str = "image",
+                _stacklevel: int = 2) -> PhotoCrop:  # fmt: skip
         """Read ``image`` (and ``mask``) and crop it for the network (:mod:`slopekp.predict.inputs`).
 
         Warns:
-            WholeImageWarning: neither ``mask`` nor ``bbox`` was given.
+            CropWarning: neither ``mask`` nor ``bbox`` was given, or the object's box is narrower than
+                :data:`MIN_BOX_SIDE` pixels.
         """
         if isinstance(image, (str, os.PathLike)):
             name = str(image)
@@ -219,7 +265,10 @@ class Reconstructor:
         box, source = object_box(size, m, bbox, name)
         if source == "whole image":
             warnings.warn(f"{name}: no mask or box given; reading the whole image as the object's crop",
-                          WholeImageWarning, stacklevel=2)  # fmt: skip
+                          CropWarning, stacklevel=_stacklevel)  # fmt: skip
+        elif min(box[2] - box[0], box[3] - box[1]) + 1 < MIN_BOX_SIDE:
+            warnings.warn(f"{name}: the object's box {box.tolist()} is under {MIN_BOX_SIDE} pixels on a side; "
+                          "expect a poor reconstruction", CropWarning, stacklevel=_stacklevel)  # fmt: skip
         padding = 0.0 if source == "whole image" else float(self.cfg.data.padding_frac)
         return crop_photo(photo, box, self.image_size, padding, source)
 
@@ -244,9 +293,9 @@ class Reconstructor:
             image: a path, ``PIL.Image``, array or tensor (:func:`slopekp.predict.inputs.read_photo`).
             mask: the object's mask (a path or ``(H, W)`` array of the photo's size), or None.
             bbox: the object's box ``[x1, y1, x2, y2]`` (0-based, inclusive) or ``"x1,y1,x2,y2"``, or None.
-                Without either, the whole photo is read (with a :class:`WholeImageWarning`).
+                Without either, the whole photo is read (with a :class:`CropWarning`).
 
         Raises:
             ValueError: naming the file: unreadable image, mask of another size or empty, box outside the photo.
         """
-        return self.predict_crops([self.prepare(image, mask, bbox)])[0]
+        return self.predict_crops([self.prepare(image, mask, bbox, _stacklevel=3)])[0]

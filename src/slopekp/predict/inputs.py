@@ -47,73 +47,123 @@ class PhotoCrop:
     source: str
 
 
-def read_photo(image: Any, name: str = "image") -> np.ndarray:
-    """A photo as ``(H, W, 3)`` float32 RGB in [0, 1].
-
-    Args:
-        image: a file path (any format Pillow reads; grey and palette images become RGB, alpha is dropped), a
-            ``PIL.Image``, an ``(H, W, 3)`` or ``(H, W)`` array (uint8 in [0, 255] or float in [0, 1]) or a
-            ``(3, H, W)`` tensor in [0, 1].
-        name: how errors name an in-memory image.
+def _open(path: Path, what: str):
+    """A Pillow image of ``path``, decoded and turned upright by its EXIF orientation (as phone photos need).
 
     Raises:
-        ValueError: naming the file: missing, not an image, or an array of another shape or range.
+        ValueError: naming the file: missing, a folder, not an image, or too large to decode safely.
     """
-    import torch
-    from PIL import Image
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
-    from slopekp.data.matfiles import read_image
+    if path.is_dir():
+        raise ValueError(f"{path}: is a folder, not {what}")
+    if not path.is_file():
+        raise ValueError(f"{path}: {what} file not found")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return ImageOps.exif_transpose(im)
+    except Image.DecompressionBombError as e:
+        raise ValueError(f"{path}: {what} too large to decode safely ({e})") from e
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise ValueError(f"{path}: corrupt or unreadable {what} ({type(e).__name__}: {e})") from e
 
-    if isinstance(image, (str, os.PathLike)):
-        return read_image(Path(image)).astype(np.float32) / 255.0
-    if isinstance(image, Image.Image):
-        return np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
-    if isinstance(image, torch.Tensor):
-        if image.dim() != 3 or image.shape[0] != 3:
-            raise ValueError(f"{name}: a tensor image must have shape (3, H, W), got {tuple(image.shape)}")
-        image = image.detach().float().permute(1, 2, 0).cpu().numpy()
-    a = np.asarray(image)
-    if a.ndim == 2:
-        a = np.repeat(a[..., None], 3, axis=2)
-    if a.ndim != 3 or a.shape[2] != 3 or min(a.shape[:2]) < 1:
-        raise ValueError(f"{name}: an image must have shape (H, W, 3) or (H, W), got {a.shape}")
+
+def _to_unit(a: np.ndarray, name: str) -> np.ndarray:
+    """Pixel values → float32 in [0, 1]: uint8 / 255, uint16 / 65535, other integers by whether they exceed 255;
+    floats as they are (checked)."""
     if a.dtype == np.uint8:
         return a.astype(np.float32) / 255.0
+    if a.dtype == np.uint16:
+        return a.astype(np.float32) / 65535.0
+    if a.dtype.kind in "iu":
+        if a.size and (a.min() < 0 or a.max() > 65535):
+            raise ValueError(f"{name}: integer pixel values must lie in [0, 255] or [0, 65535]")
+        return a.astype(np.float32) / (65535.0 if a.size and a.max() > 255 else 255.0)
+    if a.dtype == bool:
+        return a.astype(np.float32)
     a = a.astype(np.float32)
     if not np.isfinite(a).all() or a.min() < 0 or a.max() > 1:
         raise ValueError(f"{name}: a float image must be finite and in [0, 1]")
     return a
 
 
+def _rgb_on_white(a: np.ndarray) -> np.ndarray:
+    """``(H, W)``, ``(H, W, 3)`` or ``(H, W, 4)`` in [0, 1] → ``(H, W, 3)``; transparency is composited over white,
+    the background the network was trained on."""
+    if a.ndim == 2:
+        return np.repeat(a[..., None], 3, axis=2)
+    if a.shape[2] == 4:
+        alpha = a[..., 3:]
+        return a[..., :3] * alpha + (1.0 - alpha)
+    return a
+
+
+def read_photo(image: Any, name: str = "image") -> np.ndarray:
+    """A photo as ``(H, W, 3)`` float32 RGB in [0, 1].
+
+    Args:
+        image: a file path (any format Pillow reads; turned upright by its EXIF orientation; 16-bit images keep
+            their range; grey and palette images become RGB; transparency is composited over white), a
+            ``PIL.Image``, an ``(H, W)``, ``(H, W, 3)`` or ``(H, W, 4)`` array or a ``(3, H, W)`` tensor (uint8 in
+            [0, 255], uint16 in [0, 65535], or float in [0, 1]).
+        name: how errors name an in-memory image.
+
+    Raises:
+        ValueError: naming the file: missing, not an image, too large, or an array of another shape or range.
+    """
+    import torch
+    from PIL import Image
+
+    if isinstance(image, (str, os.PathLike)):
+        name, image = str(image), _open(Path(image), "image")
+    if isinstance(image, Image.Image):
+        im = image
+        if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+            a = _to_unit(np.asarray(im), name)
+        else:
+            im = im.convert("RGBA" if ("A" in im.getbands() or "transparency" in im.info) else "RGB")
+            a = np.asarray(im, dtype=np.float32) / 255.0
+    else:
+        if isinstance(image, torch.Tensor):
+            if image.dim() != 3 or image.shape[0] not in (3, 4):
+                raise ValueError(f"{name}: a tensor image must have shape (3, H, W), got {tuple(image.shape)}")
+            image = image.detach().permute(1, 2, 0).cpu().numpy()
+        a = np.asarray(image)
+        if not (a.ndim == 2 or (a.ndim == 3 and a.shape[2] in (3, 4))):
+            raise ValueError(f"{name}: an image must have shape (H, W), (H, W, 3) or (H, W, 4), got {a.shape}")
+        a = _to_unit(a, name)
+    a = _rgb_on_white(a)
+    if min(a.shape[:2]) < 1:
+        raise ValueError(f"{name}: the image is empty ({a.shape[0]}x{a.shape[1]})")
+    return np.ascontiguousarray(a, dtype=np.float32)
+
+
 def read_mask(mask: Any, photo_size: tuple[int, int], name: str = "mask") -> np.ndarray:
     """An object mask as ``(H, W)`` bool, checked against the photo's size.
 
     Args:
-        mask: a file path or an array. In a file, foreground is: index > 0 and not 255 (void) in a palette PNG
-            (the DAVIS format: one object per index, all of them taken), > 127 in a grey or RGB image (any
-            channel), or > 0.5 in an array of floats (> 0 in one of bools or integers).
+        mask: a file path or an array. Foreground is: index > 0 and not 255 (void) in a palette PNG (the DAVIS
+            format: one object per index, all of them taken); in a grey or colour image (any channel; alpha is
+            ignored), values above half the range (> 127 for 8 bits), or > 0 when the values are only 0 and 1; in an
+            array, > 0.5 for floats and > 0 for bools and integers. A file is turned upright by its EXIF
+            orientation, as the photo is.
         photo_size: ``(H, W)`` the mask must have.
 
     Raises:
         ValueError: naming the file: unreadable, another size than the photo, or no foreground pixel.
     """
-    from PIL import Image, UnidentifiedImageError
-
     if isinstance(mask, (str, os.PathLike)):
         name = str(mask)
-        if not Path(mask).is_file():
-            raise ValueError(f"{name}: mask file not found")
-        try:
-            with Image.open(mask) as im:
-                im.load()
-                if im.mode == "P":
-                    idx = np.asarray(im)
-                    m = (idx > 0) & (idx != 255)
-                else:
-                    a = np.asarray(im.convert("RGB"))
-                    m = (a > 127).any(axis=2)
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-            raise ValueError(f"{name}: corrupt or unreadable mask ({type(e).__name__}: {e})") from e
+        im = _open(Path(mask), "mask")
+        if im.mode == "P":
+            idx = np.asarray(im)
+            m = (idx > 0) & (idx != 255)
+        else:
+            a = np.asarray(im if im.mode in ("I;16", "I;16B", "I;16L", "I", "F", "L", "1") else im.convert("RGB"))
+            a = a.max(axis=2) if a.ndim == 3 else a
+            top = float(a.max()) if a.size else 0.0
+            m = a > 0 if top <= 1 else a > (127 if top <= 255 else 32767)
     else:
         a = np.asarray(mask)
         if a.ndim != 2:
@@ -130,19 +180,22 @@ def read_mask(mask: Any, photo_size: tuple[int, int], name: str = "mask") -> np.
 
 
 def parse_bbox(text: str | Any) -> np.ndarray:
-    """``"x1,y1,x2,y2"`` (or 4 numbers) → ``(4,)`` float64, 0-based inclusive corners.
+    """``"x1,y1,x2,y2"`` (commas and/or spaces) or 4 numbers → ``(4,)`` float64, 0-based inclusive corners.
 
     Raises:
         ValueError: not 4 finite numbers, or ``x2 < x1`` / ``y2 < y1``.
     """
     if isinstance(text, str):
-        parts = [p for p in text.replace(" ", "").split(",") if p != ""]
+        parts = [p for p in text.replace(",", " ").split() if p != ""]
         try:
             box = np.array([float(p) for p in parts], dtype=np.float64)
         except ValueError:
             raise ValueError(f"box {text!r}: expected four numbers x1,y1,x2,y2") from None
     else:
-        box = np.asarray(text, dtype=np.float64).reshape(-1)
+        try:
+            box = np.asarray(text, dtype=np.float64).reshape(-1)
+        except (TypeError, ValueError):
+            raise ValueError(f"box {text!r}: expected four numbers x1,y1,x2,y2") from None
     if box.shape != (4,) or not np.isfinite(box).all():
         raise ValueError(f"box {text!r}: expected four finite numbers x1,y1,x2,y2")
     if box[2] < box[0] or box[3] < box[1]:
@@ -180,10 +233,11 @@ def object_box(photo_size: tuple[int, int], mask: np.ndarray | None = None, bbox
 
 def crop_photo(photo: np.ndarray, box: np.ndarray, size: int, padding_frac: float, source: str) -> PhotoCrop:
     """Pad ``box`` by ``padding_frac`` of its size on each side, square it, cut it out of ``photo`` (white
-    outside) and resize to ``size``² (see the module docstring)."""
+    outside) and resize to ``size``² (see the module docstring; :func:`slopekp.data.transforms.crop_resize`, whose
+    memory is ``size``², however large the box)."""
     padded = T.perturb_bbox(box, padding_frac, 0.0, None)
     square = T.square_bbox(padded)
     side = int(square[2] - square[0] + 1)
     affine = T.crop_affine(square).then(T.resize_affine(side, size))
-    image = T.resize_square(T.crop(photo, square, fill=1.0), size)
+    image = T.crop_resize(photo, affine, size, fill=1.0)
     return PhotoCrop(np.clip(image, 0.0, 1.0), square, affine, (photo.shape[0], photo.shape[1]), source)

@@ -29,7 +29,8 @@ import numpy as np
 from slopekp.predict.api import Reconstruction
 from slopekp.utils import atomic_save_json, atomic_write
 
-__all__ = ["INDEX", "NOVEL_VIEWS", "jsonable", "unique_names", "write_index", "write_reconstruction"]
+__all__ = ["INDEX", "NOVEL_VIEWS", "OUTPUT_FILES", "jsonable", "remove_outputs", "unique_names", "write_index",
+           "write_reconstruction"]
 
 INDEX = "predictions.json"
 INDEX_FORMAT = "slopekp.predictions/1"
@@ -38,23 +39,41 @@ INDEX_FORMAT = "slopekp.predictions/1"
 NOVEL_VIEWS = ((30.0, 20.0), (60.0, 20.0), (0.0, 60.0))
 
 
+#: The files :func:`write_reconstruction` may write into a photo's folder (and :func:`remove_outputs` removes).
+OUTPUT_FILES = ("mesh.obj", "mesh.mtl", "mesh.png", "mesh.glb", "camera.json", "mask.png", "input.png", "figure.png",
+                "turntable.gif")  # fmt: skip
+
+
 def unique_names(paths: list[Path]) -> list[str]:
-    """Folder names for ``paths``: their stems, with ``-2``, ``-3`` ... added to repeats."""
-    seen: dict[str, int] = {}
+    """Folder names for ``paths``: their stems, with ``-2``, ``-3`` ... added to repeats (a name is never given
+    twice, also when a stem already ends in ``-2``; compared without case, for case-insensitive file systems)."""
+    used: set[str] = set()
     out = []
     for p in paths:
         stem = Path(p).stem or "image"
-        n = seen.get(stem, 0) + 1
-        seen[stem] = n
-        out.append(stem if n == 1 else f"{stem}-{n}")
+        name, n = stem, 1
+        while name.lower() in used:
+            n += 1
+            name = f"{stem}-{n}"
+        used.add(name.lower())
+        out.append(name)
     return out
+
+
+def remove_outputs(folder: Path) -> None:
+    """Remove what an earlier run wrote for a photo (:data:`OUTPUT_FILES`; nothing else), so that a photo that fails
+    now leaves no stale mesh behind."""
+    for name in OUTPUT_FILES:
+        (folder / name).unlink(missing_ok=True)
 
 
 def display_crop(photo: np.ndarray, rec: Reconstruction, size: int) -> np.ndarray:
     """``(size, size, 3)`` the photo's crop (the box the model saw) at ``size``², from the full-resolution photo."""
     from slopekp.data import transforms as T
 
-    return np.clip(T.resize_square(T.crop(photo, rec.crop.box, fill=1.0), size), 0, 1)
+    box = rec.crop.box
+    affine = T.crop_affine(box).then(T.resize_affine(int(box[2] - box[0] + 1), size))
+    return np.clip(T.crop_resize(photo, affine, size, fill=1.0), 0, 1)
 
 
 def write_reconstruction(rec: Reconstruction, photo: np.ndarray, out: str | os.PathLike, *, title: str = "",
@@ -67,7 +86,7 @@ def write_reconstruction(rec: Reconstruction, photo: np.ndarray, out: str | os.P
     files = [*rec.export(out / "mesh.obj"), *rec.export(out / "mesh.glb")]
     atomic_save_json(rec.camera_dict(), out / "camera.json")
     files.append(out / "camera.json")
-    mask = rec.photo_mask(max(size, 2 * rec.crop.image.shape[0]))
+    mask = rec.photo_mask()
     _save_gray(out / "mask.png", mask)
     files.append(out / "mask.png")
     crop = display_crop(photo, rec, size)

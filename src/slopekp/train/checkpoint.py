@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from slopekp.utils import atomic_write
+from slopekp.utils import atomic_write, first_line
 
 CHECKPOINT_FORMAT = "slopekp.checkpoint/1"
 
@@ -143,7 +143,7 @@ def load_checkpoint(
             f"{str(e).splitlines()[0]}"
         ) from e
     except Exception as e:  # a damaged file breaks the reader in many ways (EOFError, KeyError, RuntimeError ...)
-        detail = (str(e).splitlines() or [type(e).__name__])[0]
+        detail = first_line(e)
         raise CheckpointError(f"{path}: truncated or corrupt checkpoint ({type(e).__name__}: {detail})") from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         got = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__

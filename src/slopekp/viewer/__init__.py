@@ -23,7 +23,7 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 __all__ = ["listing", "make_server", "serve_in_thread"]
 
@@ -65,11 +65,12 @@ def listing(folder: str | os.PathLike) -> dict[str, Any]:
         d = folder / name
         if not (d / "mesh.glb").is_file():
             continue
-        item = {"name": name, "glb": f"files/{name}/mesh.glb"}
+        url = f"files/{quote(name)}"  # names may hold '#', '%', spaces ...
+        item = {"name": name, "glb": f"{url}/mesh.glb"}
         for key, file in (("input", "input.png"), ("camera", "camera.json"), ("figure", "figure.png"),
                           ("turntable", "turntable.gif"), ("obj", "mesh.obj")):  # fmt: skip
             if (d / file).is_file():
-                item[key] = f"files/{name}/{file}"
+                item[key] = f"{url}/{file}"
         items.append(item)
     if not items:
         raise ValueError(
@@ -92,6 +93,8 @@ class _Handler(SimpleHTTPRequestHandler):
         self._answer(send_body=False)
 
     def _answer(self, send_body: bool) -> None:
+        if not self._host_allowed():
+            return self.send_error(HTTPStatus.FORBIDDEN, "this server answers requests for its own address only")
         path = unquote(urlsplit(self.path).path).lstrip("/") or "index.html"
         if path in STATIC:
             body, ctype = (resources.files("slopekp.viewer") / "static" / path).read_bytes(), _type(path)
@@ -102,8 +105,12 @@ class _Handler(SimpleHTTPRequestHandler):
                 return self.send_error(HTTPStatus.NOT_FOUND, str(e))
         elif path.startswith("files/"):
             root = self.folder.resolve()
-            target = (root / path[len("files/"):]).resolve()
-            if root not in target.parents or not target.is_file():
+            try:
+                target = (root / path[len("files/"):]).resolve()
+                found = root in target.parents and target.is_file()
+            except (ValueError, OSError):  # a NUL byte, a name too long ...
+                found = False
+            if not found:
                 return self.send_error(HTTPStatus.NOT_FOUND, "no such file")
             body, ctype = target.read_bytes(), _type(target.name)
         else:
@@ -115,6 +122,17 @@ class _Handler(SimpleHTTPRequestHandler):
         self.end_headers()
         if send_body:
             self.wfile.write(body)
+
+    def _host_allowed(self) -> bool:
+        """The Host header names this machine (or the address the server was told to bind): a page elsewhere that
+        points its own name at 127.0.0.1 (DNS rebinding) cannot read the folder. A server bound to every
+        address (``--host 0.0.0.0``) answers any name."""
+        bound = self.server.server_address[0]
+        if bound in ("0.0.0.0", "::", ""):
+            return True
+        host = (self.headers.get("Host") or "").strip().lower()
+        name = host.rsplit(":", 1)[0] if host.count(":") == 1 or host.startswith("[") else host
+        return name.strip("[]") in {"127.0.0.1", "localhost", "::1", str(bound).lower()}
 
     def log_message(self, format: str, *args) -> None:  # noqa: A002
         if not self.quiet:

@@ -1,8 +1,10 @@
 // slopekp viewer: the predictions of `slopekp predict`, each GLB in an orbit view beside its input photo.
-// Plain WebGL 2, no libraries. The GLB reader takes what `slopekp predict` writes (one textured triangle mesh,
-// float32 positions and UVs, integer indices, an embedded PNG) and any glTF 2.0 binary of that shape.
-// The first view is the predicted camera (camera.json): the object frame's X turned by the predicted rotation R into
-// the camera frame (x right, y down, z away from the viewer; docs/conventions.md), drawn orthographically.
+// Plain WebGL 2, no libraries. The GLB reader takes what `slopekp predict` writes: the first mesh's first primitive
+// (float32 positions and UVs, integer indices, an embedded PNG or JPEG), under its node's `matrix` if it has one
+// (TRS properties and parent nodes are not read).
+// The first view is the predicted camera (camera.json's file_rotation: the file's coordinates turned into the camera
+// frame, x right, y down, z away from the viewer; docs/conventions.md), drawn orthographically.
+// A WebGL context exists only while its card is on screen (browsers keep about 16 at a time).
 "use strict";
 
 const BACKGROUND = [0.149, 0.188, 0.227];
@@ -96,12 +98,12 @@ function rotY(t) { const c = Math.cos(t), s = Math.sin(t); return [c, 0, s, 0, 1
 
 const VERTEX = `#version 300 es
 in vec3 a_pos; in vec2 a_uv;
-uniform mat3 u_rot; uniform vec3 u_centre; uniform float u_scale;
+uniform mat3 u_rot; uniform vec3 u_centre; uniform float u_scale; uniform float u_depth;
 out vec2 v_uv; out vec3 v_cam;
 void main() {
   vec3 c = u_rot * (a_pos - u_centre) * u_scale;          // camera frame: x right, y down, z away
   v_uv = a_uv; v_cam = c;
-  gl_Position = vec4(c.x, -c.y, 0.25 * c.z, 1.0);           // clip space: y up, smaller z in front
+  gl_Position = vec4(c.x, -c.y, u_depth * c.z, 1.0);        // clip space: y up, smaller z in front
 }`;
 
 const FRAGMENT = `#version 300 es
@@ -124,13 +126,16 @@ function compile(gl, type, source) {
   return sh;
 }
 
+const LIVE = new Set();  // the views on screen, redrawn when the window changes size
+window.addEventListener("resize", () => { for (const v of LIVE) v.draw(); });
+
 class OrbitView {
-  constructor(canvas, mesh, rotation) {
+  constructor(canvas, mesh, rotation, state) {
     const gl = canvas.getContext("webgl2", { antialias: true, preserveDrawingBuffer: true });
     if (!gl) throw new Error("this browser has no WebGL 2");
     this.gl = gl; this.canvas = canvas; this.mesh = mesh;
     this.initial = rotation || [1, 0, 0, 0, 1, 0, 0, 0, 1];
-    this.rot = this.initial.slice(); this.zoom = 1;
+    this.rot = state ? state.rot : this.initial.slice(); this.zoom = state ? state.zoom : 1;
     const prog = gl.createProgram();
     gl.attachShader(prog, compile(gl, gl.VERTEX_SHADER, VERTEX));
     gl.attachShader(prog, compile(gl, gl.FRAGMENT_SHADER, FRAGMENT));
@@ -166,8 +171,19 @@ class OrbitView {
     let r = 1e-9;
     for (let i = 0; i < p.length; i += 3) r = Math.max(r, Math.hypot(p[i] - this.centre[0], p[i + 1] - this.centre[1], p[i + 2] - this.centre[2]));
     this.scale = 0.85 / r;
+    this.uniforms = {};
+    for (const name of ["u_rot", "u_centre", "u_scale", "u_depth", "u_textured", "u_tex"]) this.uniforms[name] = gl.getUniformLocation(prog, name);
     this.listen();
+    LIVE.add(this);
     this.draw();
+  }
+
+  state() { return { rot: this.rot.slice(), zoom: this.zoom }; }
+
+  dispose() {
+    LIVE.delete(this);
+    const lose = this.gl.getExtension("WEBGL_lose_context");
+    if (lose) lose.loseContext();
   }
 
   listen() {
@@ -175,15 +191,20 @@ class OrbitView {
     const c = this.canvas;
     c.addEventListener("pointerdown", (e) => { last = [e.clientX, e.clientY]; c.setPointerCapture(e.pointerId); });
     c.addEventListener("pointerup", () => { last = null; });
+    c.addEventListener("pointercancel", () => { last = null; });
     c.addEventListener("pointermove", (e) => {
       if (!last) return;
       const dx = e.clientX - last[0], dy = e.clientY - last[1];
       last = [e.clientX, e.clientY];
-      // drag right turns the object about the image's vertical axis; drag down tips its top towards the viewer
-      this.rot = matMul(rotX(-dy * 0.01), matMul(rotY(-dx * 0.01), this.rot));
+      // drag right turns the object's front to the right; drag down tips its top towards the viewer (a trackball)
+      this.rot = matMul(rotX(dy * 0.01), matMul(rotY(-dx * 0.01), this.rot));
       this.draw();
     });
-    c.addEventListener("wheel", (e) => { e.preventDefault(); this.zoom *= Math.exp(-e.deltaY * 0.001); this.draw(); }, { passive: false });
+    c.addEventListener("wheel", (e) => {
+      e.preventDefault();
+      this.zoom = Math.min(20, Math.max(0.1, this.zoom * Math.exp(-e.deltaY * 0.001)));
+      this.draw();
+    }, { passive: false });
     c.addEventListener("dblclick", () => { this.rot = this.initial.slice(); this.zoom = 1; this.draw(); });
   }
 
@@ -200,10 +221,13 @@ class OrbitView {
     gl.useProgram(this.prog);
     // mat3 uniforms are column-major: pass R transposed
     const R = this.rot, Rt = [R[0], R[3], R[6], R[1], R[4], R[7], R[2], R[5], R[8]];
-    gl.uniformMatrix3fv(gl.getUniformLocation(this.prog, "u_rot"), false, Rt);
-    gl.uniform3fv(gl.getUniformLocation(this.prog, "u_centre"), this.centre);
-    gl.uniform1f(gl.getUniformLocation(this.prog, "u_scale"), this.scale * this.zoom);
-    gl.uniform1i(gl.getUniformLocation(this.prog, "u_textured"), this.textured ? 1 : 0);
+    const u = this.uniforms;
+    gl.uniformMatrix3fv(u.u_rot, false, Rt);
+    gl.uniform3fv(u.u_centre, this.centre);
+    gl.uniform1f(u.u_scale, this.scale * this.zoom);
+    gl.uniform1f(u.u_depth, 0.25 / this.zoom);  // the mesh stays within the depth range at any zoom
+    gl.uniform1i(u.u_textured, this.textured ? 1 : 0);
+    gl.uniform1i(u.u_tex, 0);
     if (this.textured) { gl.activeTexture(gl.TEXTURE0); gl.bindTexture(gl.TEXTURE_2D, this.tex); }
     gl.bindVertexArray(this.vao);
     gl.drawElements(gl.TRIANGLES, this.mesh.index.length, gl.UNSIGNED_INT, 0);
@@ -219,19 +243,50 @@ function element(tag, attrs, ...children) {
   return el;
 }
 
+// a card's view is made when it comes on screen and given back when it leaves (its orientation is kept)
+const observer = new IntersectionObserver((entries) => {
+  for (const e of entries) {
+    e.target._visible = e.isIntersecting;
+    if (e.isIntersecting) attach(e.target); else detach(e.target);
+  }
+}, { rootMargin: "200px" });
+
+function attach(card) {
+  if (card._view || !card._mesh) return;
+  card._view = new OrbitView(card._canvas, card._mesh, card._rotation, card._state);
+  card.dataset.view = "on";
+}
+
+function detach(card) {
+  if (!card._view) return;
+  card._state = card._view.state();
+  card._view.dispose();
+  const fresh = card._canvas.cloneNode(false);  // a canvas whose context was lost cannot get another one
+  card._canvas.replaceWith(fresh);
+  card._canvas = fresh;
+  card._view = null;
+  card.dataset.view = "off";
+}
+
 async function showOne(item, list) {
   const canvas = element("canvas", { "data-name": item.name, "aria-label": "3D view of " + item.name });
   const status = element("div", { class: "meta" }, "loading …");
   const links = element("div", { class: "meta" });
   for (const [label, href] of [["GLB", item.glb], ["OBJ", item.obj], ["figure", item.figure], ["turntable", item.turntable], ["camera", item.camera]])
     if (href) links.append(element("a", { href, target: "_blank" }, label));
-  const card = element("section", { class: "card", "data-status": "loading", "data-name": item.name },
-    element("h2", {}, item.name), element("div", { class: "pair" }, element("img", { src: item.input, alt: "input " + item.name }), canvas), status, links);
+  const pair = element("div", { class: "pair" });
+  if (item.input) pair.append(element("img", { src: item.input, alt: "input " + item.name }));
+  pair.append(canvas);
+  const card = element("section", { class: "card", "data-status": "loading", "data-name": item.name }, element("h2", {}, item.name), pair, status, links);
+  card._canvas = canvas;
   list.append(card);
+  observer.observe(card);
   try {
     const [mesh, cam] = await Promise.all([loadMesh(item.glb), item.camera ? fetch(item.camera).then((r) => (r.ok ? r.json() : null)) : null]);
-    const rotation = cam && cam.rotation ? cam.rotation.flat() : null;
-    new OrbitView(canvas, mesh, rotation);
+    const rot = cam && (cam.file_rotation || cam.rotation);
+    card._mesh = mesh;
+    card._rotation = rot ? rot.flat() : null;
+    if (card._visible) attach(card);
     const head = cam && cam.head ? cam.head + " head, " : "";
     status.textContent = head + (mesh.index.length / 3) + " triangles, " + (mesh.pos.length / 3) + " vertices" + (mesh.image ? ", textured" : "");
     card.dataset.status = "ready";
@@ -252,7 +307,7 @@ async function main() {
     if (!resp.ok) throw new Error("predictions.json: HTTP " + resp.status);
     const index = await resp.json();
     const items = index.items.filter((it) => !only || it.name === only);
-    summary.textContent = index.items.length + " prediction(s) in " + index.folder + (index.model ? " — " + index.model : "") +
+    summary.textContent = (only ? items.length + " of " : "") + index.items.length + " prediction(s) in " + index.folder + (index.model ? " — " + index.model : "") +
       (index.failed ? "; " + index.failed + " photo(s) failed, see predictions.json" : "");
     await Promise.all(items.map((it) => showOne(it, list)));
     const ready = document.querySelectorAll('.card[data-status="ready"]').length;

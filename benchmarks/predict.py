@@ -1,0 +1,110 @@
+"""Predict benchmark: seconds per photo for the network and for each kind of output ``slopekp predict`` writes
+(JSON lines).
+
+Cases (each in a fresh subprocess, so ``peak_mb`` is per case; a randomly initialised model, since speed does not
+depend on the weights; synthetic 480x640 photos, outputs written to a temporary folder):
+
+* ``net_<head>_b1_64`` / ``net_<head>_b8_64``: :meth:`Reconstructor.predict_crops` on 1 or 8 prepared crops at 64²
+  (the SynthBirds config), for the keypoint head (its PnP included) and the quaternion head; ``per_image_s``;
+* ``prepare_640x480``: reading nothing, cropping one in-memory photo from its box (:meth:`Reconstructor.prepare`);
+* ``outputs_256``: :func:`slopekp.predict.outputs.write_reconstruction` for one photo with the default sizes:
+  meshes (OBJ + GLB), camera, mask, figure (7 panels at 256²) and a 36-frame turntable (``total_s``); apart:
+  ``mesh_s`` (the two mesh files), ``without_turntable_s`` (everything but the turntable) and ``turntable_s``
+  (its 36 renders at 192²).
+
+Keys: ``case``, the timings in seconds (median over ``--runs`` after a warm-up), ``peak_mb`` (resident-set growth),
+``threads``, ``device``.
+
+Usage: ``python benchmarks/predict.py [--cases ...] [--runs 3] [--threads N] [--device cpu]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from _cases import rss_mb, run_each, selected_cases
+
+CASES = ["net_keypoints_b1_64", "net_keypoints_b8_64", "net_quaternion_b1_64", "net_quaternion_b8_64",
+         "prepare_640x480", "outputs_256"]  # fmt: skip
+OVERRIDES = ["model.image_size=64", "model.encoder_width=16", "model.uv_height=32", "model.texture_width=8"]
+
+
+def _median(fn, runs: int, sync) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(runs):
+        sync()
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _run_case(name: str, args: argparse.Namespace, queue) -> None:
+    import numpy as np
+    import torch
+
+    from slopekp.config import load_config
+    from slopekp.mesh import load_template
+    from slopekp.models.reconstructor import build_model
+    from slopekp.predict import Reconstructor
+    from slopekp.predict.outputs import write_reconstruction
+
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    head = name.split("_")[1] if name.startswith("net_") else "keypoints"
+    cfg = load_config(overrides=[*OVERRIDES, f"model.pose_head={head}"])
+    torch.manual_seed(0)
+    template = load_template("procedural").to(device)
+    rec = Reconstructor(build_model(cfg.model, template).to(device), template, cfg, head)
+    photo = np.random.default_rng(0).uniform(size=(480, 640, 3)).astype(np.float32)
+    box = [200, 120, 439, 359]
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    rss0 = rss_mb()
+    out = {"case": name}
+    if name.startswith("net_"):
+        batch = int(name.split("_")[2][1:])
+        crops = [rec.prepare(photo, bbox=box)] * batch
+        s = _median(lambda: rec.predict_crops(crops), args.runs, sync)
+        out.update(batch_s=round(s, 4), per_image_s=round(s / batch, 4), batch=batch, image_size=rec.image_size)
+    elif name == "prepare_640x480":
+        out["prepare_s"] = round(_median(lambda: rec.prepare(photo, bbox=box), args.runs, sync), 4)
+    else:
+        r = rec.predict_crops([rec.prepare(photo, bbox=box)])[0]
+        with tempfile.TemporaryDirectory() as tmp:
+            t = Path(tmp)
+            out["mesh_s"] = round(_median(lambda: (r.export(t / "m.obj"), r.export(t / "m.glb")), args.runs, sync), 4)
+            files = lambda: write_reconstruction(r, photo, t / "f", turntable_frames=0)  # noqa: E731
+            out["without_turntable_s"] = round(_median(files, args.runs, sync), 4)
+            out["turntable_s"] = round(_median(lambda: [r.render(azimuth=10.0 * i, size=192) for i in range(36)],
+                                               args.runs, sync), 4)  # fmt: skip
+            out["total_s"] = round(_median(lambda: write_reconstruction(r, photo, t / "a"), args.runs, sync), 4)
+    out.update(peak_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - rss0, 1),
+               threads=torch.get_num_threads(), device=str(device))  # fmt: skip
+    queue.put(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--cases", default=",".join(CASES), help=f"comma-separated subset of {', '.join(CASES)}")
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    p.add_argument("--device", default="cpu")
+    args = p.parse_args(argv)
+    return run_each(selected_cases(p, args.cases, CASES), _run_case, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
