@@ -37,6 +37,8 @@ def test_quickstart_end_to_end_and_resume(tmp_path, capsys, smoke_overrides):
     header = next(ln for ln in printed.splitlines() if "keypoints" in ln and "quaternion" in ln)
     assert header.index("keypoints") < header.index("quaternion")
     assert "report.md" in printed and (tmp_path / "report.md").stat().st_size > 0
+    hint = next(ln for ln in printed.splitlines() if ln.startswith("your photos: slopekp predict"))
+    assert Path(hint.split("--checkpoint ")[1].split()[0]).is_file()
     stage1 = json.loads((tmp_path / "stage1" / "report" / "metrics.json").read_text())
     assert stage1["num_images"] == 4 and stage1["num_hypotheses"] == 4
     store = (tmp_path / "stage1" / "multiplex.npz").read_bytes()

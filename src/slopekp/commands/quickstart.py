@@ -192,4 +192,7 @@ def _run(args) -> int:
     print(summary_table(res.summary, heads))
     print(f"\nreport: {out / 'report.md'}; per head: {out}/seed{cfg.seed}/eval_<head>/ (metrics.json, "
           f"per_image.csv, rotation_error.png, viewpoints.png, worst.png, examples.png)")  # fmt: skip
+    head = "keypoints" if "keypoints" in heads else heads[0]
+    ckpt = out / f"seed{cfg.seed}" / f"stage3_{head}" / "checkpoints" / "last.pt"
+    print(f"your photos: slopekp predict PHOTO... --checkpoint {ckpt} --out predictions/ (docs/predict.md)")
     return 0
