@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -71,3 +72,35 @@ def ucmr_template_path(shared_data) -> Path:
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+# ------------------------------------------------------------------ a tiny trained model (predict, viewer, video)
+
+
+@dataclass
+class TinyModel:
+    """A SynthBirds-trained model (keypoint head) in seconds, shared by the predict, viewer and video tests."""
+
+    data: Path
+    """A SynthBirds folder: 4 train, 3 test images."""
+    checkpoint: Path
+    """Stage III (keypoints) ``last.pt``."""
+    stage2: Path
+    """Stage II ``last.pt`` (a checkpoint without a trained pose head)."""
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory, smoke_overrides) -> TinyModel:
+    from slopekp.config import load_config
+    from slopekp.data.synthetic import generate_synthbirds
+    from slopekp.train.stage1 import run_stage1
+    from slopekp.train.stage2 import run_stage2
+    from slopekp.train.stage3 import run_stage3
+
+    root = tmp_path_factory.mktemp("tiny_model")
+    data = generate_synthbirds(root / "sb", n_train=4, n_test=3, size=48, seed=3, progress=False)
+    cfg = load_config(overrides=smoke_overrides)
+    run_stage1(cfg, data, root / "s1", progress=False, report=False)
+    run_stage2(cfg, data, root / "s1" / "multiplex.npz", root / "s2", progress=False, max_steps=1)
+    s3 = run_stage3(cfg, data, root / "s2", root / "s3", "keypoints", progress=False, max_steps=2)
+    return TinyModel(data, s3.checkpoint, root / "s2" / "checkpoints" / "last.pt")

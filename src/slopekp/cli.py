@@ -19,7 +19,7 @@ import sys
 from slopekp import __version__
 
 #: Sub-command groups, in ``--help`` order: module name under ``slopekp.commands``.
-COMMAND_GROUPS = ("quickstart", "config", "data", "multiplex", "train", "eval", "predict", "viewer", "mesh")
+COMMAND_GROUPS = ("quickstart", "config", "data", "multiplex", "train", "eval", "predict", "viewer", "video", "mesh")
 
 
 class UserError(Exception):

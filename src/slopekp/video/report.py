@@ -1,0 +1,160 @@
+"""J tables of online reconstruction and of any folder of predicted DAVIS masks (``slopekp video`` and
+``slopekp video score``), beside the paper's Table 2.
+
+Per object and overall (the mean over all objects of all sequences, as the DAVIS toolkit aggregates): J-Mean,
+J-Recall and J-Decay, under both frame conventions (:data:`slopekp.eval.video_metrics.FRAME_CONVENTIONS`). The
+tables are written as ``results.json`` and ``results.md``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from slopekp.eval.video_metrics import FRAME_CONVENTIONS, aggregate, region_similarity
+from slopekp.utils import atomic_save_json, atomic_write
+from slopekp.video.online import ObjectResult, SequenceResult
+
+__all__ = ["PAPER_TABLE2", "open_video_dataset", "score_mask_folder", "summarise", "write_tables"]
+
+#: SLOPE-KP's Table 2 (YouTube-VOS + DAVIS bird sequences, LWL boxes): J-Mean, J-Recall, J-Decay per pose head.
+PAPER_TABLE2 = {
+    "quaternion": (0.45, 0.48, 0.020),
+    "gramschmidt": (0.40, 0.27, 0.007),
+    "svd": (0.44, 0.43, 0.028),
+    "keypoints": (0.45, 0.53, 0.018),
+}
+
+
+def open_video_dataset(root: str | Path, split: str | None = None):
+    """A :class:`~slopekp.data.video.DavisDataset` (a folder with ``JPEGImages/480p``, or its parent ``DAVIS``) or a
+    :class:`~slopekp.data.video.YouTubeVOSDataset` (a split folder with ``meta.json``, or its parent), by what
+    ``root`` holds. ``split`` defaults to ``val`` (DAVIS) or ``train`` (YouTube-VOS: the split with full
+    annotations).
+
+    Raises:
+        ValueError: naming ``root`` when it is neither.
+    """
+    from slopekp.data.video import DavisDataset, YouTubeVOSDataset
+
+    root = Path(root)
+    if not root.is_dir():
+        raise ValueError(f"{root}: not a folder")
+    if (root / "JPEGImages" / "480p").is_dir() or (root / "DAVIS" / "JPEGImages").is_dir():
+        return DavisDataset(root, split=split or "val")
+    if (root / "meta.json").is_file() or any((root / s / "meta.json").is_file() for s in ("train", "valid")):
+        return YouTubeVOSDataset(root, split=split or "train")
+    raise ValueError(
+        f"{root}: neither DAVIS (JPEGImages/480p, Annotations/480p, ImageSets) nor YouTube-VOS (<split>/meta.json, "
+        "JPEGImages, Annotations)"
+    )
+
+
+def select_sequences(dataset, names: list[str] | None) -> list[str]:
+    """``names`` (checked against the data set) or all of its sequences."""
+    if not names:
+        return list(dataset.sequences)
+    unknown = [n for n in names if n not in dataset.sequences]
+    if unknown:
+        raise ValueError(f"unknown sequence(s) {unknown}; the split has {list(dataset.sequences)[:10]} ...")
+    return list(names)
+
+
+def summarise(results: list[SequenceResult]) -> dict[str, Any]:
+    """Per object and overall J statistics under each frame convention, and the frames per second."""
+    objects, overall = [], {}
+    for conv in FRAME_CONVENTIONS:
+        stats = []
+        for seq in results:
+            for obj in seq.objects:
+                s = obj.statistics(conv)
+                if s is not None:
+                    stats.append(s)
+        overall[conv] = aggregate(stats).as_dict() if stats else None
+    for seq in results:
+        for obj in seq.objects:
+            row = {"sequence": seq.name, "object": obj.id, "frames": int(seq.frames),
+                   "frames_with_box": int(obj.boxed.sum())}  # fmt: skip
+            for conv in FRAME_CONVENTIONS:
+                s = obj.statistics(conv)
+                row[conv] = None if s is None else s.as_dict()
+            objects.append(row)
+    frames = sum(r.frames for r in results)
+    seconds = sum(r.seconds for r in results)
+    return {"objects": objects, "overall": overall, "frames": frames,
+            "fps": frames / seconds if seconds > 0 else None}  # fmt: skip
+
+
+def _fmt(s: dict | None) -> str:
+    return "–" if s is None else f"{s['mean']:.3f} | {s['recall']:.3f} | {s['decay']:+.3f}"
+
+
+def write_tables(out: str | Path, summary: dict[str, Any], meta: dict[str, Any]) -> tuple[Path, Path]:
+    """``results.json`` (``meta`` + ``summary``) and ``results.md`` in ``out``; returns both paths."""
+    out = Path(out)
+    jpath, mpath = out / "results.json", out / "results.md"
+    atomic_save_json({**meta, **summary}, jpath)
+    lines = [f"# {meta.get('title', 'J scores')}", ""]
+    for k in ("checkpoint", "head", "boxes", "smoothing", "data", "predictions", "sequences"):
+        if meta.get(k) not in (None, ""):
+            v = meta[k]
+            lines.append(f"- {k}: {', '.join(map(str, v)) if isinstance(v, list) else v}")
+    if summary.get("fps"):
+        lines.append(f"- speed: {summary['fps']:.1f} frames per second ({summary['frames']} frames)")
+    lines += ["", "J-Mean ↑ | J-Recall ↑ | J-Decay ↓ over all objects (void pixels excluded):", "",
+              "| frames | J-Mean | J-Recall | J-Decay |", "| --- | --- | --- | --- |"]  # fmt: skip
+    for conv in FRAME_CONVENTIONS:
+        lines.append(f"| {conv} | {_fmt(summary['overall'][conv])} |")
+    head = meta.get("head")
+    if head in PAPER_TABLE2:
+        m, r, d = PAPER_TABLE2[head]
+        lines.append(f"| paper, Table 2 ({head}; YouTube-VOS + DAVIS, LWL boxes) | {m:.2f} | {r:.2f} | {d:.3f} |")
+    lines += ["", "| sequence | object | frames (with a box) | J-Mean | J-Recall | J-Decay | "
+              "J-Mean (first and last dropped) |", "| --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+    for row in summary["objects"]:
+        d = row["drop-first-last"]
+        dropped = "–" if d is None else f"{d['mean']:.3f}"
+        lines.append(f"| {row['sequence']} | {row['object']} | {row['frames']} ({row['frames_with_box']}) | "
+                     f"{_fmt(row['all'])} | {dropped} |")  # fmt: skip
+    with atomic_write(mpath, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return jpath, mpath
+
+
+def score_mask_folder(dataset, pred_dir: str | Path, sequences: list[str] | None = None,
+                      progress: bool = False) -> list[SequenceResult]:  # fmt: skip
+    """Score a folder of predicted DAVIS masks (``pred_dir/<sequence>/<frame>.png``) against ``dataset``'s ground
+    truth: objects matched by id (semi-supervised), void excluded, every frame needed.
+
+    Raises:
+        ValueError: naming the file or folder: a sequence without predictions, missing frames, a PNG that is not a
+            palette PNG of the frame's size, unknown ids, a sequence under 2 frames or without annotations.
+    """
+    from tqdm.auto import tqdm
+
+    from slopekp.video.boxes import MaskFolderBoxes
+
+    results = []
+    names = select_sequences(dataset, sequences)
+    for name in tqdm(names, desc="score", unit="seq", disable=not progress):
+        seq = dataset[name]
+        if len(seq) < 2:
+            raise ValueError(f"sequence {name!r}: a video needs at least 2 frames, got {len(seq)}")
+        if not all(seq.annotated):
+            raise ValueError(f"sequence {name!r}: scoring needs an annotation for every frame")
+        pred = MaskFolderBoxes(seq, pred_dir)  # checks that every frame has its PNG first
+        T, ids = len(seq), seq.object_ids
+        j = {i: np.full(T, np.nan) for i in ids}
+        present = {i: np.zeros(T, bool) for i in ids}
+        for t in range(T):
+            gt = seq.load_masks(t)
+            labels = pred.labels(t, tuple(gt.void.shape))
+            void = gt.void.numpy()
+            for k, i in enumerate(gt.object_ids):
+                m = labels == i
+                present[i][t] = bool(m.any())
+                j[i][t] = region_similarity(gt.masks[k].numpy() > 0.5, m, void)
+        results.append(SequenceResult(name, T, [ObjectResult(i, j[i], present[i]) for i in ids]))
+    return results
