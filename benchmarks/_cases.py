@@ -7,6 +7,11 @@ import json
 import multiprocessing as mp
 import os
 
+# Same default as ``import slopekp`` sets (slopekp/__init__.py): the spawned case processes inherit it, so it holds
+# even where a case imports torch before slopekp (busy-waiting OpenMP threads slow the renderer many times over
+# when anything else uses a core).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 
 def rss_mb() -> float:
     """Resident set size of this process now, in MB."""
