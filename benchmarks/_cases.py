@@ -3,9 +3,11 @@ memory is its own), printing one JSON object per case."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import multiprocessing as mp
 import os
+import resource
 
 # Same default as ``import slopekp`` sets (slopekp/__init__.py): the spawned case processes inherit it, so it holds
 # even where a case imports torch before slopekp (busy-waiting OpenMP threads slow the renderer many times over
@@ -42,3 +44,20 @@ def run_each(names: list[str], target, args) -> int:
             return 1
         print(json.dumps(q.get()), flush=True)
     return 0
+
+
+def peak_mb_since(rss0: float) -> float:
+    """This process's peak resident set size, less ``rss0`` (MB): a case's own memory."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - rss0, 1)
+
+
+def standard_main(doc: str, cases: list[str], target, argv: list[str] | None = None) -> int:
+    """The command line every case-by-case benchmark shares: ``--cases``, ``--runs``, ``--threads``, ``--device``;
+    runs the chosen cases with :func:`run_each`."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    p.add_argument("--cases", default=",".join(cases), help=f"comma-separated subset of {', '.join(cases)}")
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    p.add_argument("--device", default="cpu")
+    args = p.parse_args(argv)
+    return run_each(selected_cases(p, args.cases, cases), target, args)

@@ -21,14 +21,13 @@ Usage: ``python benchmarks/predict.py [--cases ...] [--runs 3] [--threads N] [--
 from __future__ import annotations
 
 import argparse
-import resource
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from _cases import rss_mb, run_each, selected_cases
+from _cases import peak_mb_since, rss_mb, standard_main
 
 CASES = ["net_keypoints_b1_64", "net_keypoints_b8_64", "net_quaternion_b1_64", "net_quaternion_b8_64",
          "prepare_640x480", "outputs_256"]  # fmt: skip
@@ -91,19 +90,13 @@ def _run_case(name: str, args: argparse.Namespace, queue) -> None:
             out["turntable_s"] = round(_median(lambda: [r.render(azimuth=10.0 * i, size=192) for i in range(36)],
                                                args.runs, sync), 4)  # fmt: skip
             out["total_s"] = round(_median(lambda: write_reconstruction(r, photo, t / "a"), args.runs, sync), 4)
-    out.update(peak_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - rss0, 1),
+    out.update(peak_mb=peak_mb_since(rss0),
                threads=torch.get_num_threads(), device=str(device))  # fmt: skip
     queue.put(out)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--cases", default=",".join(CASES), help=f"comma-separated subset of {', '.join(CASES)}")
-    p.add_argument("--runs", type=int, default=3)
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
-    p.add_argument("--device", default="cpu")
-    args = p.parse_args(argv)
-    return run_each(selected_cases(p, args.cases, CASES), _run_case, args)
+    return standard_main(__doc__, CASES, _run_case, argv)
 
 
 if __name__ == "__main__":

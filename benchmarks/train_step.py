@@ -17,12 +17,11 @@ Usage: ``python benchmarks/train_step.py [--cases ...] [--runs 3] [--threads N] 
 from __future__ import annotations
 
 import argparse
-import resource
 import statistics
 import sys
 import time
 
-from _cases import rss_mb, run_each, selected_cases
+from _cases import peak_mb_since, rss_mb, standard_main
 
 HEADS = ("quaternion", "gramschmidt", "svd", "keypoints")
 CASES = ["stage2_b12_p40_64", *(f"stage3_{h}_b12_64" for h in HEADS)]
@@ -112,19 +111,13 @@ def _run_case(name: str, args: argparse.Namespace, queue) -> None:
     queue.put({
         "case": name, "step_s": round(statistics.median(times), 4), "batch": B, "image_size": S,
         "hypotheses": 40 if name.startswith("stage2") else 1,
-        "peak_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - rss0, 1),
+        "peak_mb": peak_mb_since(rss0),
         "threads": torch.get_num_threads(), "device": str(device),
     })  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--cases", default=",".join(CASES), help=f"comma-separated subset of {', '.join(CASES)}")
-    p.add_argument("--runs", type=int, default=3)
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
-    p.add_argument("--device", default="cpu")
-    args = p.parse_args(argv)
-    return run_each(selected_cases(p, args.cases, CASES), _run_case, args)
+    return standard_main(__doc__, CASES, _run_case, argv)
 
 
 if __name__ == "__main__":

@@ -220,3 +220,24 @@ def test_the_tracker_follows_the_birds(synth_videos):
                     if box is not None and gt[i] is not None:
                         scores.append(iou(box, gt[i]))
     assert len(scores) > 10 and np.mean(scores) > 0.4, np.mean(scores)
+
+
+def test_youtubevos_layout_train_and_first_frame_only_valid(tiny_model, tmp_path, capsys):
+    from slopekp.data.synthetic_video import VideoSynthSettings, generate_synth_videos
+
+    s = VideoSynthSettings(height=64, min_frames=4, max_frames=5, max_birds=3, val_fraction=0.5)
+    root = generate_synth_videos(tmp_path / "yt", 2, seed=2, layout="youtubevos", settings=s, progress=False)
+    base = ["video", "--checkpoint", str(tiny_model.checkpoint), "--data", str(root / "youtubevos"), "--quiet",
+            "--no-video"]  # fmt: skip
+    code, cap = _run([*base, "--boxes", "gt", "--out", str(tmp_path / "train")], capsys)  # train: the default split
+    assert code == 0, cap.err
+    res = json.loads((tmp_path / "train" / "results.json").read_text())
+    assert res["partly_annotated"] == [] and all(r["frames_scored"] == r["frames"] for r in res["objects"])
+    # valid holds first-frame masks only: the tracker starts from them, and the table says how little is scored
+    code, cap = _run([*base, "--split", "valid", "--boxes", "tracker", "--out", str(tmp_path / "valid")], capsys)
+    assert code == 0, cap.err
+    res = json.loads((tmp_path / "valid" / "results.json").read_text())
+    assert res["partly_annotated"] and "only the annotated frames are scored" in cap.out
+    assert "Only the annotated frames are scored" in (tmp_path / "valid" / "results.md").read_text()
+    code, cap = _run([*base, "--split", "valid", "--boxes", "gt", "--out", str(tmp_path / "v2")], capsys)
+    assert code == 2 and "--boxes gt needs an annotation for every frame" in cap.err

@@ -65,6 +65,8 @@ def _print_summary(summary: dict, convention: str) -> None:
             print(f"{row['sequence']:24s} {row['object']:6d} {'(too few annotated frames)':>27s}")
             continue
         print(f"{row['sequence']:24s} {row['object']:6d} {s['mean']:8.3f} {s['recall']:9.3f} {s['decay']:+8.3f}")
+    if summary.get("partly_annotated"):
+        print(f"note: only the annotated frames are scored in {', '.join(summary['partly_annotated'])}")
     o = summary["overall"][convention]
     if o is not None:
         print(f"{'overall (' + convention + ')':31s} {o['mean']:8.3f} {o['recall']:9.3f} {o['decay']:+8.3f}")

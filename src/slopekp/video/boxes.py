@@ -12,9 +12,10 @@ as at training time (:meth:`slopekp.predict.Reconstructor.prepare`).
   palette PNGs whose values are object ids (what LWL or any VOS method writes); every frame must have one and
   every id must be one of the sequence's objects;
 * ``tracker`` (``tracker:csrt``) or ``tracker:kcf``: OpenCV's CSRT or KCF tracker (the contrib build), one per
-  object, started from the object's first non-empty ground-truth mask (the semi-supervised protocol: an object
-  that enters later starts where it first appears). A lost track (the tracker says so, or its box leaves the
-  frame) gives ``None`` while lost; the tracker keeps running and the object returns when it is found again.
+  object, started from the object's first ground-truth mask at least :data:`MIN_TRACK_SIDE` pixels wide and high
+  (the semi-supervised protocol: an object that enters later starts where it first appears). A lost track (the
+  tracker says so, fails, or its box leaves the frame) gives ``None`` while lost; the tracker keeps running and
+  the object returns when it is found again.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ __all__ = ["BOX_SOURCES", "BoxTrack", "label_boxes", "open_boxes", "parse_box_sp
 
 BOX_SOURCES = ("gt", "masks:DIR", "tracker", "tracker:csrt", "tracker:kcf")
 TRACKERS = ("csrt", "kcf")
+#: A tracker starts on an object's first mask whose box is at least this many pixels on each side.
+MIN_TRACK_SIDE = 4
 
 
 def parse_box_spec(spec: str) -> tuple[str, str]:
@@ -137,6 +140,8 @@ class TrackerBoxes(BoxTrack):
         self.lost: dict[int, int] = {}
 
     def step(self, t: int, frame: np.ndarray) -> dict[int, np.ndarray | None]:
+        import cv2
+
         h, w = frame.shape[:2]
         bgr = np.ascontiguousarray(frame[..., ::-1])
         out: dict[int, np.ndarray | None] = {}
@@ -144,12 +149,16 @@ class TrackerBoxes(BoxTrack):
         if pending and self.sequence.annotated[t]:
             start = label_boxes(self.sequence.load_labels(t), tuple(pending))
             for i, box in start.items():
-                if box is not None and box[2] > box[0] and box[3] > box[1]:
-                    tracker = self.create()
-                    x1, y1, x2, y2 = (int(v) for v in box)
+                if box is None or min(box[2] - box[0], box[3] - box[1]) + 1 < MIN_TRACK_SIDE:
+                    continue  # not there yet, or too small to track: try again on a later frame
+                tracker = self.create()
+                x1, y1, x2, y2 = (int(v) for v in box)
+                try:
                     tracker.init(bgr, (x1, y1, x2 - x1 + 1, y2 - y1 + 1))
-                    self.trackers[i] = tracker
-                    out[i] = box
+                except cv2.error:
+                    continue
+                self.trackers[i] = tracker
+                out[i] = box
         for i in self.ids:
             if i in out:
                 continue
@@ -157,7 +166,10 @@ class TrackerBoxes(BoxTrack):
             if tracker is None:
                 out[i] = None
                 continue
-            ok, (x, y, bw, bh) = tracker.update(bgr)
+            try:
+                ok, (x, y, bw, bh) = tracker.update(bgr)
+            except cv2.error:  # OpenCV's trackers fail on degenerate boxes: a lost track
+                ok, x, y, bw, bh = False, 0, 0, 0, 0
             box = np.array([x, y, x + bw - 1, y + bh - 1], dtype=np.float64)
             inside = ok and bw > 1 and bh > 1 and box[2] >= 0 and box[3] >= 0 and box[0] <= w - 1 and box[1] <= h - 1
             out[i] = np.clip(box, 0, [w - 1, h - 1, w - 1, h - 1]) if inside else None

@@ -76,15 +76,16 @@ def summarise(results: list[SequenceResult]) -> dict[str, Any]:
     for seq in results:
         for obj in seq.objects:
             row = {"sequence": seq.name, "object": obj.id, "frames": int(seq.frames),
-                   "frames_with_box": int(obj.boxed.sum())}  # fmt: skip
+                   "frames_with_box": int(obj.boxed.sum()), "frames_scored": int(np.isfinite(obj.j).sum())}  # fmt: skip
             for conv in FRAME_CONVENTIONS:
                 s = obj.statistics(conv)
                 row[conv] = None if s is None else s.as_dict()
             objects.append(row)
     frames = sum(r.frames for r in results)
     seconds = sum(r.seconds for r in results)
+    partial = sorted({row["sequence"] for row in objects if row["frames_scored"] < row["frames"]})
     return {"objects": objects, "overall": overall, "frames": frames,
-            "fps": frames / seconds if seconds > 0 else None}  # fmt: skip
+            "fps": frames / seconds if seconds > 0 else None, "partly_annotated": partial}  # fmt: skip
 
 
 def _fmt(s: dict | None) -> str:
@@ -111,13 +112,16 @@ def write_tables(out: str | Path, summary: dict[str, Any], meta: dict[str, Any])
     if head in PAPER_TABLE2:
         m, r, d = PAPER_TABLE2[head]
         lines.append(f"| paper, Table 2 ({head}; YouTube-VOS + DAVIS, LWL boxes) | {m:.2f} | {r:.2f} | {d:.3f} |")
-    lines += ["", "| sequence | object | frames (with a box) | J-Mean | J-Recall | J-Decay | "
+    if summary.get("partly_annotated"):
+        lines += ["", f"Only the annotated frames are scored in {', '.join(summary['partly_annotated'])} (a split "
+                  "without full annotations, such as YouTube-VOS valid): those numbers say little."]  # fmt: skip
+    lines += ["", "| sequence | object | frames (with a box, scored) | J-Mean | J-Recall | J-Decay | "
               "J-Mean (first and last dropped) |", "| --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
     for row in summary["objects"]:
         d = row["drop-first-last"]
         dropped = "–" if d is None else f"{d['mean']:.3f}"
-        lines.append(f"| {row['sequence']} | {row['object']} | {row['frames']} ({row['frames_with_box']}) | "
-                     f"{_fmt(row['all'])} | {dropped} |")  # fmt: skip
+        lines.append(f"| {row['sequence']} | {row['object']} | {row['frames']} ({row['frames_with_box']}, "
+                     f"{row['frames_scored']}) | {_fmt(row['all'])} | {dropped} |")  # fmt: skip
     with atomic_write(mpath, "w") as f:
         f.write("\n".join(lines) + "\n")
     return jpath, mpath
