@@ -227,17 +227,62 @@ def test_youtubevos_layout_train_and_first_frame_only_valid(tiny_model, tmp_path
 
     s = VideoSynthSettings(height=64, min_frames=4, max_frames=5, max_birds=3, val_fraction=0.5)
     root = generate_synth_videos(tmp_path / "yt", 2, seed=2, layout="youtubevos", settings=s, progress=False)
-    base = ["video", "--checkpoint", str(tiny_model.checkpoint), "--data", str(root / "youtubevos"), "--quiet",
-            "--no-video"]  # fmt: skip
+    # the generator's own folder (its YouTube-VOS data sit in youtubevos/) is found as it is
+    base = ["video", "--checkpoint", str(tiny_model.checkpoint), "--data", str(root), "--quiet", "--no-video"]
     code, cap = _run([*base, "--boxes", "gt", "--out", str(tmp_path / "train")], capsys)  # train: the default split
     assert code == 0, cap.err
     res = json.loads((tmp_path / "train" / "results.json").read_text())
-    assert res["partly_annotated"] == [] and all(r["frames_scored"] == r["frames"] for r in res["objects"])
-    # valid holds first-frame masks only: the tracker starts from them, and the table says how little is scored
+    assert res["not_scored"] == [] and all(r["scored"] for r in res["objects"])
+    # valid holds first-frame masks only (a frame's PNG has only the objects that start there): the tracker starts
+    # from them, and nothing is scored rather than scoring objects against PNGs that leave them out
     code, cap = _run([*base, "--split", "valid", "--boxes", "tracker", "--out", str(tmp_path / "valid")], capsys)
     assert code == 0, cap.err
     res = json.loads((tmp_path / "valid" / "results.json").read_text())
-    assert res["partly_annotated"] and "only the annotated frames are scored" in cap.out
-    assert "Only the annotated frames are scored" in (tmp_path / "valid" / "results.md").read_text()
+    assert res["not_scored"] and res["overall"]["all"] is None and "not scored" in cap.out
+    assert "Not scored:" in (tmp_path / "valid" / "results.md").read_text()
+    assert len(list((tmp_path / "valid" / "masks").iterdir())) == 1  # the masks are written all the same
     code, cap = _run([*base, "--split", "valid", "--boxes", "gt", "--out", str(tmp_path / "v2")], capsys)
     assert code == 2 and "--boxes gt needs an annotation for every frame" in cap.err
+
+
+def test_official_convention_counts_void_as_background(tmp_path, capsys):
+    labels = _hand_labels()
+    labels[1][0:4, :] = 255  # void in an inner frame (frame 3's void is dropped with the last frame)
+    _davis(tmp_path / "gt", labels)
+    pred = tmp_path / "pred" / "hand"
+    pred.mkdir(parents=True)
+    for t, lab in enumerate(labels):
+        p = lab.copy()
+        p[p == 255] = 1  # object 1 also claims the void pixels
+        save_label_png(pred / f"{t:05d}.png", p)
+    code, cap = _run(["video", "score", "--gt", str(tmp_path / "gt"), "--pred", str(tmp_path / "pred")], capsys)
+    assert code == 0, cap.err
+    res = json.loads((tmp_path / "pred" / "results.json").read_text())
+    obj1 = next(r for r in res["objects"] if r["object"] == 1)
+    assert obj1["all"]["mean"] == 1.0  # void excluded: a perfect match
+    # void as background: frame 1 of object 1 is 20*25 / (20*25 + 4*64) (its box rows 10..29 miss the void rows)
+    inner = [20 * 25 / (20 * 25 + 4 * 64), 1.0]  # frames 1 and 2 after dropping the first and the last
+    assert obj1["drop-first-last"]["mean"] == pytest.approx(np.mean(inner))
+
+
+def test_a_failed_run_leaves_the_earlier_outputs_whole(tiny_model, synth_videos, tmp_path, capsys):
+    name = (synth_videos / "DAVIS" / "ImageSets" / "2017" / "train.txt").read_text().split()[0]
+    out = tmp_path / "out"
+    base = ["video", "--checkpoint", str(tiny_model.checkpoint), "--data", str(synth_videos), "--split", "train",
+            "--sequences", name, "--out", str(out), "--quiet"]  # fmt: skip
+    assert _run([*base, "--boxes", "gt"], capsys)[0] == 0
+    video = (out / "videos" / f"{name}.mp4").read_bytes()
+    masks = {p.name: p.read_bytes() for p in (out / "masks" / name).iterdir()}
+    bad = tmp_path / "bad"
+    shutil.copytree(synth_videos / "DAVIS" / "Annotations" / "480p", bad)
+    lab = np.array(Image.open(bad / name / "00003.png"))
+    lab[0, 0] = 99
+    save_label_png(bad / name / "00003.png", lab)
+    code, cap = _run([*base, "--boxes", f"masks:{bad}"], capsys)
+    assert code == 2 and "unknown object id(s) [99]" in cap.err
+    assert (out / "videos" / f"{name}.mp4").read_bytes() == video
+    assert {p.name: p.read_bytes() for p in (out / "masks" / name).iterdir()} == masks
+    assert not [p for p in out.rglob("*") if ".part" in p.name]
+    # and the predicted masks of a run are never read from the folder it writes them to
+    code, cap = _run([*base, "--boxes", f"masks:{out / 'masks'}"], capsys)
+    assert code == 2 and "would be overwritten" in cap.err

@@ -7,7 +7,7 @@ Table 2); ``slopekp video score``: score any folder of predicted DAVIS masks.
 
 DIR is a DAVIS folder (``JPEGImages/480p``, ``Annotations/480p``, ``ImageSets``; ``--split val`` by default) or a
 YouTube-VOS one (``<split>/meta.json``; ``--split train``, the split with every frame annotated).
-``slopekp data synth-video --out DIR`` makes SynthBirds videos in both layouts.
+``slopekp data synth-video --out DIR [--layout davis|youtubevos|both]`` makes SynthBirds videos.
 
 ``OUT/`` receives ``masks/<sequence>/<frame>.png`` (DAVIS format), ``videos/<sequence>.mp4`` (the frame with
 the textured reconstructions overlaid, beside the crops), ``results.json`` and ``results.md`` (J-Mean, J-Recall,
@@ -51,8 +51,9 @@ def register(sub) -> None:
     sc.add_argument("--split", default=None, help="the ground truth's split (default: val / train)")
     sc.add_argument("--sequences", nargs="+", default=None, help="only these sequences (default: all of the split)")
     sc.add_argument("--drop-first-last", action="store_true",
-                    help="print the official DAVIS 2017 convention (first and last frame dropped) instead of all "
-                         "frames; results.json holds both")  # fmt: skip
+                    help="print the official DAVIS 2017 semi-supervised convention (first and last frame dropped, "
+                         "void counted as background) instead of all frames with void excluded; results.json and "
+                         "results.md hold both")  # fmt: skip
     sc.add_argument("--out", default=None, help="where results.json and results.md go (default: PRED)")
     sc.set_defaults(func=_score)
 
@@ -65,8 +66,8 @@ def _print_summary(summary: dict, convention: str) -> None:
             print(f"{row['sequence']:24s} {row['object']:6d} {'(too few annotated frames)':>27s}")
             continue
         print(f"{row['sequence']:24s} {row['object']:6d} {s['mean']:8.3f} {s['recall']:9.3f} {s['decay']:+8.3f}")
-    if summary.get("partly_annotated"):
-        print(f"note: only the annotated frames are scored in {', '.join(summary['partly_annotated'])}")
+    if summary.get("not_scored"):
+        print(f"note: not scored (not annotated in every frame): {', '.join(summary['not_scored'])}")
     o = summary["overall"][convention]
     if o is not None:
         print(f"{'overall (' + convention + ')':31s} {o['mean']:8.3f} {o['recall']:9.3f} {o['decay']:+8.3f}")
@@ -77,23 +78,32 @@ def _video(args: argparse.Namespace) -> int:
 
     from slopekp.predict import Reconstructor
     from slopekp.utils import check_device_name
-    from slopekp.video.boxes import parse_box_spec
+    from slopekp.video.boxes import open_boxes, parse_box_spec
     from slopekp.video.online import run_sequence
     from slopekp.video.report import open_video_dataset, select_sequences, summarise, write_tables
 
     missing = [f"--{k}" for k in ("checkpoint", "data", "out") if not getattr(args, k)]
     if missing:
         raise ValueError(f"slopekp video needs {', '.join(missing)} (or `slopekp video score` to score masks)")
-    parse_box_spec(args.boxes)
+    kind, arg = parse_box_spec(args.boxes)
+    out = Path(args.out)
+    if kind == "masks":
+        src, dst = Path(arg).resolve(), (out / "masks").resolve()
+        if src == dst or dst in src.parents or src in dst.parents:
+            raise ValueError(f"--boxes masks:{arg} would be overwritten by the predicted masks in {out / 'masks'}; "
+                             "choose another --out")  # fmt: skip
     if not 0 <= args.smooth < 1:
         raise ValueError(f"--smooth must be in [0, 1), got {args.smooth}")
     check_device_name(args.device)
     dataset = open_video_dataset(args.data, args.split)
     names = select_sequences(dataset, args.sequences)
     rec = Reconstructor.from_checkpoint(args.checkpoint, device=args.device)
-    out = Path(args.out)
+    sequences = [dataset[n] for n in names]
+    for seq in sequences:  # bad input (a short video, a mask folder with missing frames ...) fails before any work
+        if len(seq) < 2:
+            raise ValueError(f"sequence {seq.name!r}: a video needs at least 2 frames, got {len(seq)}")
+        open_boxes(args.boxes, seq)
     out.mkdir(parents=True, exist_ok=True)
-    sequences = [dataset[n] for n in names]  # reads each one's folders: bad input fails before any work
     bar = tqdm(total=sum(len(s) for s in sequences), unit="frame", desc="video", disable=args.quiet,
                dynamic_ncols=True)  # fmt: skip
     results = []
@@ -126,7 +136,7 @@ def _score(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else pred
     meta = {"title": f"J scores of {pred}", "predictions": str(pred), "data": str(args.gt),
             "sequences": [r.name for r in results]}  # fmt: skip
-    jpath, _ = write_tables(out, summary, meta)
+    jpath, mpath = write_tables(out, summary, meta)
     _print_summary(summary, "drop-first-last" if args.drop_first_last else "all")
-    print(f"wrote {jpath} and results.md")
+    print(f"wrote {jpath} and {mpath}")
     return 0

@@ -9,11 +9,13 @@ definitions, without its limits).
   - J-Recall ``O = mean(v > 0.5)``: strict (0.5 is not recalled), NaN counts as a miss;
   - J-Decay ``D = nanmean(bin₀) − nanmean(bin₃)`` with ``ids = round_half_up(linspace(1, N, 5)) − 1`` and
     ``bin_i = v[ids[i] : ids[i+1] + 1]`` (ends inclusive; neighbouring bins share a frame). The toolkit casts
-    ``ids`` to uint8, so its bins are wrong beyond 256 frames; here they are integers of any size.
+    ``ids`` to uint8, so its bins are wrong from 256 frames on (NumPy 2, where ``ids[4] + 1`` wraps to 0; from 257
+    with NumPy 1); here they are integers of any size.
 
 * Frame conventions (:data:`FRAME_CONVENTIONS`): ``all`` scores every frame; ``drop-first-last`` drops the first and
   last frame, as the official DAVIS 2017 semi-supervised evaluation does (the first frame's mask is the input
-  there). Void pixels (255) are excluded from both counts when a void mask is given.
+  there). Void pixels (255) are excluded from both counts when a void mask is given (the official semi-supervised
+  evaluation gives none: it counts void as background; :mod:`slopekp.video` scores both ways).
 * :func:`aggregate`: the dataset's J-Mean, J-Recall and J-Decay are plain means over all objects of all sequences.
 """
 
@@ -102,5 +104,5 @@ def aggregate(stats: list[JStats]) -> JStats:
     if not stats:
         raise ValueError("no objects to aggregate")
     arr = np.array([[s.mean, s.recall, s.decay] for s in stats], dtype=np.float64)
-    m = np.nanmean(arr, axis=0) if np.isfinite(arr).any() else np.full(3, np.nan)
+    m = arr.mean(axis=0)  # as the toolkit: an object with a NaN statistic makes that figure NaN
     return JStats(float(m[0]), float(m[1]), float(m[2]), int(sum(s.frames for s in stats)))

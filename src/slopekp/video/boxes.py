@@ -137,7 +137,6 @@ class TrackerBoxes(BoxTrack):
             raise ValueError(f"OpenCV has no {kind.upper()} tracker here; install opencv-contrib-python-headless")
         self.kind = kind
         self.trackers: dict[int, object] = {}
-        self.lost: dict[int, int] = {}
 
     def step(self, t: int, frame: np.ndarray) -> dict[int, np.ndarray | None]:
         import cv2
@@ -173,7 +172,6 @@ class TrackerBoxes(BoxTrack):
             box = np.array([x, y, x + bw - 1, y + bh - 1], dtype=np.float64)
             inside = ok and bw > 1 and bh > 1 and box[2] >= 0 and box[3] >= 0 and box[0] <= w - 1 and box[1] <= h - 1
             out[i] = np.clip(box, 0, [w - 1, h - 1, w - 1, h - 1]) if inside else None
-            self.lost[i] = self.lost.get(i, 0) + (0 if inside else 1)
         return out
 
 

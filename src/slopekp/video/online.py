@@ -6,14 +6,16 @@ reconstruct → render the silhouette → paste it back at frame resolution → 
 (:meth:`slopekp.predict.Reconstructor.predict_crops`), and each object's mask is pasted into the frame. An object
 without a box in a frame (absent, or lost by the tracker) gets an empty mask there. What it writes, per sequence:
 
-* ``masks/<sequence>/<frame>.png``: the predicted masks in the DAVIS format (palette PNG, object ids; where two
-  objects' masks overlap, the one with the larger box is taken to be in front: weak-perspective crops say nothing
-  of depth between objects), so that the official toolkit can score them too;
+* ``masks/<sequence>/<frame>.png``: the predicted masks in the DAVIS format (palette PNG, object ids), which the
+  official toolkit can score too. Where two objects' masks overlap, the one with the larger box is taken to be in
+  front (weak-perspective crops say nothing of depth between objects). The folder is replaced whole when the
+  sequence is done: no frame of an earlier run stays, and a failed run leaves the earlier folder as it was;
 * ``videos/<sequence>.mp4``: the frame with the textured reconstructions overlaid and their boxes, beside the crops
-  the network saw (the paper's online figure);
+  the network saw (the first three; the paper's online figure), written only when complete;
 
-and returns each object's per-frame J against the ground truth (:mod:`slopekp.eval.video_metrics`; void pixels
-excluded; frames without an annotation are not scored).
+and returns each object's per-frame J against the ground truth (:mod:`slopekp.eval.video_metrics`), with void
+pixels excluded and, for the official 2017 convention, counted as background. A sequence that is not annotated in
+every frame (YouTube-VOS valid: a frame's PNG holds only the objects that start there) is not scored.
 
 **Temporal smoothing** (``smoothing = a`` in ``[0, 1)``, 0 = off, as in the paper): not in the paper. Each object's
 camera (in frame pixels, so that crops moving between frames do not matter) and shape are smoothed causally: the
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +39,7 @@ from slopekp.data.video import VideoSequence
 from slopekp.eval.video_metrics import JStats, region_similarity, sequence_statistics
 from slopekp.utils import atomic_write
 
-__all__ = ["ObjectResult", "SequenceResult", "Smoother", "run_sequence"]
+__all__ = ["ObjectResult", "SequenceResult", "Smoother", "run_sequence", "score_frame"]
 
 
 @dataclass
@@ -45,17 +48,38 @@ class ObjectResult:
 
     id: int
     j: np.ndarray
-    """``(T,)`` J per frame (NaN where the frame has no annotation)."""
+    """``(T,)`` J per frame, void pixels excluded (all NaN when the sequence is not scored)."""
     boxed: np.ndarray
     """``(T,)`` bool: the object had a box (and so a reconstruction) in that frame."""
+    j_void_as_background: np.ndarray | None = None
+    """``(T,)`` J per frame with void pixels counted as background (the official 2017 semi-supervised rule)."""
+
+    @property
+    def scored(self) -> bool:
+        return bool(np.isfinite(self.j).all())
 
     def statistics(self, convention: str = "all") -> JStats | None:
-        """J-Mean / Recall / Decay over the annotated frames, or None when too few are."""
-        v = self.j[np.isfinite(self.j)]
+        """J-Mean / Recall / Decay under ``convention``: ``all`` frames with void excluded, or ``drop-first-last``
+        with void counted as background, as the official DAVIS 2017 semi-supervised evaluation does. None when the
+        sequence is not scored or has too few frames."""
+        v = self.j if convention == "all" or self.j_void_as_background is None else self.j_void_as_background
+        if not self.scored:
+            return None
         try:
             return sequence_statistics(v, convention)
         except ValueError:
             return None
+
+
+def score_frame(gt, labels: np.ndarray) -> dict[int, tuple[float, float]]:
+    """Each object's J in one frame: ``gt`` a :class:`slopekp.data.video.FrameMasks`, ``labels`` the predicted
+    ``(H, W)`` ids → ``{id: (J with void excluded, J with void as background)}``."""
+    void = gt.void.numpy()
+    out = {}
+    for k, i in enumerate(gt.object_ids):
+        g, p = gt.masks[k].numpy() > 0.5, labels == i
+        out[i] = (region_similarity(g, p, void), region_similarity(g, p))
+    return out
 
 
 @dataclass
@@ -149,10 +173,14 @@ class _VideoWriter:
                 raise OSError(f"{self.path}: OpenCV cannot write MP4 video here")
         self.writer.write(np.ascontiguousarray(frame[..., ::-1]))
 
-    def close(self) -> None:
+    def close(self, ok: bool = True) -> None:
+        """Finish the file (``ok``) or throw the partial one away: the final path only ever holds a whole video."""
         if self.writer is not None:
             self.writer.release()
-            self.tmp.replace(self.path)  # complete files only
+            if ok:
+                self.tmp.replace(self.path)
+            else:
+                self.tmp.unlink(missing_ok=True)
 
 
 def _figure_frame(frame: np.ndarray, overlays: list[np.ndarray], boxes: list[np.ndarray], crops: list[np.ndarray],
@@ -215,11 +243,18 @@ def run_sequence(
     smoother = Smoother(smoothing)
     ids = sequence.object_ids
     T = len(sequence)
-    j = {i: np.full(T, np.nan) for i in ids}
+    j = {i: np.full((2, T), np.nan) for i in ids}
+    scored = all(sequence.annotated)  # a partly annotated split (YouTube-VOS valid) cannot be scored
     boxed = {i: np.zeros(T, bool) for i in ids}
     out = Path(out_dir) if out_dir is not None else None
     writer = _VideoWriter(out / "videos" / f"{sequence.name}.mp4") if (out is not None and video) else None
+    if out is not None:  # the sequence's masks go to a fresh folder that replaces the old one when complete
+        final_masks = out / "masks" / sequence.name
+        part_masks = out / "masks" / f".{sequence.name}.part"
+        shutil.rmtree(part_masks, ignore_errors=True)
+        part_masks.mkdir(parents=True)
     t0 = time.perf_counter()
+    done = False
     try:
         for t in range(T):
             frame = (sequence.load_image(t).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
@@ -251,19 +286,23 @@ def run_sequence(
             for i in sorted(masks, key=lambda k: area[k]):  # the larger box (taken as nearer) is painted last
                 labels[masks[i]] = i
             if out is not None:
-                _save_labels(out / "masks" / sequence.name / f"{sequence.frame_names[t]}.png", labels)
-            if sequence.annotated[t]:
-                gt = sequence.load_masks(t)
-                void = gt.void.numpy()
-                for k, i in enumerate(gt.object_ids):
-                    j[i][t] = region_similarity(gt.masks[k].numpy() > 0.5, labels == i, void)
+                _save_labels(part_masks / f"{sequence.frame_names[t]}.png", labels)
+            if scored:
+                for i, both in score_frame(sequence.load_masks(t), labels).items():
+                    j[i][:, t] = both
             if writer is not None:
                 writer.write(_figure_frame(frame, overlays, [found[i] for i in present],
                                            [c.image for c in crops], video_height))  # fmt: skip
             if progress is not None:
                 progress.update(1)
+        if out is not None:
+            shutil.rmtree(final_masks, ignore_errors=True)  # no stale frames of an earlier run stay
+            part_masks.replace(final_masks)
+        done = True
     finally:
         if writer is not None:
-            writer.close()
+            writer.close(ok=done)
+        if out is not None and not done:
+            shutil.rmtree(part_masks, ignore_errors=True)
     seconds = time.perf_counter() - t0
-    return SequenceResult(sequence.name, T, [ObjectResult(i, j[i], boxed[i]) for i in ids], seconds)
+    return SequenceResult(sequence.name, T, [ObjectResult(i, j[i][0], boxed[i], j[i][1]) for i in ids], seconds)

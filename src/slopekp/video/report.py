@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from slopekp.eval.video_metrics import FRAME_CONVENTIONS, aggregate, region_similarity
+from slopekp.eval.video_metrics import FRAME_CONVENTIONS, aggregate
 from slopekp.utils import atomic_save_json, atomic_write
-from slopekp.video.online import ObjectResult, SequenceResult
+from slopekp.video.online import ObjectResult, SequenceResult, score_frame
 
 __all__ = ["PAPER_TABLE2", "open_video_dataset", "score_mask_folder", "summarise", "write_tables"]
 
@@ -44,8 +44,9 @@ def open_video_dataset(root: str | Path, split: str | None = None):
         raise ValueError(f"{root}: not a folder")
     if (root / "JPEGImages" / "480p").is_dir() or (root / "DAVIS" / "JPEGImages").is_dir():
         return DavisDataset(root, split=split or "val")
-    if (root / "meta.json").is_file() or any((root / s / "meta.json").is_file() for s in ("train", "valid")):
-        return YouTubeVOSDataset(root, split=split or "train")
+    for yt in (root, root / "youtubevos"):  # `slopekp data synth-video --layout youtubevos` writes DIR/youtubevos
+        if (yt / "JPEGImages").is_dir() or any((yt / s / "JPEGImages").is_dir() for s in ("train", "valid")):
+            return YouTubeVOSDataset(yt, split=split or "train")
     raise ValueError(
         f"{root}: neither DAVIS (JPEGImages/480p, Annotations/480p, ImageSets) nor YouTube-VOS (<split>/meta.json, "
         "JPEGImages, Annotations)"
@@ -72,20 +73,20 @@ def summarise(results: list[SequenceResult]) -> dict[str, Any]:
                 s = obj.statistics(conv)
                 if s is not None:
                     stats.append(s)
-        overall[conv] = aggregate(stats).as_dict() if stats else None
+        overall[conv] = {**aggregate(stats).as_dict(), "objects": len(stats)} if stats else None
     for seq in results:
         for obj in seq.objects:
             row = {"sequence": seq.name, "object": obj.id, "frames": int(seq.frames),
-                   "frames_with_box": int(obj.boxed.sum()), "frames_scored": int(np.isfinite(obj.j).sum())}  # fmt: skip
+                   "frames_with_box": int(obj.boxed.sum()), "scored": obj.scored}  # fmt: skip
             for conv in FRAME_CONVENTIONS:
                 s = obj.statistics(conv)
                 row[conv] = None if s is None else s.as_dict()
             objects.append(row)
     frames = sum(r.frames for r in results)
     seconds = sum(r.seconds for r in results)
-    partial = sorted({row["sequence"] for row in objects if row["frames_scored"] < row["frames"]})
+    unscored = sorted({row["sequence"] for row in objects if not row["scored"]})
     return {"objects": objects, "overall": overall, "frames": frames,
-            "fps": frames / seconds if seconds > 0 else None, "partly_annotated": partial}  # fmt: skip
+            "fps": frames / seconds if seconds > 0 else None, "not_scored": unscored}  # fmt: skip
 
 
 def _fmt(s: dict | None) -> str:
@@ -104,24 +105,27 @@ def write_tables(out: str | Path, summary: dict[str, Any], meta: dict[str, Any])
             lines.append(f"- {k}: {', '.join(map(str, v)) if isinstance(v, list) else v}")
     if summary.get("fps"):
         lines.append(f"- speed: {summary['fps']:.1f} frames per second ({summary['frames']} frames)")
-    lines += ["", "J-Mean ↑ | J-Recall ↑ | J-Decay ↓ over all objects (void pixels excluded):", "",
-              "| frames | J-Mean | J-Recall | J-Decay |", "| --- | --- | --- | --- |"]  # fmt: skip
+    lines += ["", "J-Mean ↑ | J-Recall ↑ | J-Decay ↓, the mean over objects (`all`: every frame, void pixels excluded; "
+              "`drop-first-last`: the official DAVIS 2017 semi-supervised rule, first and last frame dropped, void "
+              "counted as background):", "",
+              "| frames | objects | J-Mean | J-Recall | J-Decay |", "| --- | --- | --- | --- | --- |"]  # fmt: skip
     for conv in FRAME_CONVENTIONS:
-        lines.append(f"| {conv} | {_fmt(summary['overall'][conv])} |")
+        o = summary["overall"][conv]
+        lines.append(f"| {conv} | {0 if o is None else o['objects']} | {_fmt(o)} |")
     head = meta.get("head")
     if head in PAPER_TABLE2:
         m, r, d = PAPER_TABLE2[head]
-        lines.append(f"| paper, Table 2 ({head}; YouTube-VOS + DAVIS, LWL boxes) | {m:.2f} | {r:.2f} | {d:.3f} |")
-    if summary.get("partly_annotated"):
-        lines += ["", f"Only the annotated frames are scored in {', '.join(summary['partly_annotated'])} (a split "
-                  "without full annotations, such as YouTube-VOS valid): those numbers say little."]  # fmt: skip
-    lines += ["", "| sequence | object | frames (with a box, scored) | J-Mean | J-Recall | J-Decay | "
+        lines.append(f"| paper, Table 2 ({head}; YouTube-VOS + DAVIS, LWL boxes) | | {m:.2f} | {r:.2f} | {d:.3f} |")
+    if summary.get("not_scored"):
+        lines += ["", f"Not scored: {', '.join(summary['not_scored'])} (not annotated in every frame, as in "
+                  "YouTube-VOS valid, whose PNGs hold only the objects that start in them)."]  # fmt: skip
+    lines += ["", "| sequence | object | frames (with a box) | J-Mean | J-Recall | J-Decay | "
               "J-Mean (first and last dropped) |", "| --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
     for row in summary["objects"]:
         d = row["drop-first-last"]
         dropped = "–" if d is None else f"{d['mean']:.3f}"
-        lines.append(f"| {row['sequence']} | {row['object']} | {row['frames']} ({row['frames_with_box']}, "
-                     f"{row['frames_scored']}) | {_fmt(row['all'])} | {dropped} |")  # fmt: skip
+        lines.append(f"| {row['sequence']} | {row['object']} | {row['frames']} ({row['frames_with_box']}) | "
+                     f"{_fmt(row['all'])} | {dropped} |")  # fmt: skip
     with atomic_write(mpath, "w") as f:
         f.write("\n".join(lines) + "\n")
     return jpath, mpath
@@ -150,15 +154,13 @@ def score_mask_folder(dataset, pred_dir: str | Path, sequences: list[str] | None
             raise ValueError(f"sequence {name!r}: scoring needs an annotation for every frame")
         pred = MaskFolderBoxes(seq, pred_dir)  # checks that every frame has its PNG first
         T, ids = len(seq), seq.object_ids
-        j = {i: np.full(T, np.nan) for i in ids}
+        j = {i: np.full((2, T), np.nan) for i in ids}
         present = {i: np.zeros(T, bool) for i in ids}
         for t in range(T):
             gt = seq.load_masks(t)
             labels = pred.labels(t, tuple(gt.void.shape))
-            void = gt.void.numpy()
-            for k, i in enumerate(gt.object_ids):
-                m = labels == i
-                present[i][t] = bool(m.any())
-                j[i][t] = region_similarity(gt.masks[k].numpy() > 0.5, m, void)
-        results.append(SequenceResult(name, T, [ObjectResult(i, j[i], present[i]) for i in ids]))
+            for i, both in score_frame(gt, labels).items():
+                present[i][t] = bool((labels == i).any())
+                j[i][:, t] = both
+        results.append(SequenceResult(name, T, [ObjectResult(i, j[i][0], present[i], j[i][1]) for i in ids]))
     return results
