@@ -5,7 +5,9 @@ backward is ``loss.backward()`` of a random linear function of the outputs w.r.t
 texture for ``rgb`` cases); 0 for hard mode), ``peak_mb`` (CPU: peak resident-set growth of a fresh subprocess
 per case, ``ru_maxrss`` at the end minus the RSS before the warm-up, so it covers warm-up and timed runs;
 CUDA: ``torch.cuda.max_memory_allocated`` growth), ``threads`` (``torch.get_num_threads()``), ``renders``,
-``image``, ``faces``, ``device``.
+``image``, ``faces``, ``device``, ``fused`` (``RenderSettings.fused``), and from one more forward + backward under
+``torch.profiler``: ``kernels`` and ``gpu_busy_s`` (the CUDA kernels launched and their summed duration) on CUDA,
+``aten_ops`` (the operators called) on the CPU.
 
 Cases: ``soft16_64`` / ``soft16_128`` (16 level-3 icospheres, 642 verts / 1280 faces, sigma 1e-4, random
 views), ``multiplex12x40_64`` (12 meshes x 40 cameras of the bird template, the real U-CMR one when
@@ -13,7 +15,8 @@ views), ``multiplex12x40_64`` (12 meshes x 40 cameras of the bird template, the 
 ``rgb16_64`` (soft RGB from a 128 x 256 UV image per mesh, the soft16_64 meshes and views; backward also w.r.t.
 the texture).
 
-Usage: ``python benchmarks/render.py [--cases soft16_64,hard16_256] [--runs 5] [--device cpu] [--threads N]``
+Usage: ``python benchmarks/render.py [--cases soft16_64,hard16_256] [--runs 5] [--device cpu] [--threads N]
+[--fused off|auto|on]`` (on a GPU, run it twice, ``--fused off`` and ``--fused on``, to compare the two paths).
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ def _random_cameras(n: int, gen, torch, scale=(0.6, 0.9)):
     return torch.cat([s, t, q], 1)
 
 
-def _setup(case: str, device, torch):
+def _setup(case: str, device, torch, fused: str = "off"):
     from slopekp.mesh import icosphere, load_template
     from slopekp.render import Renderer, RenderSettings
 
@@ -69,19 +72,37 @@ def _setup(case: str, device, torch):
         extra = {}
         if mode == "rgb":
             extra = {"uv_image": torch.rand(16, 3, 128, 256, generator=gen), "verts_uv": tpl.verts_uv}
-    renderer = Renderer(RenderSettings(image_size=size, sigma=1e-4))
+    renderer = Renderer(RenderSettings(image_size=size, sigma=1e-4, fused=fused))
     verts = verts.to(device)
     extra = {k: v.to(device) for k, v in extra.items()}
     return renderer, verts, tpl.faces.to(device), cams.to(device), mode, extra
 
 
-def _run_case(case: str, runs: int, device_name: str, threads: int | None, out_q) -> None:
+def _count_launches(step, torch, cuda: bool) -> dict:
+    """One profiled ``step()``: CUDA kernels launched and the GPU's busy time (on CUDA), or the aten operators
+    called (on the CPU, where each is a launch of its own)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=acts) as prof:
+        step()
+        if cuda:
+            torch.cuda.synchronize()
+    events = prof.events()
+    if cuda:
+        kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
+        busy = sum(getattr(e, "device_time", 0.0) or getattr(e, "cuda_time", 0.0) for e in kernels) / 1e6
+        return {"kernels": len(kernels), "gpu_busy_s": round(busy, 6)}
+    return {"aten_ops": sum(1 for e in events if e.name.startswith("aten::"))}
+
+
+def _run_case(case: str, runs: int, device_name: str, threads: int | None, out_q, fused: str = "off") -> None:
     import torch
 
     if threads:
         torch.set_num_threads(threads)
     device = torch.device(device_name)
-    renderer, verts, faces, cams, mode, extra = _setup(case, device, torch)
+    renderer, verts, faces, cams, mode, extra = _setup(case, device, torch, fused)
     cuda = device.type == "cuda"
 
     def sync():
@@ -118,6 +139,15 @@ def _run_case(case: str, runs: int, device_name: str, threads: int | None, out_q
         peak = (torch.cuda.max_memory_allocated() - base_cuda) / 2**20
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base_rss
+
+    def step():
+        v = verts.clone().requires_grad_(mode != "hard")
+        out = renderer(v, faces, cams, mode=mode, **extra)
+        if mode != "hard":
+            loss = out.alpha.sum() + (out.rgb.sum() if out.rgb is not None else 0)
+            loss.backward()
+
+    launches = _count_launches(step, torch, cuda)
     out_q.put(
         {
             "case": case,
@@ -132,6 +162,8 @@ def _run_case(case: str, runs: int, device_name: str, threads: int | None, out_q
             "faces": int(faces.shape[0]),
             "device": str(device),
             "runs": runs,
+            "fused": fused,
+            **launches,
         }
     )
 
@@ -142,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=int, default=5, help="timed runs per case (after one warm-up)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    p.add_argument("--fused", default="off", choices=("off", "auto", "on"),
+                   help="RenderSettings.fused: the silhouette's Triton kernels (CUDA; 'on' forces them)")  # fmt: skip
     args = p.parse_args(argv)
     cases = [c for c in args.cases.split(",") if c]
     bad = [c for c in cases if c not in CASES]
@@ -152,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     ctx = mp.get_context("spawn")
     for case in cases:
         q = ctx.Queue()
-        proc = ctx.Process(target=_run_case, args=(case, args.runs, args.device, args.threads, q))
+        proc = ctx.Process(target=_run_case, args=(case, args.runs, args.device, args.threads, q, args.fused))
         proc.start()
         result = q.get()
         proc.join()

@@ -8,6 +8,12 @@ from pathlib import Path
 
 import pytest
 
+# Triton decides between compiling and interpreting when it is first imported, and torch may import it while the
+# test modules are collected: the fused renderer's tests (tests/render/test_fused.py) run it under its interpreter
+# on the CPU, so say so before anything loads. TRITON_INTERPRET=0 (set by the caller) tests the compiled kernels
+# on CUDA instead.
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
 # isort: off
 import slopekp  # noqa: F401  -- sets OMP_WAIT_POLICY before torch loads OpenMP (see slopekp/__init__.py)
 import torch

@@ -611,6 +611,7 @@ def soft_rasterize(
     double_sided: bool = True,
     max_pairs: int = 2_000_000,
     return_pairs: bool = False,
+    fused: str = "off",
 ) -> tuple[Tensor, SoftPairs | None]:
     """Soft silhouette of ``N`` projected meshes sharing ``faces`` (SoftRas ``prod`` aggregation).
 
@@ -624,6 +625,8 @@ def soft_rasterize(
         double_sided: if False, back-facing faces (``A > 0``) are culled.
         max_pairs: bound on the face-pixel pairs evaluated in one dense block.
         return_pairs: also return the kept pairs (``SoftPairs``) for RGB aggregation.
+        fused: ``off``, ``auto`` or ``on``: the silhouette alone (no pairs) in the fused Triton kernels of
+            :mod:`slopekp.render.fused` (:func:`~slopekp.render.fused.fused_available` decides).
 
     Returns:
         ``(log_transmittance, pairs)``: ``log_transmittance: (N, H, W)`` = ``sum_j log(1 - D_j)`` (so
@@ -633,6 +636,14 @@ def soft_rasterize(
     _check_screen(screen_verts, faces, height, width)
     radius = soft_cutoff_radius(sigma, eps)
     fxy, fz, area2 = _face_tensors(screen_verts, faces)
+    if fused != "off" and not return_pairs:
+        from slopekp.render.fused import fused_available, fused_soft_silhouette
+
+        if fused_available(screen_verts.device, fused):
+            log_t = fused_soft_silhouette(fxy, fz.detach(), area2.detach(), n_images=screen_verts.shape[0],
+                                          height=height, width=width, sigma=sigma, eps=eps, near=near, far=far,
+                                          double_sided=double_sided)  # fmt: skip
+            return log_t.view(screen_verts.shape[0], height, width), None
     plan = _plan(
         fxy.detach(), fz.detach(), area2.detach(), faces_per_image=faces.shape[0], height=height, width=width,
         radius=radius, near=near, far=far, double_sided=double_sided, max_pairs=max_pairs,

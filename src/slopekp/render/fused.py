@@ -1,0 +1,172 @@
+"""A fused soft silhouette in Triton: one kernel launch for the forward pass and one for the backward pass,
+instead of the candidate-pair path's many small launches (issue 13).
+
+**Status: built and tested under Triton's interpreter only** (``TRITON_INTERPRET=1`` on the CPU, against
+:func:`slopekp.render.rasterize.soft_rasterize` on values and gradients). It has not been timed on a GPU, so it
+is off by default: ``RenderSettings(fused="off")``. ``fused="on"`` forces it (CUDA, or the interpreter);
+``fused="auto"`` uses it on CUDA when Triton imports and a self-check against the pure-PyTorch path passes at
+first use (:func:`fused_available`). The pure-PyTorch path stays the reference and the CPU path. The RGB
+aggregation and the hard z-buffer have no fused path yet.
+
+Kernel (the same maths as ``rasterize.py``'s silhouette, which documents it): one program per image and
+``TILE × TILE`` pixel tile. It walks the image's faces in chunks of ``FB``; a chunk none of whose faces' windows
+(bounding box grown by the cut-off radius) touch the tile is skipped after loading its windows, and the others
+are evaluated as a dense ``(pixels, FB)`` block: the signed distance to the triangle, the cut-off and the
+``[near, far]`` test on the clamped-barycentric depth, then ``sum log(1 - D)``. The backward program recomputes
+the same block (nothing is stored between the passes) and adds each face's corner gradients
+``-2 Σ c·β_v·(p − q)`` with atomics. Work is ``N · tiles · F/FB`` chunk tests plus the dense blocks of the chunks
+that touch a tile; PyTorch3D's coarse binning and 3D Gaussian splatting's tile sorting would cut the chunk tests,
+and are the next step once GPU timings say where the time goes.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+from torch import Tensor
+
+__all__ = ["FUSED_MODES", "fused_available", "fused_soft_silhouette", "triton_available"]
+
+FUSED_MODES = ("off", "auto", "on")
+TILE = 8
+FACE_BLOCK = 32
+
+
+@functools.cache
+def triton_available() -> bool:
+    """Triton imports (it ships with PyTorch's CUDA builds; ``pip install triton`` for the interpreter)."""
+    try:
+        import triton  # noqa: F401
+    except Exception:  # noqa: BLE001 -- any import failure means: not available
+        return False
+    return True
+
+
+def interpreting() -> bool:
+    """Triton's interpreter is on (``TRITON_INTERPRET=1``): kernels run on the CPU, for tests."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def _kernels():
+    from slopekp.render import _triton_kernels as k
+
+    return k.silhouette_forward, k.silhouette_backward
+
+
+def _face_data(fxy: Tensor, fz: Tensor, area2: Tensor, height: int, width: int, radius: float, near: float,
+               far: float, double_sided: bool) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """``table (10, G)``: corner x (3), y (3), depth (3), ``1/A``; ``windows (4, G)`` int32: the pixel window
+    ``col0, col1, row0, row1`` of each live face (bounding box grown by ``radius``); ``col1 = row1 = -1`` for dead
+    faces (zero area, wholly outside ``[near, far]``, culled, or off the image)."""
+    with torch.no_grad():
+        lo = torch.minimum(torch.minimum(fxy[:, 0], fxy[:, 1]), fxy[:, 2])
+        hi = torch.maximum(torch.maximum(fxy[:, 0], fxy[:, 1]), fxy[:, 2])
+        zlo = torch.minimum(torch.minimum(fz[0], fz[1]), fz[2])
+        zhi = torch.maximum(torch.maximum(fz[0], fz[1]), fz[2])
+        col0 = torch.ceil(((lo[0] - radius + 1) * width - 1) / 2).clamp(min=0, max=width)
+        col1 = torch.floor(((hi[0] + radius + 1) * width - 1) / 2).clamp(min=-1, max=width - 1)
+        row0 = torch.ceil(((lo[1] - radius + 1) * height - 1) / 2).clamp(min=0, max=height)
+        row1 = torch.floor(((hi[1] + radius + 1) * height - 1) / 2).clamp(min=-1, max=height - 1)
+        live = (area2 != 0) & (zhi >= near) & (zlo <= far) & torch.isfinite(area2)
+        if not double_sided:
+            live &= area2 < 0
+        # a dead face, or one whose window is empty: col1 = row1 = -1, below every tile (an empty interval
+        # [col0, col0 - 1] would still pass the kernel's overlap test against a tile that contains col0)
+        dead = ~live | (col1 < col0) | (row1 < row0)
+        col1 = torch.where(dead, -1.0, col1)
+        row1 = torch.where(dead, -1.0, row1)
+        windows = torch.stack([col0, col1, row0, row1]).to(torch.int32).contiguous()
+        inv_a = torch.where(area2 != 0, 1.0 / torch.where(area2 != 0, area2, torch.ones_like(area2)), 0.0)
+        table = torch.cat([fxy[0], fxy[1], fz, inv_a[None]]).contiguous()
+    return table, windows
+
+
+class _FusedSilhouette(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, fxy, fz, area2, n_images, height, width, sigma, radius, near, far, double_sided):
+        fwd, _ = _kernels()
+        table, windows = _face_data(fxy.detach(), fz.detach(), area2.detach(), height, width, radius, near, far,
+                                    double_sided)  # fmt: skip
+        G = table.shape[1]
+        F = G // n_images
+        out = table.new_empty(n_images * height * width)
+        grid = (n_images, triton_cdiv(height, TILE), triton_cdiv(width, TILE))
+        fwd[grid](table, windows, out, G, F, height, width, radius * radius, 1.0 / sigma, near, far,
+                  TILE=TILE, FB=FACE_BLOCK)  # fmt: skip
+        ctx.save_for_backward(table, windows)
+        ctx.args = (n_images, height, width, radius, sigma, near, far)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        _, bwd = _kernels()
+        table, windows = ctx.saved_tensors
+        n_images, height, width, radius, sigma, near, far = ctx.args
+        G = table.shape[1]
+        grad = table.new_zeros(G, 3, 2)
+        grid = (n_images, triton_cdiv(height, TILE), triton_cdiv(width, TILE))
+        bwd[grid](table, windows, grad_out.contiguous(), grad, G, G // n_images, height, width, radius * radius,
+                  1.0 / sigma, near, far, TILE=TILE, FB=FACE_BLOCK)  # fmt: skip
+        return grad.permute(2, 1, 0).contiguous(), None, None, None, None, None, None, None, None, None, None
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def fused_soft_silhouette(
+    fxy: Tensor, fz: Tensor, area2: Tensor, *, n_images: int, height: int, width: int, sigma: float, eps: float,
+    near: float, far: float, double_sided: bool = True,
+) -> Tensor:
+    """``sum_j log(1 - D_j)`` per pixel, ``(N·H·W,)``: :func:`slopekp.render.rasterize.soft_rasterize`'s
+    silhouette from its face tensors (``fxy (2, 3, G)``, ``fz (3, G)``, ``area2 (G,)``; differentiable w.r.t.
+    ``fxy``), in two Triton kernels (module docstring)."""
+    from slopekp.render.rasterize import soft_cutoff_radius
+
+    radius = soft_cutoff_radius(sigma, eps)
+    return _FusedSilhouette.apply(fxy, fz, area2, n_images, height, width, sigma, radius, near, far, double_sided)
+
+
+@functools.cache
+def _self_check(device_type: str, index: int | None) -> bool:
+    """The fused silhouette agrees with the pure-PyTorch one (values and gradients) on a small case on this
+    device."""
+    from slopekp.mesh import icosphere
+    from slopekp.render.rasterize import _face_tensors, soft_rasterize
+
+    device = torch.device(device_type, index) if index is not None else torch.device(device_type)
+    ico = icosphere(1)
+    g = torch.Generator().manual_seed(0)
+    verts = (ico.verts[None] * 0.6 + 0.05 * torch.randn(2, ico.num_verts, 3, generator=g)).to(device)
+    verts[..., 2] += 5.0
+    verts.requires_grad_(True)
+    faces = ico.faces.to(device)
+    kw = dict(height=24, width=20, sigma=1e-3, eps=1e-3, near=1.0, far=100.0)
+    ref, _ = soft_rasterize(verts, faces, **kw)
+    (gref,) = torch.autograd.grad(ref.sin().sum(), verts)
+    fxy, fz, area2 = _face_tensors(verts, faces)
+    got = fused_soft_silhouette(fxy, fz, area2, n_images=2, **kw).view_as(ref)
+    (ggot,) = torch.autograd.grad(got.sin().sum(), verts)
+    return bool(torch.allclose(got, ref, atol=1e-4, rtol=1e-4) and torch.allclose(ggot, gref, atol=1e-3, rtol=1e-3))
+
+
+def fused_available(device: torch.device, mode: str) -> bool:
+    """Whether ``soft_rasterize`` takes the fused path on ``device`` under ``mode`` (:data:`FUSED_MODES`).
+
+    Raises:
+        ValueError: ``mode="on"`` where the fused path cannot run (no Triton, or neither CUDA nor the interpreter).
+    """
+    if mode == "off":
+        return False
+    runnable = triton_available() and (device.type == "cuda" or (interpreting() and device.type == "cpu"))
+    if mode == "on":
+        if not runnable:
+            raise ValueError("RenderSettings.fused='on' needs Triton and a CUDA device (or TRITON_INTERPRET=1 on "
+                             "the CPU); use 'auto' or 'off'")  # fmt: skip
+        return True
+    if mode != "auto":
+        raise ValueError(f"RenderSettings.fused must be one of {FUSED_MODES}, got {mode!r}")
+    return device.type == "cuda" and runnable and _self_check(device.type, device.index)
+
