@@ -12,7 +12,7 @@ python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', tr
 TRITON_INTERPRET=0 timeout 120 python3 -m pytest -q --device cuda -p no:cacheprovider tests/render/test_fused.py \
     2>&1 | tee "$OUT/fused_cuda.log" | tail -5
 timeout 150 python3 -m pytest -q --device cuda -n 8 -p no:cacheprovider 2>&1 | tee "$OUT/pytest_cuda.log" | tail -8
-for fused in off on; do
+for fused in never always; do
     timeout 90 python3 benchmarks/render.py --device cuda --runs 10 --fused $fused | tee "$OUT/render_cuda_$fused.jsonl"
 done
 timeout 90 python3 benchmarks/multiplex.py --device cuda --runs 2 | tee "$OUT/multiplex_cuda.jsonl"

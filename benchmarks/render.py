@@ -16,7 +16,8 @@ views), ``multiplex12x40_64`` (12 meshes x 40 cameras of the bird template, the 
 the texture).
 
 Usage: ``python benchmarks/render.py [--cases soft16_64,hard16_256] [--runs 5] [--device cpu] [--threads N]
-[--fused off|auto|on]`` (on a GPU, run it twice, ``--fused off`` and ``--fused on``, to compare the two paths).
+[--fused never|auto|always]`` (on a GPU, run it twice, ``--fused never`` and ``--fused always``, to compare
+the two paths).
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def _random_cameras(n: int, gen, torch, scale=(0.6, 0.9)):
     return torch.cat([s, t, q], 1)
 
 
-def _setup(case: str, device, torch, fused: str = "off"):
+def _setup(case: str, device, torch, fused: str = "never"):
     from slopekp.mesh import icosphere, load_template
     from slopekp.render import Renderer, RenderSettings
 
@@ -96,7 +97,7 @@ def _count_launches(step, torch, cuda: bool) -> dict:
     return {"aten_ops": sum(1 for e in events if e.name.startswith("aten::"))}
 
 
-def _run_case(case: str, runs: int, device_name: str, threads: int | None, out_q, fused: str = "off") -> None:
+def _run_case(case: str, runs: int, device_name: str, threads: int | None, out_q, fused: str = "never") -> None:
     import torch
 
     if threads:
@@ -174,8 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=int, default=5, help="timed runs per case (after one warm-up)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
-    p.add_argument("--fused", default="off", choices=("off", "auto", "on"),
-                   help="RenderSettings.fused: the silhouette's Triton kernels (CUDA; 'on' forces them)")  # fmt: skip
+    p.add_argument("--fused", default="never", choices=("never", "auto", "always"),
+                   help="RenderSettings.fused: the silhouette's Triton kernels (CUDA; always: forced)")  # fmt: skip
     args = p.parse_args(argv)
     cases = [c for c in args.cases.split(",") if c]
     bad = [c for c in cases if c not in CASES]

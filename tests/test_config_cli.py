@@ -149,3 +149,24 @@ def test_config_from_yaml_round_trips_and_names_its_source():
         config_from_yaml("train:\n  lr: -1\n", "run.pt (its config)")
     with pytest.raises(ConfigError, match=r"^run.pt: .*nope"):
         config_from_yaml("train:\n  nope: 1\n", "run.pt")
+
+
+def test_render_fused_setting_is_checked_passed_on_and_left_out_of_manifests(tmp_path, monkeypatch):
+    from slopekp.config import ConfigError, load_config
+    from slopekp.train import stage1, stage2
+    from slopekp.train.stage1 import build_stage1_renderer, stage1_manifest
+    from slopekp.train.stage2 import build_renderer, stage2_manifest
+
+    with pytest.raises(ConfigError, match="render.fused must be one of never, auto, always"):
+        load_config(overrides=["render.fused=maybe"])
+    off, on = load_config(), load_config(overrides=["render.fused=always"])
+    assert build_stage1_renderer(on).settings.fused == "always" and build_renderer(on).settings.fused == "always"
+    assert build_stage1_renderer(off).settings.fused == "never"
+    # a speed setting: a run made without it resumes with it
+    for mod in (stage1, stage2):
+        monkeypatch.setattr(mod, "cmr_data_fingerprint", lambda *a, **k: {"fingerprint": "data"})
+    assert "render.fused" not in stage1_manifest(on, tmp_path, "fp").settings
+    store = tmp_path / "m.npz"
+    store.write_bytes(b"x")
+    s_off = stage2_manifest(off, tmp_path, store, "fp").settings
+    assert s_off == stage2_manifest(on, tmp_path, store, "fp").settings and "render.sigma" in s_off

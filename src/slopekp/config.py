@@ -53,6 +53,9 @@ class RenderConfig:
     """Depth offset added to weak-perspective depth (METHOD §2.1)."""
     near: float = 1.0
     far: float = 100.0
+    fused: str = "never"
+    """The soft silhouette's fused Triton kernels (:mod:`slopekp.render.fused`): ``never`` (default until they are
+    timed on a GPU), ``auto`` (on CUDA after a self-check) or ``always``. Speed only: left out of run manifests."""
 
 
 @dataclass
@@ -367,6 +370,8 @@ def validate_config(cfg: Config) -> None:
     for a, b in ORDERED:
         if not _get(cfg, a) < _get(cfg, b):
             raise ConfigError(f"{a} must be < {b} ({_get(cfg, b)!r}), got {_get(cfg, a)!r}")
+    if cfg.render.fused not in ("never", "auto", "always"):
+        raise ConfigError(f"render.fused must be one of never, auto, always, got {cfg.render.fused!r}")
     try:
         check_device_name(cfg.device)
     except ValueError as e:

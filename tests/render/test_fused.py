@@ -36,7 +36,7 @@ def _meshes(template, n: int, dtype, seed: int, z: float = 5.0, device="cpu"):
 def _compare(verts, faces, *, atol, rtol, **kw):
     faces = faces.to(verts.device)
     ref, _ = soft_rasterize(verts, faces, **kw)
-    got, _ = soft_rasterize(verts, faces, fused="on", **kw)
+    got, _ = soft_rasterize(verts, faces, fused="always", **kw)
     torch.testing.assert_close(got, ref, atol=atol, rtol=rtol)
     w = torch.randn(ref.shape, generator=torch.Generator().manual_seed(3), dtype=ref.dtype).to(ref.device)
     (g_ref,) = torch.autograd.grad((ref * w).sum(), verts)
@@ -90,11 +90,11 @@ def test_renderer_setting_and_modes(dev):
     cams[:, 3:] = torch.nn.functional.normalize(cams[:, 3:], dim=1)
     v, f, cams = ico.verts.double().to(dev), ico.faces.to(dev), cams.to(dev)
     ref = Renderer(RenderSettings(image_size=16))(v, f, cams).alpha
-    got = Renderer(RenderSettings(image_size=16, fused="on"))(v, f, cams).alpha
+    got = Renderer(RenderSettings(image_size=16, fused="always"))(v, f, cams).alpha
     torch.testing.assert_close(got, ref, atol=1e-10, rtol=0)
     with pytest.raises(ValueError, match="fused must be"):
         RenderSettings(fused="yes")
-    assert fused_available(dev, "off") is False
-    assert fused_available(dev, "on") is True
+    assert fused_available(dev, "never") is False
+    assert fused_available(dev, "always") is True
     # auto: on CUDA after the self-check against the pure-PyTorch path; never on the CPU
     assert fused_available(dev, "auto") is (dev.type == "cuda")

@@ -84,7 +84,7 @@ FULL_SEEDS = 3
 QUICKSTART_COMMAND = "quickstart"
 #: Settings that do not change the results (speed, where the output goes).
 _NOT_RESULT_SETTINGS = ("device", "threads", "out_dir", "data.root", "synth.workers", "multiplex.save_every",
-                        "train.checkpoint_every", "train.image_every", "train.num_workers")  # fmt: skip
+                        "train.checkpoint_every", "train.image_every", "train.num_workers", "render.fused")  # fmt: skip
 
 #: the quickstart's side-by-side summary: label -> (report metric, format)
 _SUMMARY_ROWS = (

@@ -3,7 +3,7 @@ instead of the candidate-pair path's many small launches (issue 13).
 
 **Status: built and tested under Triton's interpreter only** (``TRITON_INTERPRET=1`` on the CPU, against
 :func:`slopekp.render.rasterize.soft_rasterize` on values and gradients). It has not been timed on a GPU, so it
-is off by default: ``RenderSettings(fused="off")``. ``fused="on"`` forces it (CUDA, or the interpreter);
+is off by default: ``RenderSettings(fused="never")``. ``fused="always"`` forces it (CUDA, or the interpreter);
 ``fused="auto"`` uses it on CUDA when Triton imports and a self-check against the pure-PyTorch path passes at
 first use (:func:`fused_available`). The pure-PyTorch path stays the reference and the CPU path. The RGB
 aggregation and the hard z-buffer have no fused path yet.
@@ -29,7 +29,7 @@ from torch import Tensor
 
 __all__ = ["FUSED_MODES", "fused_available", "fused_soft_silhouette", "triton_available"]
 
-FUSED_MODES = ("off", "auto", "on")
+FUSED_MODES = ("never", "auto", "always")
 TILE = 8
 FACE_BLOCK = 32
 
@@ -156,15 +156,15 @@ def fused_available(device: torch.device, mode: str) -> bool:
     """Whether ``soft_rasterize`` takes the fused path on ``device`` under ``mode`` (:data:`FUSED_MODES`).
 
     Raises:
-        ValueError: ``mode="on"`` where the fused path cannot run (no Triton, or neither CUDA nor the interpreter).
+        ValueError: ``mode="always"`` where the fused path cannot run (no Triton, or neither CUDA nor the interpreter).
     """
-    if mode == "off":
+    if mode == "never":
         return False
     runnable = triton_available() and (device.type == "cuda" or (interpreting() and device.type == "cpu"))
-    if mode == "on":
+    if mode == "always":
         if not runnable:
-            raise ValueError("RenderSettings.fused='on' needs Triton and a CUDA device (or TRITON_INTERPRET=1 on "
-                             "the CPU); use 'auto' or 'off'")  # fmt: skip
+            raise ValueError("RenderSettings.fused='always' needs Triton and a CUDA device (or TRITON_INTERPRET=1 on "
+                             "the CPU); use 'auto' or 'never'")  # fmt: skip
         return True
     if mode != "auto":
         raise ValueError(f"RenderSettings.fused must be one of {FUSED_MODES}, got {mode!r}")

@@ -611,7 +611,7 @@ def soft_rasterize(
     double_sided: bool = True,
     max_pairs: int = 2_000_000,
     return_pairs: bool = False,
-    fused: str = "off",
+    fused: str = "never",
 ) -> tuple[Tensor, SoftPairs | None]:
     """Soft silhouette of ``N`` projected meshes sharing ``faces`` (SoftRas ``prod`` aggregation).
 
@@ -625,7 +625,7 @@ def soft_rasterize(
         double_sided: if False, back-facing faces (``A > 0``) are culled.
         max_pairs: bound on the face-pixel pairs evaluated in one dense block.
         return_pairs: also return the kept pairs (``SoftPairs``) for RGB aggregation.
-        fused: ``off``, ``auto`` or ``on``: the silhouette alone (no pairs) in the fused Triton kernels of
+        fused: ``never``, ``auto`` or ``always``: the silhouette alone (no pairs) in the fused Triton kernels of
             :mod:`slopekp.render.fused` (:func:`~slopekp.render.fused.fused_available` decides).
 
     Returns:
@@ -636,7 +636,7 @@ def soft_rasterize(
     _check_screen(screen_verts, faces, height, width)
     radius = soft_cutoff_radius(sigma, eps)
     fxy, fz, area2 = _face_tensors(screen_verts, faces)
-    if fused != "off" and not return_pairs:
+    if fused != "never" and not return_pairs:
         from slopekp.render.fused import fused_available, fused_soft_silhouette
 
         if fused_available(screen_verts.device, fused):

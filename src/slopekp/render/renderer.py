@@ -52,8 +52,8 @@ class RenderSettings:
     ``max_pairs``: bound on face-pixel pairs evaluated in one dense block (transient memory of the forward
     pass).
     ``bg_eps``: normalised depth of the background in the RGB softmax (SoftRas ``eps``).
-    ``fused``: the soft silhouette's fused Triton kernels (:mod:`slopekp.render.fused`): ``off`` (default until
-    they are timed on a GPU), ``auto`` (on CUDA when Triton is there and a self-check passes) or ``on``.
+    ``fused``: the soft silhouette's fused Triton kernels (:mod:`slopekp.render.fused`): ``never`` (default until
+    they are timed on a GPU), ``auto`` (on CUDA when Triton is there and a self-check passes) or ``always``.
     """
 
     image_size: int | tuple[int, int] = 64
@@ -67,7 +67,7 @@ class RenderSettings:
     double_sided: bool = True
     max_pairs: int = 2_000_000
     bg_eps: float = 1e-3
-    fused: str = "off"
+    fused: str = "never"
 
     def __post_init__(self) -> None:
         h, w = self.hw
@@ -91,8 +91,8 @@ class RenderSettings:
             raise ValueError(f"RenderSettings.max_pairs must be a positive int, got {self.max_pairs!r}")
         if not (math.isfinite(self.bg_eps) and 0 <= self.bg_eps < 1):
             raise ValueError(f"RenderSettings.bg_eps must be in [0, 1), got {self.bg_eps}")
-        if self.fused not in ("off", "auto", "on"):
-            raise ValueError(f"RenderSettings.fused must be 'off', 'auto' or 'on', got {self.fused!r}")
+        if self.fused not in ("never", "auto", "always"):
+            raise ValueError(f"RenderSettings.fused must be 'never', 'auto' or 'always', got {self.fused!r}")
 
     @property
     def hw(self) -> tuple[int, int]:

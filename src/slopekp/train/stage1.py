@@ -210,6 +210,7 @@ def build_stage1_renderer(cfg: Config) -> Renderer:
             z_offset=r.z_offset,
             near=r.near,
             far=r.far,
+            fused=r.fused,
         )
     )
 
@@ -247,7 +248,7 @@ STAGE1_COMMAND = "multiplex init"
 #: Config fields that change Stage I's results only through their effect on speed, or that are recorded as
 #: inputs instead: left out of the manifest, so changing them and resuming is allowed.
 _NOT_RESULT_SETTINGS = {
-    "render": ("image_size",),  # Stage I renders at multiplex.image_size
+    "render": ("image_size", "fused"),  # Stage I renders at multiplex.image_size; fused: speed only
     # the data folder is an input (fingerprinted); max_items only limits which images are fitted, and each
     # image's cameras do not depend on the others: raising it and resuming extends the store
     "data": ("root", "images_dir", "sfm_dir", "img_size", "max_items"),

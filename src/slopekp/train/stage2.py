@@ -51,6 +51,7 @@ STORE_NAME = "multiplex.npz"
 
 #: Settings left out of the manifest: they change speed or how long the run goes, not what a step computes.
 _NOT_RESULT = {
+    "render": ("image_size", "fused"),  # Stage II renders at train.render_size; fused: speed only
     "data": ("root", "images_dir", "sfm_dir", "img_size"),
     "model": ("pose_head", "num_keypoints", "end2end"),  # Stage II does not run the pose head
     "train": ("epochs", "pose_epochs", "checkpoint_every", "num_workers", "camera_weight", "heatmap_weight",
@@ -75,8 +76,8 @@ def stage2_manifest(cfg: Config, data_dir, multiplex_path, template_fp: str) -> 
     d = cfg.data
     data = cmr_data_fingerprint(data_dir, d.split, images_dir=d.images_dir or None, sfm_dir=d.sfm_dir or None)
     mp = {"fingerprint": file_digest(multiplex_path).hexdigest()[:16], "path": str(Path(multiplex_path).resolve())}
-    settings = {"seed": cfg.seed, **flat_settings(cfg.render, "render", ("image_size",))}
-    for name in ("data", "model", "train"):
+    settings = {"seed": cfg.seed}
+    for name in ("render", "data", "model", "train"):
         settings.update(flat_settings(getattr(cfg, name), name, _NOT_RESULT.get(name, ())))
     inputs = {"data": data, "template": {"fingerprint": template_fp, "path": cfg.template.path}, "stage1": mp}
     return Manifest(STAGE2_COMMAND, inputs=inputs, settings=settings)
@@ -98,7 +99,7 @@ def build_train_dataset(cfg: Config, data_dir, return_gt_camera: bool = False, a
 def build_renderer(cfg: Config) -> Renderer:
     r = cfg.render
     return Renderer(RenderSettings(image_size=cfg.train.render_size, sigma=r.sigma, gamma=r.gamma,
-                                   z_offset=r.z_offset, near=r.near, far=r.far))  # fmt: skip
+                                   z_offset=r.z_offset, near=r.near, far=r.far, fused=r.fused))  # fmt: skip
 
 
 def resize_targets(batch, size: int):
