@@ -6,6 +6,24 @@ import triton.language as tl
 
 
 @triton.jit
+def _edge(px, py, ax, ay, bx, by, sgn):
+    """The edge from ``a`` to ``b`` at pixel centres ``p``: its edge function ``cross(b - a, p - a)``, the signed
+    distance to its line (> 0 inside), the parameter ``t`` of the closest point of the segment, ``p`` minus that
+    point, and the squared distance."""
+    ex = bx - ax
+    ey = by - ay
+    qx = px - ax
+    qy = py - ay
+    w = ex * qy - ey * qx
+    len2 = ex * ex + ey * ey
+    len2 = tl.where(len2 > 0, len2, 1.0)  # masked-off lanes only: live faces have no zero-length edge
+    t = tl.minimum(tl.maximum((qx * ex + qy * ey) / len2, 0.0), 1.0)
+    rx = qx - t * ex
+    ry = qy - t * ey
+    return w, w * sgn / tl.sqrt(len2), t, rx, ry, rx * rx + ry * ry
+
+
+@triton.jit
 def _pair_block(table_ptr, G, g, fm, px, py, r2, inv_sigma, near, far):
     """The dense (pixels, faces) block of one chunk: log(1 - D), kept mask, and the backward's pieces."""
     x0 = tl.load(table_ptr + 0 * G + g, mask=fm, other=0.0)[None, :]
@@ -21,36 +39,13 @@ def _pair_block(table_ptr, G, g, fm, px, py, r2, inv_sigma, near, far):
     sgn = tl.where(inv_a > 0, 1.0, -1.0)
     pxb = px[:, None]
     pyb = py[:, None]
-    # edge k runs from corner a = k+1 to b = k+2 (mod 3)
-    # edge 0: v1 -> v2
-    ex = x2 - x1
-    ey = y2 - y1
-    qx = pxb - x1
-    qy = pyb - y1
-    w0 = ex * qy - ey * qx  # edge function (cross(b - a, p - a))
-    len2 = ex * ex + ey * ey
-    len2 = tl.where(len2 > 0, len2, 1.0)  # masked-off lanes only: live faces have no zero-length edge
-    m = w0 * sgn / tl.sqrt(len2)  # signed distance to the line, > 0 inside
-    t = tl.minimum(tl.maximum((qx * ex + qy * ey) / len2, 0.0), 1.0)
-    rx = qx - t * ex
-    ry = qy - t * ey
-    d2 = rx * rx + ry * ry
+    # edge k runs from corner a = k+1 to b = k+2 (mod 3); the closest edge's boundary point q = sum_v beta_v v_v
+    w0, m, t, rx, ry, d2 = _edge(pxb, pyb, x1, y1, x2, y2, sgn)  # edge 0: v1 -> v2
     b0 = tl.zeros_like(t)
     b1 = 1.0 - t
     b2 = t
-    # edge 1: v2 -> v0
-    ex = x0 - x2
-    ey = y0 - y2
-    qx = pxb - x2
-    qy = pyb - y2
-    w1 = ex * qy - ey * qx
-    len2 = ex * ex + ey * ey
-    len2 = tl.where(len2 > 0, len2, 1.0)  # masked-off lanes only: live faces have no zero-length edge
-    m = tl.minimum(m, w1 * sgn / tl.sqrt(len2))
-    t = tl.minimum(tl.maximum((qx * ex + qy * ey) / len2, 0.0), 1.0)
-    rxk = qx - t * ex
-    ryk = qy - t * ey
-    dk = rxk * rxk + ryk * ryk
+    w1, m1, t, rxk, ryk, dk = _edge(pxb, pyb, x2, y2, x0, y0, sgn)  # edge 1: v2 -> v0
+    m = tl.minimum(m, m1)
     closer = dk < d2  # strictly: ties keep the earlier edge, as the reference does
     rx = tl.where(closer, rxk, rx)
     ry = tl.where(closer, ryk, ry)
@@ -59,19 +54,8 @@ def _pair_block(table_ptr, G, g, fm, px, py, r2, inv_sigma, near, far):
     b1 = tl.where(closer, 0.0, b1)
     b2 = b2n
     d2 = tl.minimum(d2, dk)
-    # edge 2: v0 -> v1
-    ex = x1 - x0
-    ey = y1 - y0
-    qx = pxb - x0
-    qy = pyb - y0
-    w2 = ex * qy - ey * qx
-    len2 = ex * ex + ey * ey
-    len2 = tl.where(len2 > 0, len2, 1.0)  # masked-off lanes only: live faces have no zero-length edge
-    m = tl.minimum(m, w2 * sgn / tl.sqrt(len2))
-    t = tl.minimum(tl.maximum((qx * ex + qy * ey) / len2, 0.0), 1.0)
-    rxk = qx - t * ex
-    ryk = qy - t * ey
-    dk = rxk * rxk + ryk * ryk
+    w2, m2, t, rxk, ryk, dk = _edge(pxb, pyb, x0, y0, x1, y1, sgn)  # edge 2: v0 -> v1
+    m = tl.minimum(m, m2)
     closer = dk < d2
     rx = tl.where(closer, rxk, rx)
     ry = tl.where(closer, ryk, ry)

@@ -60,18 +60,12 @@ def _face_data(fxy: Tensor, fz: Tensor, area2: Tensor, height: int, width: int, 
     """``table (10, G)``: corner x (3), y (3), depth (3), ``1/A``; ``windows (4, G)`` int32: the pixel window
     ``col0, col1, row0, row1`` of each live face (bounding box grown by ``radius``); ``col1 = row1 = -1`` for dead
     faces (zero area, wholly outside ``[near, far]``, culled, or off the image)."""
+    from slopekp.render.rasterize import face_windows
+
     with torch.no_grad():
-        lo = torch.minimum(torch.minimum(fxy[:, 0], fxy[:, 1]), fxy[:, 2])
-        hi = torch.maximum(torch.maximum(fxy[:, 0], fxy[:, 1]), fxy[:, 2])
-        zlo = torch.minimum(torch.minimum(fz[0], fz[1]), fz[2])
-        zhi = torch.maximum(torch.maximum(fz[0], fz[1]), fz[2])
-        col0 = torch.ceil(((lo[0] - radius + 1) * width - 1) / 2).clamp(min=0, max=width)
-        col1 = torch.floor(((hi[0] + radius + 1) * width - 1) / 2).clamp(min=-1, max=width - 1)
-        row0 = torch.ceil(((lo[1] - radius + 1) * height - 1) / 2).clamp(min=0, max=height)
-        row1 = torch.floor(((hi[1] + radius + 1) * height - 1) / 2).clamp(min=-1, max=height - 1)
-        live = (area2 != 0) & (zhi >= near) & (zlo <= far) & torch.isfinite(area2)
-        if not double_sided:
-            live &= area2 < 0
+        col0, col1, row0, row1, live, _ = face_windows(fxy, fz, area2, height=height, width=width, radius=radius,
+                                                       near=near, far=far, double_sided=double_sided)  # fmt: skip
+        live &= torch.isfinite(area2)
         # a dead face, or one whose window is empty: col1 = row1 = -1, below every tile (an empty interval
         # [col0, col0 - 1] would still pass the kernel's overlap test against a tile that contains col0)
         dead = ~live | (col1 < col0) | (row1 < row0)

@@ -182,6 +182,31 @@ def _merge_buckets(counts: dict[tuple[int, int], int], ly: list[int], lx: list[i
     return target
 
 
+def face_windows(
+    fxy: Tensor, fz: Tensor, area2: Tensor, *, height: int, width: int, radius: float, near: float, far: float,
+    double_sided: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Each face's pixel window, its bounding box grown by the cut-off ``radius`` and clipped to the image:
+    ``col0, col1, row0, row1`` (float, inclusive; empty when ``col1 < col0`` or ``row1 < row0``), whether it is
+    ``live`` (a non-empty window, non-zero area, not wholly outside ``[near, far]``, not culled) and whether it
+    ``crossing`` ``near`` or ``far`` (its pixels need the depth test). Inputs detached, ``(2, 3, G)``, ``(3, G)``,
+    ``(G,)``."""
+    lo = torch.minimum(torch.minimum(fxy[:, 0], fxy[:, 1]), fxy[:, 2])  # (2, G)
+    hi = torch.maximum(torch.maximum(fxy[:, 0], fxy[:, 1]), fxy[:, 2])
+    zlo = torch.minimum(torch.minimum(fz[0], fz[1]), fz[2])
+    zhi = torch.maximum(torch.maximum(fz[0], fz[1]), fz[2])
+    # pixel j has its centre at x_j = (2j+1)/W - 1  <=>  j = ((x+1)·W - 1)/2
+    col0 = torch.ceil(((lo[0] - radius + 1) * width - 1) / 2).clamp(min=0, max=width)
+    col1 = torch.floor(((hi[0] + radius + 1) * width - 1) / 2).clamp(min=-1, max=width - 1)
+    row0 = torch.ceil(((lo[1] - radius + 1) * height - 1) / 2).clamp(min=0, max=height)
+    row1 = torch.floor(((hi[1] + radius + 1) * height - 1) / 2).clamp(min=-1, max=height - 1)
+    live = (col1 >= col0) & (row1 >= row0) & (area2 != 0) & (zhi >= near) & (zlo <= far)
+    if not double_sided:
+        live &= area2 < 0
+    crossing = (zlo < near) | (zhi > far)
+    return col0, col1, row0, row1, live, crossing
+
+
 def _plan(
     fxy: Tensor,
     fz: Tensor,
@@ -198,21 +223,11 @@ def _plan(
 ) -> _Plan:
     """Windows and buckets for faces ``fxy: (2, 3, G)`` (detached) with depths ``fz: (3, G)``."""
     with torch.no_grad():
-        lo = torch.minimum(torch.minimum(fxy[:, 0], fxy[:, 1]), fxy[:, 2])  # (2, G)
-        hi = torch.maximum(torch.maximum(fxy[:, 0], fxy[:, 1]), fxy[:, 2])
-        zlo = torch.minimum(torch.minimum(fz[0], fz[1]), fz[2])
-        zhi = torch.maximum(torch.maximum(fz[0], fz[1]), fz[2])
-        # pixel j has its centre at x_j = (2j+1)/W - 1  <=>  j = ((x+1)·W - 1)/2
-        col0 = torch.ceil(((lo[0] - radius + 1) * width - 1) / 2).clamp(min=0, max=width)
-        col1 = torch.floor(((hi[0] + radius + 1) * width - 1) / 2).clamp(min=-1, max=width - 1)
-        row0 = torch.ceil(((lo[1] - radius + 1) * height - 1) / 2).clamp(min=0, max=height)
-        row1 = torch.floor(((hi[1] + radius + 1) * height - 1) / 2).clamp(min=-1, max=height - 1)
+        col0, col1, row0, row1, live, crossing = face_windows(fxy, fz, area2, height=height, width=width,
+                                                              radius=radius, near=near, far=far,
+                                                              double_sided=double_sided)  # fmt: skip
         nx = (col1 - col0 + 1).clamp(min=0).long()
         ny = (row1 - row0 + 1).clamp(min=0).long()
-        live = (nx > 0) & (ny > 0) & (area2 != 0) & (zhi >= near) & (zlo <= far)
-        if not double_sided:
-            live &= area2 < 0
-        crossing = (zlo < near) | (zhi > far)
         lx, ly = _size_levels(width), _size_levels(height)
         ids = torch.nonzero(live).squeeze(1)
         bx = _level_lut(lx, nx.device)[nx[ids]]
