@@ -61,3 +61,21 @@ def standard_main(doc: str, cases: list[str], target, argv: list[str] | None = N
     p.add_argument("--device", default="cpu")
     args = p.parse_args(argv)
     return run_each(selected_cases(p, args.cases, cases), target, args)
+
+
+def count_launches(step, torch, cuda: bool) -> dict:
+    """One profiled ``step()``: the CUDA kernels it launched and the GPU's busy time (their summed durations) on
+    CUDA, or the aten operators it called on the CPU (each one a launch of its own)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=acts) as prof:
+        step()
+        if cuda:
+            torch.cuda.synchronize()
+    events = prof.events()
+    if cuda:
+        kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
+        busy = sum(getattr(e, "device_time", 0.0) or getattr(e, "cuda_time", 0.0) for e in kernels) / 1e6
+        return {"kernels": len(kernels), "gpu_busy_s": round(busy, 6)}
+    return {"aten_ops": sum(1 for e in events if e.name.startswith("aten::"))}

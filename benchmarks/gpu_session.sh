@@ -15,4 +15,6 @@ timeout 150 python3 -m pytest -q --device cuda -n 8 -p no:cacheprovider 2>&1 | t
 for fused in never always; do
     timeout 90 python3 benchmarks/render.py --device cuda --runs 10 --fused $fused | tee "$OUT/render_cuda_$fused.jsonl"
 done
-timeout 90 python3 benchmarks/multiplex.py --device cuda --runs 2 | tee "$OUT/multiplex_cuda.jsonl"
+for fused in never always; do
+    timeout 90 python3 benchmarks/multiplex.py --device cuda --runs 2 --fused $fused | tee "$OUT/multiplex_cuda_$fused.jsonl"
+done

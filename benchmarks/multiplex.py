@@ -10,7 +10,9 @@ over ``--runs`` runs of a ``k``-step fit divided by ``k = --timed-steps``, after
 ``1/k`` of the final scoring render) and ``fit_s`` (predicted time to fit one batch: ``steps · step_s``);
 ``images_per_s`` (``batch / fit_s``); ``peak_mb`` (peak resident-set growth of a fresh subprocess per case:
 ``ru_maxrss`` at the end minus the RSS before the warm-up); ``threads`` (``torch.get_num_threads()``);
-``template``; ``device``. With ``--full`` a case also runs one complete fit and reports the measured ``full_fit_s`` and
+``template``; ``device``; ``fused`` (``RenderSettings.fused``); and from a one-step fit (one optimisation step
+and the scoring render) under ``torch.profiler``: ``kernels`` and ``gpu_busy_s`` on CUDA, ``aten_ops`` on the CPU.
+With ``--full`` a case also runs one complete fit and reports the measured ``full_fit_s`` and
 ``full_images_per_s``.
 
 Cases: ``stage1_p40_64`` (the defaults: P = 40, 64² masks, B = 12, 150 steps), ``stage1_p40_64_b4``
@@ -18,7 +20,7 @@ Cases: ``stage1_p40_64`` (the defaults: P = 40, 64² masks, B = 12, 150 steps), 
 render call per batch rather than per image; results then depend on the batch). Key ``batch_invariant``.
 
 Usage: ``python benchmarks/multiplex.py [--cases stage1_p40_64] [--runs 3] [--threads N]
-[--timed-steps 10] [--template procedural] [--full]``
+[--timed-steps 10] [--template procedural] [--full] [--fused never|auto|always]``
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import statistics
 import sys
 import time
 
-from _cases import rss_mb, run_each, selected_cases
+from _cases import count_launches, rss_mb, run_each, selected_cases
 
 CASES = {
     "stage1_p40_64": {"batch": 12, "image_size": 64},
@@ -61,7 +63,7 @@ def _run_case(name: str, args: argparse.Namespace, queue) -> None:
     device = torch.device(args.device)
     tpl = load_template(args.template)
     verts, faces = tpl.verts.to(device), tpl.faces.to(device)
-    renderer = Renderer(RenderSettings(image_size=size))
+    renderer = Renderer(RenderSettings(image_size=size, fused=args.fused))
     gen = torch.Generator().manual_seed(0)
     # upright-ish random views: azimuth anywhere, elevation ±45°, roll ±20°, on the head-view base
     az = (torch.rand(B, generator=gen) * 2 - 1) * torch.pi
@@ -132,6 +134,8 @@ def _run_case(name: str, args: argparse.Namespace, queue) -> None:
         out["full_fit_s"] = round(full, 2)
         out["full_images_per_s"] = round(B / full, 4)
     out["peak_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - rss0, 1)
+    out["fused"] = args.fused
+    out.update(count_launches(lambda: fit(1), torch, device.type == "cuda"))
     queue.put(out)
 
 
@@ -144,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--template", default="procedural", help="procedural, or a template file")
     p.add_argument("--full", action="store_true", help="also time one complete Stage I fit per case")
+    p.add_argument("--fused", default="never", choices=("never", "auto", "always"),
+                   help="RenderSettings.fused: the silhouette's Triton kernels (CUDA)")  # fmt: skip
     args = p.parse_args(argv)
     return run_each(selected_cases(p, args.cases, CASES), _run_case, args)
 

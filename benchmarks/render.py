@@ -32,8 +32,7 @@ import sys
 import time
 from pathlib import Path
 
-# Same default as ``import slopekp`` sets (see slopekp/__init__.py); must precede torch's import in the workers.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from _cases import count_launches  # also sets OMP_WAIT_POLICY=PASSIVE for the workers, as ``import slopekp`` does
 
 CASES = ("soft16_64", "soft16_128", "multiplex12x40_64", "hard16_256", "rgb16_64")
 REPO = Path(__file__).resolve().parents[1]
@@ -77,24 +76,6 @@ def _setup(case: str, device, torch, fused: str = "never"):
     verts = verts.to(device)
     extra = {k: v.to(device) for k, v in extra.items()}
     return renderer, verts, tpl.faces.to(device), cams.to(device), mode, extra
-
-
-def _count_launches(step, torch, cuda: bool) -> dict:
-    """One profiled ``step()``: CUDA kernels launched and the GPU's busy time (on CUDA), or the aten operators
-    called (on the CPU, where each is a launch of its own)."""
-    from torch.profiler import ProfilerActivity, profile
-
-    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    with profile(activities=acts) as prof:
-        step()
-        if cuda:
-            torch.cuda.synchronize()
-    events = prof.events()
-    if cuda:
-        kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
-        busy = sum(getattr(e, "device_time", 0.0) or getattr(e, "cuda_time", 0.0) for e in kernels) / 1e6
-        return {"kernels": len(kernels), "gpu_busy_s": round(busy, 6)}
-    return {"aten_ops": sum(1 for e in events if e.name.startswith("aten::"))}
 
 
 def _run_case(case: str, runs: int, device_name: str, threads: int | None, out_q, fused: str = "never") -> None:
@@ -148,7 +129,7 @@ def _run_case(case: str, runs: int, device_name: str, threads: int | None, out_q
             loss = out.alpha.sum() + (out.rgb.sum() if out.rgb is not None else 0)
             loss.backward()
 
-    launches = _count_launches(step, torch, cuda)
+    launches = count_launches(step, torch, cuda)
     out_q.put(
         {
             "case": case,
