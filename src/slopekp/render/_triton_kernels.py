@@ -24,8 +24,9 @@ def _edge(px, py, ax, ay, bx, by, sgn):
 
 
 @triton.jit
-def _pair_block(table_ptr, G, g, fm, px, py, r2, inv_sigma, near, far):
-    """The dense (pixels, faces) block of one chunk: log(1 - D), kept mask, and the backward's pieces."""
+def _pair_block(table_ptr, G, g, fm, px, py, pvalid, r2, inv_sigma, near, far):
+    """The dense (pixels, faces) block of one chunk: ``1 - D``, the kept pairs (faces ``fm`` of the chunk that touch
+    the tile, pixels ``pvalid`` in the image, within the cut-off and ``[near, far]``), and the backward's pieces."""
     x0 = tl.load(table_ptr + 0 * G + g, mask=fm, other=0.0)[None, :]
     x1 = tl.load(table_ptr + 1 * G + g, mask=fm, other=0.0)[None, :]
     x2 = tl.load(table_ptr + 2 * G + g, mask=fm, other=0.0)[None, :]
@@ -71,7 +72,7 @@ def _pair_block(table_ptr, G, g, fm, px, py, r2, inv_sigma, near, far):
     c2 = tl.minimum(tl.maximum(w2 * inv_a, 0.0), 1.0)
     # c0 + c1 + c2 >= 1 for a live face (its barycentrics sum to 1); 0 only in masked-off lanes
     depth = (c0 * z0 + c1 * z1 + c2 * z2) / tl.maximum(c0 + c1 + c2, 1e-30)
-    keep = (z > -r2) & (depth >= near) & (depth <= far)
+    keep = (z > -r2) & (depth >= near) & (depth <= far) & fm[None, :] & pvalid[:, None]
     one_minus_d = tl.sigmoid(-z * inv_sigma)
     return one_minus_d, keep, delta, b0, b1, b2, rx, ry
 
@@ -88,8 +89,9 @@ def _chunk(win_ptr, G, F, n, f0, r0, c0, TILE: tl.constexpr, FB: tl.constexpr):
     return g, touch
 
 @triton.jit
-def silhouette_forward(table_ptr, win_ptr, out_ptr, G, F, H, W, r2, inv_sigma, near, far,
-                       TILE: tl.constexpr, FB: tl.constexpr):  # fmt: skip
+def _tile(table_ptr, H, W, TILE: tl.constexpr):
+    """This program's image ``n`` and ``TILE × TILE`` pixel tile (top-left ``r0, c0``): pixel rows and columns,
+    which of them lie in the image, and their centres in NDC (``(2j + 1)/W − 1``) in the table's dtype."""
     n = tl.program_id(0)
     r0 = tl.program_id(1) * TILE
     c0 = tl.program_id(2) * TILE
@@ -99,35 +101,32 @@ def silhouette_forward(table_ptr, win_ptr, out_ptr, G, F, H, W, r2, inv_sigma, n
     pvalid = (row < H) & (col < W)
     px = (2 * col + 1).to(table_ptr.dtype.element_ty) / W - 1.0
     py = (2 * row + 1).to(table_ptr.dtype.element_ty) / H - 1.0
+    return n, r0, c0, row, col, pvalid, px, py
+
+
+@triton.jit
+def silhouette_forward(table_ptr, win_ptr, out_ptr, G, F, H, W, r2, inv_sigma, near, far,
+                       TILE: tl.constexpr, FB: tl.constexpr):  # fmt: skip
+    n, r0, c0, row, col, pvalid, px, py = _tile(table_ptr, H, W, TILE)
     acc = tl.zeros([TILE * TILE], dtype=table_ptr.dtype.element_ty)
     for f0 in range(0, F, FB):
         g, touch = _chunk(win_ptr, G, F, n, f0, r0, c0, TILE, FB)
         if tl.max(touch.to(tl.int32), axis=0) > 0:
-            omd, keep, delta, b0, b1, b2, rx, ry = _pair_block(table_ptr, G, g, touch, px, py, r2, inv_sigma,
-                                                               near, far)  # fmt: skip
-            keep = keep & touch[None, :] & pvalid[:, None]
+            omd, keep, delta, b0, b1, b2, rx, ry = _pair_block(table_ptr, G, g, touch, px, py, pvalid, r2,
+                                                               inv_sigma, near, far)  # fmt: skip
             acc += tl.sum(tl.where(keep, tl.log(omd), 0.0), axis=1)
     tl.store(out_ptr + (n * H + row) * W + col, acc, mask=pvalid)
 
 @triton.jit
 def silhouette_backward(table_ptr, win_ptr, grad_out_ptr, grad_ptr, G, F, H, W, r2, inv_sigma, near, far,
                         TILE: tl.constexpr, FB: tl.constexpr):  # fmt: skip
-    n = tl.program_id(0)
-    r0 = tl.program_id(1) * TILE
-    c0 = tl.program_id(2) * TILE
-    p = tl.arange(0, TILE * TILE)
-    row = r0 + p // TILE
-    col = c0 + p % TILE
-    pvalid = (row < H) & (col < W)
-    px = (2 * col + 1).to(table_ptr.dtype.element_ty) / W - 1.0
-    py = (2 * row + 1).to(table_ptr.dtype.element_ty) / H - 1.0
+    n, r0, c0, row, col, pvalid, px, py = _tile(table_ptr, H, W, TILE)
     gl = tl.load(grad_out_ptr + (n * H + row) * W + col, mask=pvalid, other=0.0)
     for f0 in range(0, F, FB):
         g, touch = _chunk(win_ptr, G, F, n, f0, r0, c0, TILE, FB)
         if tl.max(touch.to(tl.int32), axis=0) > 0:
-            omd, keep, delta, b0, b1, b2, rx, ry = _pair_block(table_ptr, G, g, touch, px, py, r2, inv_sigma,
-                                                               near, far)  # fmt: skip
-            keep = keep & touch[None, :] & pvalid[:, None]
+            omd, keep, delta, b0, b1, b2, rx, ry = _pair_block(table_ptr, G, g, touch, px, py, pvalid, r2,
+                                                               inv_sigma, near, far)  # fmt: skip
             # c = dL/d(d²) = dL/dlog_t · d log(1 - D)/d(d²) = gl · (-D·delta/sigma)
             c = tl.where(keep, gl[:, None] * (omd - 1.0) * delta * inv_sigma, 0.0)
             cx = c * rx

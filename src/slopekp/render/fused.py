@@ -65,10 +65,9 @@ def _face_data(fxy: Tensor, fz: Tensor, area2: Tensor, height: int, width: int, 
     with torch.no_grad():
         col0, col1, row0, row1, live, _ = face_windows(fxy, fz, area2, height=height, width=width, radius=radius,
                                                        near=near, far=far, double_sided=double_sided)  # fmt: skip
-        live &= torch.isfinite(area2)
-        # a dead face, or one whose window is empty: col1 = row1 = -1, below every tile (an empty interval
-        # [col0, col0 - 1] would still pass the kernel's overlap test against a tile that contains col0)
-        dead = ~live | (col1 < col0) | (row1 < row0)
+        # a dead face (face_windows' live includes a non-empty window): col1 = row1 = -1, below every tile (an
+        # empty interval [col0, col0 - 1] would still pass the kernel's overlap test against a tile holding col0)
+        dead = ~(live & torch.isfinite(area2))
         col1 = torch.where(dead, -1.0, col1)
         row1 = torch.where(dead, -1.0, row1)
         windows = torch.stack([col0, col1, row0, row1]).to(torch.int32).contiguous()
