@@ -198,6 +198,7 @@ def test_the_camera_in_photo_pixels_projects_like_the_crop_camera(tiny_model, re
     a, S = r.crop.affine, r.crop.image.shape[0]
     to_ndc = 2 * (a.k * in_photo + torch.tensor([a.ox, a.oy], dtype=torch.float64)) / S - 1
     torch.testing.assert_close(to_ndc, in_crop, atol=1e-9, rtol=0)
+    torch.testing.assert_close(r.crop_camera(r.photo_camera()), r.camera, atol=1e-6, rtol=0)  # the inverse
     d = r.camera_dict()
     np.testing.assert_allclose(d["camera_photo_px"], r.photo_camera().numpy())
     kp_px = torch.tensor(d["keypoints_photo_px"], dtype=torch.float64)

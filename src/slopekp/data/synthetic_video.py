@@ -416,11 +416,16 @@ def voc_palette() -> list[int]:
     return pal
 
 
-def save_label_png(path: Path, labels: np.ndarray) -> None:
-    """Write ``(H, W)`` uint8 ``labels`` as a palette PNG (VOC colours)."""
+def label_image(labels: np.ndarray) -> Image.Image:
+    """``(H, W)`` uint8 object ids as a palette ('P') image with the VOC colours of DAVIS annotations."""
     im = Image.fromarray(np.ascontiguousarray(labels, dtype=np.uint8), mode="P")
     im.putpalette(voc_palette())
-    im.save(path, format="PNG")
+    return im
+
+
+def save_label_png(path: Path, labels: np.ndarray) -> None:
+    """Write ``(H, W)`` uint8 ``labels`` as a palette PNG (VOC colours)."""
+    label_image(labels).save(path, format="PNG")
 
 
 def _replace_dir(tmp: Path, final: Path) -> None:

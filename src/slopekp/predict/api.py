@@ -126,16 +126,23 @@ class Reconstruction:
     def photo_mask(self, size: int | None = None) -> np.ndarray:
         """``(H, W)`` bool: the silhouette pasted back into the photo, rendered at ``size``² (default: the crop's
         side in the photo's pixels, between the input size and 2048) and warped."""
-        from slopekp.data.transforms import PixelAffine, paste_crop
-
         if size is None:
             side = int(self.crop.box[2] - self.crop.box[0] + 1)
             size = int(np.clip(side, self.crop.image.shape[0], 2048))
+        return self.paste(self.mask(size)) > 0.5
+
+    def paste(self, rendered: Tensor) -> np.ndarray:
+        """A render of the crop, ``(size, size)`` or ``(C, size, size)`` at any ``size`` (e.g. :meth:`render`), warped
+        into the photo: ``(H, W)`` or ``(H, W, C)`` float32, 0 where the crop does not reach."""
+        from slopekp.data.transforms import PixelAffine, paste_crop
+
+        img = rendered.detach().float().cpu()
+        img = img.permute(1, 2, 0) if img.dim() == 3 else img
         # crop pixel u (NDC 2u/S - 1, the data's convention) is render pixel k·u - 1/2: the renderer samples pixel
         # centres, NDC (2u' + 1)/size - 1 (docs/conventions.md)
-        k = size / self.crop.image.shape[0]
+        k = img.shape[0] / self.crop.image.shape[0]
         to_render = self.crop.affine.then(PixelAffine(k, -0.5, -0.5))
-        return paste_crop(self.mask(size).cpu().numpy(), to_render, self.crop.photo_size) > 0.5
+        return paste_crop(img.numpy(), to_render, self.crop.photo_size)
 
     def camera_dict(self) -> dict[str, Any]:
         """The camera as JSON-ready values: the 7-vector, its rotation matrix, the viewpoint in degrees and the
@@ -179,6 +186,15 @@ class Reconstruction:
         a, size = self.crop.affine, self.crop.image.shape[0]
         off = torch.tensor([a.ox, a.oy], dtype=points.dtype)
         return ((points + 1.0) * size / 2.0 - off) / a.k
+
+    def crop_camera(self, camera_px: Tensor) -> Tensor:
+        """``(7,)`` a camera in the photo's pixels → the crop's NDC, on the model's device (the inverse of
+        :meth:`photo_camera`)."""
+        from slopekp.geometry.camera import affine_camera, px_to_ndc_camera
+
+        a = self.crop.affine
+        crop_px = affine_camera(camera_px, a.k, torch.tensor([a.ox, a.oy], dtype=camera_px.dtype))
+        return px_to_ndc_camera(crop_px, float(self.crop.image.shape[0])).to(self.camera)
 
     def photo_camera(self) -> Tensor:
         """``(7,)`` the camera in 0-based pixels of the photo: ``p_px = s (R X)_xy + t`` (float64, on the CPU)."""

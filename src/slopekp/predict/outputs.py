@@ -18,7 +18,6 @@ atomically.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 from pathlib import Path
@@ -27,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from slopekp.predict.api import Reconstruction
-from slopekp.utils import atomic_save_json, atomic_write
+from slopekp.utils import atomic_save_json
 
 __all__ = ["INDEX", "NOVEL_VIEWS", "OUTPUT_FILES", "jsonable", "remove_outputs", "unique_names", "write_index",
            "write_reconstruction"]
@@ -69,17 +68,17 @@ def remove_outputs(folder: Path) -> None:
 
 def display_crop(photo: np.ndarray, rec: Reconstruction, size: int) -> np.ndarray:
     """``(size, size, 3)`` the photo's crop (the box the model saw) at ``size``², from the full-resolution photo."""
-    from slopekp.data import transforms as T
+    from slopekp.predict.inputs import crop_photo
 
-    box = rec.crop.box
-    affine = T.crop_affine(box).then(T.resize_affine(int(box[2] - box[0] + 1), size))
-    return np.clip(T.crop_resize(photo, affine, size, fill=1.0), 0, 1)
+    return crop_photo(photo, rec.crop.box, size, 0.0, rec.crop.source).image  # the box is square already
 
 
 def write_reconstruction(rec: Reconstruction, photo: np.ndarray, out: str | os.PathLike, *, title: str = "",
                          size: int = 256, turntable_frames: int = 36) -> list[Path]:  # fmt: skip
     """Write the files of the module docstring for one photo into ``out`` (created); returns them."""
-    from slopekp.viz.figures import overlay_mask, save_png
+    from PIL import Image
+
+    from slopekp.viz.figures import overlay_mask, save_image, save_png
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -87,7 +86,7 @@ def write_reconstruction(rec: Reconstruction, photo: np.ndarray, out: str | os.P
     atomic_save_json(rec.camera_dict(), out / "camera.json")
     files.append(out / "camera.json")
     mask = rec.photo_mask()
-    _save_gray(out / "mask.png", mask)
+    save_image(out / "mask.png", Image.fromarray(mask.astype(np.uint8) * 255, mode="L"), optimize=True)
     files.append(out / "mask.png")
     crop = display_crop(photo, rec, size)
     save_png(out / "input.png", crop)
@@ -123,15 +122,6 @@ def _rgb(rgba) -> np.ndarray:
     return rgba[:3].permute(1, 2, 0).cpu().numpy()
 
 
-def _save_gray(path: Path, mask: np.ndarray) -> None:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray((mask.astype(np.uint8) * 255), mode="L").save(buf, format="PNG", optimize=True)
-    with atomic_write(path, "wb") as f:
-        f.write(buf.getvalue())
-
-
 def _figure(path: Path, panels: list[tuple[str, np.ndarray]], title: str) -> None:
     from slopekp.viz.figures import pyplot, save_figure
 
@@ -150,11 +140,8 @@ def _figure(path: Path, panels: list[tuple[str, np.ndarray]], title: str) -> Non
 def _turntable(path: Path, rec: Reconstruction, frames: int, size: int) -> None:
     from PIL import Image
 
-    from slopekp.viz.figures import to_uint8
+    from slopekp.viz.figures import save_image, to_uint8
 
     images = [Image.fromarray(to_uint8(_rgb(rec.render(azimuth=360.0 * i / frames, size=size))))
               for i in range(frames)]  # fmt: skip
-    buf = io.BytesIO()
-    images[0].save(buf, format="GIF", save_all=True, append_images=images[1:], duration=80, loop=0)
-    with atomic_write(path, "wb") as f:
-        f.write(buf.getvalue())
+    save_image(path, images[0], "GIF", save_all=True, append_images=images[1:], duration=80, loop=0)

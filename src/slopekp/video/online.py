@@ -26,7 +26,6 @@ the exponential moving average ``x̂_t = (1 − a)·x_t + a·x̂_{t−1}``. A ga
 from __future__ import annotations
 
 import dataclasses
-import io
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -35,9 +34,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from slopekp.data.synthetic_video import label_image
 from slopekp.data.video import VideoSequence
 from slopekp.eval.video_metrics import JStats, region_similarity, sequence_statistics
-from slopekp.utils import atomic_write
+from slopekp.viz.figures import save_image
 
 __all__ = ["ObjectResult", "SequenceResult", "Smoother", "run_sequence", "score_frame"]
 
@@ -122,38 +122,6 @@ class Smoother:
         out = (torch.cat([st, q / q.norm()]), (1 - a) * verts + a * v0)
         self.state[oid] = out
         return out
-
-
-def _crop_camera(rec, camera_px: torch.Tensor) -> torch.Tensor:
-    """A frame-pixel camera → the NDC of ``rec``'s crop (inverse of :meth:`Reconstruction.photo_camera`)."""
-    from slopekp.geometry.camera import affine_camera, px_to_ndc_camera
-
-    a = rec.crop.affine
-    crop_px = affine_camera(camera_px, a.k, torch.tensor([a.ox, a.oy], dtype=camera_px.dtype))
-    return px_to_ndc_camera(crop_px, float(rec.crop.image.shape[0])).to(rec.camera)
-
-
-def _save_labels(path: Path, labels: np.ndarray) -> None:
-    from PIL import Image
-
-    from slopekp.data.synthetic_video import voc_palette
-
-    im = Image.fromarray(np.ascontiguousarray(labels, dtype=np.uint8), mode="P")
-    im.putpalette(voc_palette())
-    buf = io.BytesIO()
-    im.save(buf, format="PNG")
-    with atomic_write(path, "wb") as f:
-        f.write(buf.getvalue())
-
-
-def _paste(rec, rgba: torch.Tensor, frame_size: tuple[int, int]) -> np.ndarray:
-    """``(4, s, s)`` render of a reconstruction's crop → ``(H, W, 4)`` in the frame."""
-    from slopekp.data.transforms import PixelAffine, paste_crop
-
-    size = rgba.shape[-1]
-    k = size / rec.crop.image.shape[0]
-    to_render = rec.crop.affine.then(PixelAffine(k, -0.5, -0.5))
-    return paste_crop(rgba.permute(1, 2, 0).cpu().numpy(), to_render, frame_size)
 
 
 class _VideoWriter:
@@ -274,19 +242,19 @@ def run_sequence(
             for i, r in zip(present, recs):
                 cam_px, verts = smoother(i, r.photo_camera(), r.verts)
                 if smoothing > 0:
-                    r = dataclasses.replace(r, verts=verts.to(r.verts), camera=_crop_camera(r, cam_px))
+                    r = dataclasses.replace(r, verts=verts.to(r.verts), camera=r.crop_camera(cam_px))
                 masks[i] = r.photo_mask()
                 b = found[i]
                 area[i] = (b[2] - b[0] + 1) * (b[3] - b[1] + 1)
                 boxed[i][t] = True
                 if writer is not None:
                     side = int(np.clip(r.crop.box[2] - r.crop.box[0] + 1, 64, 512))
-                    overlays.append(_paste(r, r.render(size=side), (h, w)))
+                    overlays.append(r.paste(r.render(size=side)))
             labels = np.zeros((h, w), np.uint8)
             for i in sorted(masks, key=lambda k: area[k]):  # the larger box (taken as nearer) is painted last
                 labels[masks[i]] = i
             if out is not None:
-                _save_labels(part_masks / f"{sequence.frame_names[t]}.png", labels)
+                save_image(part_masks / f"{sequence.frame_names[t]}.png", label_image(labels))
             if scored:
                 for i, both in score_frame(sequence.load_masks(t), labels).items():
                     j[i][:, t] = both

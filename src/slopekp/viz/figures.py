@@ -196,11 +196,15 @@ def save_figure(fig, path: str | os.PathLike, dpi: int = 110) -> None:
         f.write(buf.getvalue())
 
 
+def save_image(path: str | os.PathLike, im: Image.Image, format: str = "PNG", **options) -> None:  # noqa: A002
+    """Write a Pillow image atomically (``options`` go to ``Image.save``, e.g. ``save_all=True`` for a GIF)."""
+    with atomic_write(path, "wb") as f:
+        im.save(f, format=format, **options)
+
+
 def save_png(path: str | os.PathLike, img) -> None:
     """Write ``img`` (anything :func:`to_uint8` accepts) as an RGB PNG, atomically."""
-    arr = to_uint8(img)
-    with atomic_write(path, "wb") as f:
-        Image.fromarray(arr).save(f, format="PNG", optimize=True)
+    save_image(path, Image.fromarray(to_uint8(img)), optimize=True)
 
 
 def contact_sheet(root: str | os.PathLike, n: int = 24, split: str = "train", ncols: int = 6) -> np.ndarray:
