@@ -8,6 +8,8 @@ import json
 import multiprocessing as mp
 import os
 import resource
+import statistics
+import time
 
 # Same default as ``import slopekp`` sets (slopekp/__init__.py): the spawned case processes inherit it, so it holds
 # even where a case imports torch before slopekp (busy-waiting OpenMP threads slow the renderer many times over
@@ -79,3 +81,23 @@ def count_launches(step, torch, cuda: bool) -> dict:
         busy = sum(getattr(e, "device_time", 0.0) or getattr(e, "cuda_time", 0.0) for e in kernels) / 1e6
         return {"kernels": len(kernels), "gpu_busy_s": round(busy, 6)}
     return {"aten_ops": sum(1 for e in events if e.name.startswith("aten::"))}
+
+
+def median_seconds(fn, runs: int, device) -> float:
+    """The median wall time of ``runs`` calls of ``fn()`` after one warm-up call, synchronising CUDA around each."""
+
+    def sync():
+        if getattr(device, "type", str(device)) == "cuda":
+            import torch
+
+            torch.cuda.synchronize()
+
+    fn()  # warm-up
+    times = []
+    for _ in range(runs):
+        sync()
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)

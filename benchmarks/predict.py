@@ -21,29 +21,15 @@ Usage: ``python benchmarks/predict.py [--cases ...] [--runs 3] [--threads N] [--
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from _cases import peak_mb_since, rss_mb, standard_main
+from _cases import median_seconds, peak_mb_since, rss_mb, standard_main
 
 CASES = ["net_keypoints_b1_64", "net_keypoints_b8_64", "net_quaternion_b1_64", "net_quaternion_b8_64",
          "prepare_640x480", "outputs_256"]  # fmt: skip
 OVERRIDES = ["model.image_size=64", "model.encoder_width=16", "model.uv_height=32", "model.texture_width=8"]
-
-
-def _median(fn, runs: int, sync) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(runs):
-        sync()
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def _run_case(name: str, args: argparse.Namespace, queue) -> None:
@@ -67,29 +53,26 @@ def _run_case(name: str, args: argparse.Namespace, queue) -> None:
     photo = np.random.default_rng(0).uniform(size=(480, 640, 3)).astype(np.float32)
     box = [200, 120, 439, 359]
 
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+    def timed(fn) -> float:
+        return round(median_seconds(fn, args.runs, device), 4)
 
     rss0 = rss_mb()
     out = {"case": name}
     if name.startswith("net_"):
         batch = int(name.split("_")[2][1:])
         crops = [rec.prepare(photo, bbox=box)] * batch
-        s = _median(lambda: rec.predict_crops(crops), args.runs, sync)
+        s = median_seconds(lambda: rec.predict_crops(crops), args.runs, device)
         out.update(batch_s=round(s, 4), per_image_s=round(s / batch, 4), batch=batch, image_size=rec.image_size)
     elif name == "prepare_640x480":
-        out["prepare_s"] = round(_median(lambda: rec.prepare(photo, bbox=box), args.runs, sync), 4)
+        out["prepare_s"] = timed(lambda: rec.prepare(photo, bbox=box))
     else:
         r = rec.predict_crops([rec.prepare(photo, bbox=box)])[0]
         with tempfile.TemporaryDirectory() as tmp:
             t = Path(tmp)
-            out["mesh_s"] = round(_median(lambda: (r.export(t / "m.obj"), r.export(t / "m.glb")), args.runs, sync), 4)
-            files = lambda: write_reconstruction(r, photo, t / "f", turntable_frames=0)  # noqa: E731
-            out["without_turntable_s"] = round(_median(files, args.runs, sync), 4)
-            out["turntable_s"] = round(_median(lambda: [r.render(azimuth=10.0 * i, size=192) for i in range(36)],
-                                               args.runs, sync), 4)  # fmt: skip
-            out["total_s"] = round(_median(lambda: write_reconstruction(r, photo, t / "a"), args.runs, sync), 4)
+            out["mesh_s"] = timed(lambda: (r.export(t / "m.obj"), r.export(t / "m.glb")))
+            out["without_turntable_s"] = timed(lambda: write_reconstruction(r, photo, t / "f", turntable_frames=0))
+            out["turntable_s"] = timed(lambda: [r.render(azimuth=10.0 * i, size=192) for i in range(36)])
+            out["total_s"] = timed(lambda: write_reconstruction(r, photo, t / "a"))
     out.update(peak_mb=peak_mb_since(rss0),
                threads=torch.get_num_threads(), device=str(device))  # fmt: skip
     queue.put(out)

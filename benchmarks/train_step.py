@@ -17,11 +17,9 @@ Usage: ``python benchmarks/train_step.py [--cases ...] [--runs 3] [--threads N] 
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 
-from _cases import peak_mb_since, rss_mb, standard_main
+from _cases import median_seconds, peak_mb_since, rss_mb, standard_main
 
 HEADS = ("quaternion", "gramschmidt", "svd", "keypoints")
 CASES = ["stage2_b12_p40_64", *(f"stage3_{h}_b12_64" for h in HEADS)]
@@ -95,21 +93,10 @@ def _run_case(name: str, args: argparse.Namespace, queue) -> None:
             loss.backward()
             opt.step()
 
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-
     rss0 = rss_mb()
-    step()  # warm-up
-    times = []
-    for _ in range(args.runs):
-        sync()
-        t0 = time.perf_counter()
-        step()
-        sync()
-        times.append(time.perf_counter() - t0)
+    seconds = median_seconds(step, args.runs, device)
     queue.put({
-        "case": name, "step_s": round(statistics.median(times), 4), "batch": B, "image_size": S,
+        "case": name, "step_s": round(seconds, 4), "batch": B, "image_size": S,
         "hypotheses": 40 if name.startswith("stage2") else 1,
         "peak_mb": peak_mb_since(rss0),
         "threads": torch.get_num_threads(), "device": str(device),

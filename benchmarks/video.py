@@ -18,13 +18,11 @@ Usage: ``python benchmarks/video.py [--cases ...] [--runs 3] [--threads N] [--de
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from _cases import peak_mb_since, rss_mb, standard_main
+from _cases import median_seconds, peak_mb_since, rss_mb, standard_main
 
 CASES = ["online_gt_480p", "online_csrt_480p", "online_kcf_480p", "online_gt_video_480p", "tracker_csrt_480p",
          "tracker_kcf_480p"]  # fmt: skip
@@ -71,17 +69,7 @@ def _run_case(name: str, args: argparse.Namespace, queue) -> None:
                 run_sequence(rec, seq, spec, Path(tmp) / "out", video=name.startswith("online_gt_video"))
 
         rss0 = rss_mb()
-        work()  # warm-up
-        times = []
-        for _ in range(args.runs):
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            work()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - t0)
-    s = statistics.median(times)
+        s = median_seconds(work, args.runs, device)
     queue.put({
         "case": name, "seconds": round(s, 3), "fps": round(len(seq) / s, 2), "frames": len(seq),
         "objects": len(seq.objects), "frame_size": list(frames[0].shape[:2]),
