@@ -50,6 +50,36 @@ def _compare(verts, faces, *, atol, rtol, **kw):
 KW = dict(sigma=1e-3, eps=1e-3, near=1.0, far=100.0)
 
 
+def _pair_loss(log_t, pairs):
+    """A loss of the silhouette and of every pair output, with weights keyed by (pixel, face): the fused path lists
+    the pairs in another order."""
+    key = (pairs.pix * 7919 + pairs.face).to(log_t.dtype)
+    wb = torch.cos(key[:, None] * torch.tensor([0.11, 0.23, 0.31], dtype=log_t.dtype, device=log_t.device))
+    return (log_t.sin().sum() + (pairs.prob * torch.sin(0.37 * key)).sum() + (pairs.bary * wb).sum()
+            + (pairs.depth * torch.sin(0.05 * key)).sum())  # fmt: skip
+
+
+def _compare_pairs(verts, faces, *, atol, rtol, **kw):
+    """The fused pairs against the reference's, matched by (pixel, face), then the gradients of
+    :func:`_pair_loss` w.r.t. all vertex coordinates (x, y through the distances and barycentrics, depth through
+    the interpolated depth)."""
+    faces = faces.to(verts.device)
+    ref_lt, ref = soft_rasterize(verts, faces, return_pairs=True, **kw)
+    got_lt, got = soft_rasterize(verts, faces, return_pairs=True, fused="always", **kw)
+    torch.testing.assert_close(got_lt, ref_lt, atol=atol, rtol=rtol)
+    k_ref, k_got = ref.pix * (1 << 32) + ref.face, got.pix * (1 << 32) + got.face
+    i, j = k_ref.argsort(), k_got.argsort()
+    assert torch.equal(k_ref[i], k_got[j])  # the same pairs are kept
+    for name in ("prob", "bary", "depth"):
+        torch.testing.assert_close(getattr(got, name)[j], getattr(ref, name)[i], atol=atol, rtol=rtol)
+    (g_ref,) = torch.autograd.grad(_pair_loss(ref_lt, ref), verts)
+    (g_got,) = torch.autograd.grad(_pair_loss(got_lt, got), verts)
+    scale = g_ref.abs().max()
+    assert scale > 0 and g_ref[..., 2].abs().max() > 0  # the depths get gradients too
+    torch.testing.assert_close(g_got / scale, g_ref / scale, atol=atol, rtol=0)
+    return ref
+
+
 @pytest.mark.parametrize(("h", "w"), [(16, 16), (24, 20), (13, 29)])  # tile multiples and not, non-square
 def test_values_and_gradients_match_in_float64(h, w, dev):
     ico = icosphere(1)
@@ -98,3 +128,86 @@ def test_renderer_setting_and_modes(dev):
     assert fused_available(dev, "always") is True
     # auto: on CUDA after the self-check against the pure-PyTorch path; never on the CPU
     assert fused_available(dev, "auto") is (dev.type == "cuda")
+
+
+@pytest.mark.parametrize(("h", "w", "z", "double_sided"), [(16, 16, 5.0, True), (13, 21, 1.2, True),
+                                                          (16, 12, 5.0, False)])  # fmt: skip
+def test_rgb_pairs_match_in_float64(h, w, z, double_sided, dev):
+    """Every kept pair, its D, clamped barycentrics and depth, and the gradients through all of them; with the
+    near plane cutting the spheres (z = 1.2) and with back faces culled."""
+    ico = icosphere(1)
+    verts = _meshes(ico, 2, torch.float64, seed=h + w, z=z, device=dev)
+    ref = _compare_pairs(verts, ico.faces, atol=1e-9, rtol=1e-9, height=h, width=w, double_sided=double_sided, **KW)
+    assert (ref.bary == 0).any() and ((ref.bary > 0) & (ref.bary < 1)).any()  # clamped and interior pairs
+
+
+def test_rgb_pairs_of_meshes_off_the_image_are_empty(dev):
+    ico = icosphere(1)
+    verts = _meshes(ico, 2, torch.float64, seed=2, z=5.0, device=dev)
+    with torch.no_grad():
+        verts[..., 0] += 5.0  # both meshes far to the right of the image
+    log_t, pairs = soft_rasterize(verts, ico.faces.to(dev), return_pairs=True, fused="always", height=8, width=8,
+                                  **KW)  # fmt: skip
+    assert pairs.pix.shape == (0,) and pairs.bary.shape == (0, 3) and (log_t == 0).all()
+    (grad,) = torch.autograd.grad(_pair_loss(log_t, pairs), verts)
+    assert (grad == 0).all()
+
+
+def _rgb_render(fused, dtype, texture, dev):
+    """An RGB render of two perturbed bird templates (16²) and its gradients w.r.t. the vertices and the texture."""
+    bird = load_template("procedural")
+    g = torch.Generator().manual_seed(9)
+    verts = (bird.verts + 0.02 * torch.randn(2, bird.num_verts, 3, generator=g)).to(dev, dtype).requires_grad_(True)
+    cams = torch.tensor([[0.7, 0.05, -0.02, 0.9, 0.1, 0.3, 0.2], [0.6, -0.1, 0.05, 0.2, 0.9, -0.3, 0.1]])
+    cams[:, 3:] = torch.nn.functional.normalize(cams[:, 3:], dim=1)
+    if texture == "uv":
+        tex = dict(uv_image=torch.rand(2, 3, 8, 16, generator=g).to(dev, dtype).requires_grad_(True),
+                   verts_uv=bird.verts_uv.to(dev))  # fmt: skip
+    elif texture == "verts_rgb":
+        tex = dict(verts_rgb=torch.rand(2, bird.num_verts, 3, generator=g).to(dev, dtype).requires_grad_(True))
+    else:
+        from slopekp.render import Lighting
+
+        tex = dict(lighting=Lighting(direction=(0.3, -0.5, -1.0)))
+    w = torch.randn(2, 3, 16, 16, generator=g).to(dev, dtype)
+    inputs = [verts] + [t for t in tex.values() if isinstance(t, torch.Tensor) and t.requires_grad]
+    r = Renderer(RenderSettings(image_size=16, fused=fused))(verts, bird.faces.to(dev), cams.to(dev, dtype),
+                                                             mode="rgb", **tex)  # fmt: skip
+    assert r.rgb.std() > 0.05  # a real image, not the background
+    grads = torch.autograd.grad((r.rgb * w).sum() + r.alpha.sum(), inputs)
+    return [r.alpha.detach().double(), r.rgb.detach().double()] + [gr.double() for gr in grads]
+
+
+@pytest.mark.parametrize("texture", ["uv", "verts_rgb", "lighting"])
+def test_rgb_renders_match_the_reference(texture, dev):
+    """The RGB renderer on the fused pairs against the pure-PyTorch one: images and gradients w.r.t. the vertices
+    and the texture. In float64 they agree to 1e-9. In float32, the training dtype, the depth softmax (gamma =
+    1e-4 over [near, far] = [1, 100]) multiplies a depth's rounding error by ~100, so both paths are ~3e-5 from
+    the exact (float64) image: the fused one must be as close to it as the reference is."""
+    ref64 = _rgb_render("never", torch.float64, texture, dev)
+    got64 = _rgb_render("always", torch.float64, texture, dev)
+    ref32 = _rgb_render("never", torch.float32, texture, dev)
+    got32 = _rgb_render("always", torch.float32, texture, dev)
+    torch.testing.assert_close(got32[0], ref32[0], atol=1e-5, rtol=1e-5)  # alpha
+    for exact, r64, g64, r32, g32 in zip(ref64, ref64, got64, ref32, got32):
+        scale = r64.abs().max()
+        assert scale > 0
+        torch.testing.assert_close(g64 / scale, r64 / scale, atol=1e-9, rtol=0)
+        ref_err = float((r32 - exact).abs().max() / scale)
+        assert float((g32 - exact).abs().max() / scale) <= 1e-5 + 2 * ref_err
+
+
+def test_self_check_passes_and_catches_a_wrong_kernel(dev, monkeypatch):
+    """``fused="auto"`` trusts the kernels only after this check: it must pass here and fail on a kernel that is
+    1% off."""
+    from slopekp.render import fused
+
+    assert fused._self_check.__wrapped__(dev.type, dev.index) is True
+    real = fused.fused_soft_pairs
+
+    def one_percent_off(*args, **kwargs):
+        log_t, *rest = real(*args, **kwargs)
+        return (log_t * 1.01, *rest)
+
+    monkeypatch.setattr(fused, "fused_soft_pairs", one_percent_off)
+    assert fused._self_check.__wrapped__(dev.type, dev.index) is False

@@ -26,12 +26,14 @@ import os
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
-__all__ = ["FUSED_MODES", "fused_available", "fused_soft_silhouette", "triton_available"]
+__all__ = ["FUSED_MODES", "fused_available", "fused_soft_pairs", "fused_soft_silhouette", "triton_available"]
 
 FUSED_MODES = ("never", "auto", "always")
 TILE = 8
 FACE_BLOCK = 32
+PAIR_BLOCK = 256
 
 
 @functools.cache
@@ -50,9 +52,9 @@ def interpreting() -> bool:
 
 
 def _kernels():
-    from slopekp.render import _triton_kernels as k
+    from slopekp.render import _triton_kernels
 
-    return k.silhouette_forward, k.silhouette_backward
+    return _triton_kernels
 
 
 def _face_data(fxy: Tensor, fz: Tensor, area2: Tensor, height: int, width: int, radius: float, near: float,
@@ -79,30 +81,87 @@ def _face_data(fxy: Tensor, fz: Tensor, area2: Tensor, height: int, width: int, 
 class _FusedSilhouette(torch.autograd.Function):
     @staticmethod
     def forward(ctx, fxy, fz, area2, n_images, height, width, sigma, radius, near, far, double_sided):
-        fwd, _ = _kernels()
         table, windows = _face_data(fxy.detach(), fz.detach(), area2.detach(), height, width, radius, near, far,
                                     double_sided)  # fmt: skip
         G = table.shape[1]
-        F = G // n_images
         out = table.new_empty(n_images * height * width)
-        grid = (n_images, triton_cdiv(height, TILE), triton_cdiv(width, TILE))
-        fwd[grid](table, windows, out, G, F, height, width, radius * radius, 1.0 / sigma, near, far,
-                  TILE=TILE, FB=FACE_BLOCK)  # fmt: skip
+        _kernels().silhouette_forward[_grid(n_images, height, width)](
+            table, windows, out, out, G, G // n_images, height, width, radius * radius, 1.0 / sigma, near, far,
+            TILE=TILE, FB=FACE_BLOCK, COUNT=False)  # fmt: skip
         ctx.save_for_backward(table, windows)
         ctx.args = (n_images, height, width, radius, sigma, near, far)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        _, bwd = _kernels()
         table, windows = ctx.saved_tensors
-        n_images, height, width, radius, sigma, near, far = ctx.args
-        G = table.shape[1]
-        grad = table.new_zeros(G, 3, 2)
-        grid = (n_images, triton_cdiv(height, TILE), triton_cdiv(width, TILE))
-        bwd[grid](table, windows, grad_out.contiguous(), grad, G, G // n_images, height, width, radius * radius,
-                  1.0 / sigma, near, far, TILE=TILE, FB=FACE_BLOCK)  # fmt: skip
+        grad = table.new_zeros(table.shape[1], 3, 2)
+        _silhouette_backward(table, windows, grad_out, grad, *ctx.args)
         return grad.permute(2, 1, 0).contiguous(), None, None, None, None, None, None, None, None, None, None
+
+
+def _grid(n_images: int, height: int, width: int) -> tuple[int, int, int]:
+    """One program per image and ``TILE × TILE`` pixel tile."""
+    return n_images, triton_cdiv(height, TILE), triton_cdiv(width, TILE)
+
+
+def _silhouette_backward(table, windows, grad_log_t, grad, n_images, height, width, radius, sigma, near, far):
+    """Add the silhouette's corner gradients ``(G, 3, 2)`` for ``dL/dlog_t`` to ``grad``."""
+    G = table.shape[1]
+    _kernels().silhouette_backward[_grid(n_images, height, width)](
+        table, windows, grad_log_t.contiguous(), grad, G, G // n_images, height, width, radius * radius,
+        1.0 / sigma, near, far, TILE=TILE, FB=FACE_BLOCK)  # fmt: skip
+
+
+class _FusedPairs(torch.autograd.Function):
+    """The silhouette and the kept pairs (:class:`slopekp.render.rasterize.SoftPairs`) for the RGB aggregation.
+
+    Forward: the silhouette kernel also counts each tile's kept pairs; their running sum gives each tile its
+    first slot, and a second pass writes the pairs there (the one host synchronisation: the pair tensors' size).
+    Backward: the silhouette's tile kernel for ``dL/dlog_t``, and one lane per pair for ``dL/dD``, ``dL/dbary``
+    and ``dL/ddepth`` (:func:`~slopekp.render._triton_kernels.pairs_backward`).
+    """
+
+    @staticmethod
+    def forward(ctx, fxy, fz, area2, n_images, height, width, sigma, radius, near, far, double_sided):
+        k = _kernels()
+        table, windows = _face_data(fxy.detach(), fz.detach(), area2.detach(), height, width, radius, near, far,
+                                    double_sided)  # fmt: skip
+        G = table.shape[1]
+        grid = _grid(n_images, height, width)
+        log_t = table.new_empty(n_images * height * width)
+        counts = torch.empty(grid[0] * grid[1] * grid[2], dtype=torch.int64, device=table.device)
+        args = (G, G // n_images, height, width, radius * radius, 1.0 / sigma, near, far)
+        k.silhouette_forward[grid](table, windows, log_t, counts, *args, TILE=TILE, FB=FACE_BLOCK, COUNT=True)
+        ends = torch.cumsum(counts, 0)
+        M = int(ends[-1])  # the host synchronisation: the pair tensors' size
+        pix = torch.empty(M, dtype=torch.int64, device=table.device)
+        face = torch.empty_like(pix)
+        prob, depth = table.new_empty(M), table.new_empty(M)
+        bary = table.new_empty(3, M)
+        if M:
+            k.pairs_fill[grid](table, windows, ends - counts, pix, face, prob, bary, depth, M, *args, TILE=TILE,
+                               FB=FACE_BLOCK)  # fmt: skip
+        ctx.save_for_backward(table, windows, pix, face)
+        ctx.args = (n_images, height, width, radius, sigma, near, far)
+        ctx.mark_non_differentiable(pix, face)
+        return log_t, pix, face, prob, bary, depth
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_log_t, _pix, _face, grad_prob, grad_bary, grad_depth):
+        table, windows, pix, face = ctx.saved_tensors
+        n_images, height, width, radius, sigma, near, far = ctx.args
+        G, M = table.shape[1], pix.shape[0]
+        grad = table.new_zeros(G, 3, 2)
+        grad_z = table.new_zeros(G, 3)
+        grad_a = table.new_zeros(G)
+        _silhouette_backward(table, windows, grad_log_t, grad, *ctx.args)
+        if M:
+            _kernels().pairs_backward[(triton_cdiv(M, PAIR_BLOCK),)](
+                table, pix, face, grad_prob.contiguous(), grad_bary.contiguous(), grad_depth.contiguous(), grad,
+                grad_z, grad_a, M, G, height, width, 1.0 / sigma, BLOCK=PAIR_BLOCK)  # fmt: skip
+        return (grad.permute(2, 1, 0).contiguous(), grad_z.T.contiguous(), grad_a) + (None,) * 8
 
 
 def triton_cdiv(a: int, b: int) -> int:
@@ -122,10 +181,24 @@ def fused_soft_silhouette(
     return _FusedSilhouette.apply(fxy, fz, area2, n_images, height, width, sigma, radius, near, far, double_sided)
 
 
+def fused_soft_pairs(
+    fxy: Tensor, fz: Tensor, area2: Tensor, *, n_images: int, height: int, width: int, sigma: float, eps: float,
+    near: float, far: float, double_sided: bool = True,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The silhouette ``(N·H·W,)`` and the kept pairs ``pix, face, prob (M,), bary (3, M), depth (M,)``, as
+    :func:`slopekp.render.rasterize.soft_rasterize` with ``return_pairs`` forms them (pairs in another order:
+    tile by tile), differentiable w.r.t. ``fxy``, ``fz`` and ``area2``, in three Triton kernels forward and two
+    backward (:class:`_FusedPairs`)."""
+    from slopekp.render.rasterize import soft_cutoff_radius
+
+    radius = soft_cutoff_radius(sigma, eps)
+    return _FusedPairs.apply(fxy, fz, area2, n_images, height, width, sigma, radius, near, far, double_sided)
+
+
 @functools.cache
 def _self_check(device_type: str, index: int | None) -> bool:
-    """The fused silhouette agrees with the pure-PyTorch one (values and gradients) on a small case on this
-    device."""
+    """The fused silhouette and pairs agree with the pure-PyTorch ones (values and gradients) on a small case on
+    this device."""
     from slopekp.mesh import icosphere
     from slopekp.render.rasterize import _face_tensors, soft_rasterize
 
@@ -137,12 +210,28 @@ def _self_check(device_type: str, index: int | None) -> bool:
     verts.requires_grad_(True)
     faces = ico.faces.to(device)
     kw = dict(height=24, width=20, sigma=1e-3, eps=1e-3, near=1.0, far=100.0)
-    ref, _ = soft_rasterize(verts, faces, **kw)
-    (gref,) = torch.autograd.grad(ref.sin().sum(), verts)
+
+    def loss(log_t, pix, face, prob, bary, depth):  # independent of the pairs' order
+        key = (pix * 7919 + face).to(log_t.dtype)
+        return (log_t.sin().sum() + (prob * key.mul(0.37).sin()).sum() + (bary * key.mul(0.11).cos()).sum()
+                + (depth * key.mul(0.05).sin()).sum())  # fmt: skip
+
+    ref, pairs = soft_rasterize(verts, faces, return_pairs=True, **kw)
+    ref = (ref.reshape(-1), pairs.pix, pairs.face, pairs.prob, pairs.bary.T, pairs.depth)
+    (gref,) = torch.autograd.grad(loss(*ref), verts, retain_graph=True)
+    (gsil_ref,) = torch.autograd.grad(ref[0].sin().sum(), verts)
     fxy, fz, area2 = _face_tensors(verts, faces)
-    got = fused_soft_silhouette(fxy, fz, area2, n_images=2, **kw).view_as(ref)
-    (ggot,) = torch.autograd.grad(got.sin().sum(), verts)
-    return bool(torch.allclose(got, ref, atol=1e-4, rtol=1e-4) and torch.allclose(ggot, gref, atol=1e-3, rtol=1e-3))
+    sil = fused_soft_silhouette(fxy, fz.detach(), area2.detach(), n_images=2, **kw)
+    (gsil,) = torch.autograd.grad(sil.sin().sum(), verts)
+    fxy, fz, area2 = _face_tensors(verts, faces)
+    got = fused_soft_pairs(fxy, fz, area2, n_images=2, **kw)
+    (ggot,) = torch.autograd.grad(loss(*got), verts)
+    i, j = (ref[1] * (1 << 32) + ref[2]).argsort(), (got[1] * (1 << 32) + got[2]).argsort()
+    same_pairs = torch.equal(ref[1][i], got[1][j]) and torch.equal(ref[2][i], got[2][j])
+    close = [torch.allclose(a, b, atol=1e-4, rtol=1e-4) for a, b in zip(
+        (sil, got[0], got[3][j], got[4][:, j], got[5][j]), (ref[0], ref[0], ref[3][i], ref[4][:, i], ref[5][i]))]
+    grads = [torch.allclose(a, b, atol=1e-3, rtol=1e-3) for a, b in ((gsil, gsil_ref), (ggot, gref))]
+    return bool(same_pairs and all(close) and all(grads))
 
 
 def fused_available(device: torch.device, mode: str) -> bool:

@@ -640,8 +640,9 @@ def soft_rasterize(
         double_sided: if False, back-facing faces (``A > 0``) are culled.
         max_pairs: bound on the face-pixel pairs evaluated in one dense block.
         return_pairs: also return the kept pairs (``SoftPairs``) for RGB aggregation.
-        fused: ``never``, ``auto`` or ``always``: the silhouette alone (no pairs) in the fused Triton kernels of
-            :mod:`slopekp.render.fused` (:func:`~slopekp.render.fused.fused_available` decides).
+        fused: ``never``, ``auto`` or ``always``: the silhouette (and the pairs) in the fused Triton kernels of
+            :mod:`slopekp.render.fused` (:func:`~slopekp.render.fused.fused_available` decides); the pairs then
+            come tile by tile, not face by face.
 
     Returns:
         ``(log_transmittance, pairs)``: ``log_transmittance: (N, H, W)`` = ``sum_j log(1 - D_j)`` (so
@@ -651,14 +652,19 @@ def soft_rasterize(
     _check_screen(screen_verts, faces, height, width)
     radius = soft_cutoff_radius(sigma, eps)
     fxy, fz, area2 = _face_tensors(screen_verts, faces)
-    if fused != "never" and not return_pairs:
-        from slopekp.render.fused import fused_available, fused_soft_silhouette
+    if fused != "never":
+        from slopekp.render.fused import fused_available, fused_soft_pairs, fused_soft_silhouette
 
         if fused_available(screen_verts.device, fused):
-            log_t = fused_soft_silhouette(fxy, fz.detach(), area2.detach(), n_images=screen_verts.shape[0],
-                                          height=height, width=width, sigma=sigma, eps=eps, near=near, far=far,
-                                          double_sided=double_sided)  # fmt: skip
-            return log_t.view(screen_verts.shape[0], height, width), None
+            kw = dict(n_images=screen_verts.shape[0], height=height, width=width, sigma=sigma, eps=eps, near=near,
+                      far=far, double_sided=double_sided)  # fmt: skip
+            pairs = None
+            if return_pairs:
+                log_t, pix, face, prob, bary, depth = fused_soft_pairs(fxy, fz, area2, **kw)
+                pairs = SoftPairs(pix, face, prob, bary.T, depth)
+            else:
+                log_t = fused_soft_silhouette(fxy, fz.detach(), area2.detach(), **kw)
+            return log_t.view(screen_verts.shape[0], height, width), pairs
     plan = _plan(
         fxy.detach(), fz.detach(), area2.detach(), faces_per_image=faces.shape[0], height=height, width=width,
         radius=radius, near=near, far=far, double_sided=double_sided, max_pairs=max_pairs,
