@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import glob
 import json
 import os
@@ -196,6 +197,24 @@ def first_line(e: BaseException) -> str:
     """The first line of an exception's message (its type's name when the message is empty), for one-line
     errors."""
     return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+def checks_values(t: torch.Tensor) -> bool:
+    """Whether the hot paths (renderer, rotations) check the values of ``t`` (finite, non-zero norms, index
+    ranges) eagerly: always on the CPU, where it costs little. On an accelerator a check reads a value back, which
+    makes the host wait for every queued kernel (a *host synchronisation*, issue 13), so there they are skipped.
+    ``SLOPEKP_CHECK_VALUES=1`` checks on every device, ``=0`` on none (as on an accelerator: tests audit the host
+    synchronisations on the CPU so). Shapes and dtypes are always checked."""
+    forced = os.environ.get("SLOPEKP_CHECK_VALUES", "")
+    return forced == "1" if forced in ("0", "1") else t.device.type == "cpu"
+
+
+@functools.lru_cache(maxsize=256)
+def device_constant(values: tuple[float, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A small constant tensor of ``values`` on ``device``, made once per ``(values, dtype, device)``: building it
+    from Python data in every call would copy it to an accelerator every time, and wait for the copy. Treat it as
+    read-only."""
+    return torch.tensor(values, dtype=dtype).to(device)
 
 
 def check_finite(name: str, t: torch.Tensor) -> None:

@@ -13,7 +13,8 @@ from slopekp.render import Renderer, RenderSettings
 from slopekp.render.fused import fused_available, interpreting, triton_available
 from slopekp.render.rasterize import soft_rasterize
 
-pytestmark = pytest.mark.skipif(not triton_available(), reason="needs triton (pip install -e '.[triton]')")
+pytestmark = [pytest.mark.triton,
+              pytest.mark.skipif(not triton_available(), reason="needs triton (pip install -e '.[triton]')")]
 
 
 @pytest.fixture

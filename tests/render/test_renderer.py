@@ -237,3 +237,33 @@ def test_fit_sphere_to_target_silhouette(one_thread):
     iou0 = (hard(verts, faces, cam, mode="hard").alpha * target).sum() / target.sum().clamp(min=1)
     assert iou0 < 0.9
     assert 1 - iou < 0.05
+
+
+def test_value_checks_off_an_accelerator_check_a_mesh_once_and_again_after_a_change(monkeypatch):
+    """As on an accelerator (``SLOPEKP_CHECK_VALUES=0``): a render checks the faces' index range once per faces
+    tensor, not per call (a host synchronisation each), and again after the tensor changes in place; a NaN vertex
+    passes unchecked (its faces are not drawn)."""
+    from slopekp.devtools import host_syncs
+
+    monkeypatch.setenv("SLOPEKP_CHECK_VALUES", "0")
+    verts, faces = square_mesh()
+    faces = faces.clone()
+    r = Renderer(RenderSettings(image_size=8))
+    with pytest.raises(ValueError, match="faces index 7 out of range"):
+        r(verts, torch.tensor([[0, 1, 7]]), cams(IDENTITY))
+    r(verts, faces, cams(IDENTITY))
+    with host_syncs() as syncs:
+        Renderer.render_screen(r, torch.zeros(1, 4, 3) + 5, faces)  # checked above: no index check now
+    assert not [s for s in syncs if s.where.startswith("renderer.py")], syncs
+    faces[0, 0] = 9  # in place: the version counter moves
+    with pytest.raises(ValueError, match="faces index 9 out of range"):
+        r(verts, faces, cams(IDENTITY))
+    bad = verts.clone()
+    bad[1, 0] = float("nan")
+    fine = faces.clamp(max=3)
+    no_nan_faces = fine[~(fine == 1).any(1)]
+    assert 0 < len(no_nan_faces) < len(fine)
+    torch.testing.assert_close(r(bad, fine, cams(IDENTITY)).alpha, r(verts, no_nan_faces, cams(IDENTITY)).alpha)
+    monkeypatch.setenv("SLOPEKP_CHECK_VALUES", "1")
+    with pytest.raises(ValueError, match="verts contains 1 non-finite"):
+        r(bad, faces.clamp(max=3), cams(IDENTITY))

@@ -26,6 +26,8 @@ from typing import NamedTuple
 import roma
 import torch
 
+from slopekp.utils import checks_values
+
 __all__ = [
     "axis_angle_to_quat",
     "axis_angle_to_rotmat",
@@ -98,12 +100,13 @@ def quat_normalize(q: torch.Tensor) -> torch.Tensor:
     Returns:
         ``(..., 4)`` unit quaternions (same sign as ``q``).
     Raises:
-        ValueError: if ``q`` has the wrong shape or any quaternion has zero (or non-finite) norm.
+        ValueError: if ``q`` has the wrong shape or any quaternion has zero (or non-finite) norm (the values are
+            checked where :func:`slopekp.utils.checks_values` says; elsewhere such a quaternion gives NaN).
     """
     _check_last_dim("q", q, 4)
     n = torch.linalg.vector_norm(q, dim=-1, keepdim=True)
-    bad = ~(torch.isfinite(n) & (n > 0))
-    if bool(bad.any()):
+    bad = ~(torch.isfinite(n) & (n > 0)) if checks_values(q) else None  # off an accelerator's hot path
+    if bad is not None and bool(bad.any()):
         raise ValueError(
             f"q contains {int(bad.sum())} quaternion(s) with zero or non-finite norm; "
             "a rotation quaternion must be non-zero and finite"

@@ -22,6 +22,7 @@ by all cameras.
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -32,6 +33,7 @@ from slopekp.geometry.camera import project_points
 from slopekp.render.rasterize import hard_rasterize, soft_cutoff_radius, soft_rasterize
 from slopekp.render.shade import Lighting, face_normals, lambert_factor, softmax_rgb_blend, softmax_weights
 from slopekp.render.texture import UV_SHIFT, sample_bilinear, sample_sphere_uv, sphere_to_uv, uv_to_sphere
+from slopekp.utils import checks_values, device_constant
 
 __all__ = ["MODES", "RenderResult", "RenderSettings", "Renderer"]
 
@@ -134,6 +136,8 @@ def _shape_of(x) -> object:
 
 
 def _check_finite(name: str, t: Tensor) -> None:
+    if not checks_values(t):  # on an accelerator: a host synchronisation per render (utils.checks_values)
+        return
     if t.dtype.is_floating_point and t.numel() > 0:
         lo, hi = torch.aminmax(t)  # NaN and ±inf reach the extremes; ~10x cheaper than isfinite(t).all()
         if bool(torch.isfinite(lo) & torch.isfinite(hi)):
@@ -151,11 +155,26 @@ def _check_faces(faces: Tensor, num_verts: int) -> Tensor:
         raise ValueError(f"faces must be an integer tensor, got dtype {faces.dtype}")
     if faces.shape[0] == 0:
         raise ValueError("faces is empty (0 faces)")
+    if not checks_values(faces) and _faces_checked(faces, num_verts):
+        return faces.long()  # checked before, unchanged since: no host synchronisation per render
     lo, hi = int(faces.min()), int(faces.max())
     if lo < 0 or hi >= num_verts:
         bad = lo if lo < 0 else hi
         raise ValueError(f"faces index {bad} out of range for {num_verts} vertices")
+    if not checks_values(faces):
+        _FACES_CHECKED[id(faces)] = (weakref.ref(faces), faces._version, num_verts)
     return faces.long()
+
+
+#: Face tensors whose indices were checked on an accelerator, by ``id``: a weak reference (the same tensor, not a
+#: new one at a reused address), its version counter (an in-place change bumps it) and the vertex count. The range
+#: check reads values back, so a mesh's faces, passed to every render of a run, are checked once.
+_FACES_CHECKED: dict[int, tuple[weakref.ref, int, int]] = {}
+
+
+def _faces_checked(faces: Tensor, num_verts: int) -> bool:
+    entry = _FACES_CHECKED.get(id(faces))
+    return entry is not None and entry[0]() is faces and entry[1:] == (faces._version, num_verts)
 
 
 class _Texture(NamedTuple):
@@ -276,7 +295,7 @@ class Renderer(torch.nn.Module):
                 n_of = pix // (h * w)
                 g = n_of * faces.shape[0] + flat_face[pix]
                 col = self._colours(screen_verts, faces, tex, lighting, g, frag.bary.reshape(-1, 3)[pix])
-                bg = torch.tensor(st.background, dtype=screen_verts.dtype, device=screen_verts.device)
+                bg = device_constant(st.background, screen_verts.dtype, screen_verts.device)
                 img = bg.expand(n_img * h * w, 3).index_put((pix,), col)
                 rgb = img.view(n_img, h, w, 3).permute(0, 3, 1, 2)
             return RenderResult(frag.alpha, rgb, frag.face_index, frag.bary, frag.depth)
@@ -293,7 +312,7 @@ class Renderer(torch.nn.Module):
         weights = softmax_weights(pairs.pix, pairs.depth, **kw)
         live = None if weights.index.shape[0] == weights.num_pairs else weights.index
         col = self._colours(screen_verts, faces, tex, lighting, pairs.face, pairs.bary, live)
-        bg = torch.tensor(st.background, dtype=screen_verts.dtype, device=screen_verts.device)
+        bg = device_constant(st.background, screen_verts.dtype, screen_verts.device)
         rgb = softmax_rgb_blend(pairs.pix, pairs.prob, pairs.depth, col, background=bg, weights=weights, **kw)
         return RenderResult(alpha, rgb.view(n_img, h, w, 3).permute(0, 3, 1, 2))
 

@@ -47,7 +47,7 @@ from torch import Tensor
 
 from slopekp.geometry.camera import recrop_camera, reflect_camera
 from slopekp.geometry.rotations import azelcr_to_quat, quat_about_axis, quat_geodesic_angle, quat_multiply
-from slopekp.utils import atomic_save_npz
+from slopekp.utils import atomic_save_npz, device_constant
 
 #: A mirrored sample of dataset index ``i`` has id ``FLIP_ID_BASE − i`` (METHOD §0).
 FLIP_ID_BASE = 10**6
@@ -152,11 +152,10 @@ def apply_offsets(base: Tensor, offsets: Tensor, settings: OffsetSettings) -> Te
         raise ValueError(
             f"base must be (..., 7) and offsets (..., 6); got {tuple(base.shape)} and {tuple(offsets.shape)}"
         )
-    ranges = torch.tensor(
-        [settings.az_range_deg, settings.el_range_deg, settings.cr_range_deg],
-        dtype=offsets.dtype,
-        device=offsets.device,
-    ).deg2rad()
+    ranges = device_constant(
+        tuple(math.radians(a) for a in (settings.az_range_deg, settings.el_range_deg, settings.cr_range_deg)),
+        offsets.dtype, offsets.device,
+    )  # fmt: skip
     ang = torch.tanh(settings.gain * offsets[..., 3:]) * ranges
     shape = torch.broadcast_shapes(base.shape[:-1], offsets.shape[:-1])
     q_base = base[..., 3:].expand(*shape, 4)
@@ -180,7 +179,7 @@ def positive_scale_cameras(cameras: Tensor) -> Tensor:
         ``(..., 7)`` with ``s ≥ 0``; rows with ``s ≥ 0`` are unchanged.
     """
     neg = cameras[..., :1] < 0
-    half_turn = torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=cameras.dtype, device=cameras.device)
+    half_turn = device_constant((0.0, 0.0, 0.0, 1.0), cameras.dtype, cameras.device)
     q = torch.where(neg, quat_multiply(half_turn.expand_as(cameras[..., 3:]), cameras[..., 3:]), cameras[..., 3:])
     return torch.cat([cameras[..., :1].abs(), cameras[..., 1:3], q], dim=-1)
 
