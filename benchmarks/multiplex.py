@@ -11,13 +11,16 @@ over ``--runs`` runs of a ``k``-step fit divided by ``k = --timed-steps``, after
 ``images_per_s`` (``batch / fit_s``); ``peak_mb`` (peak resident-set growth of a fresh subprocess per case:
 ``ru_maxrss`` at the end minus the RSS before the warm-up); ``threads`` (``torch.get_num_threads()``);
 ``template``; ``device``; ``fused`` (``RenderSettings.fused``); and from a one-step fit (one optimisation step
-and the scoring render) under ``torch.profiler``: ``kernels`` and ``gpu_busy_s`` on CUDA, ``aten_ops`` on the CPU.
+and the scoring render) under ``torch.profiler``: ``kernels`` and ``gpu_busy_s`` on CUDA, ``aten_ops`` on the CPU;
+``host_syncs_per_step``: operations per optimisation step that make the host wait for a CUDA device
+(:func:`slopekp.devtools.host_syncs`; on the CPU it also counts the value checks that an accelerator skips).
 With ``--full`` a case also runs one complete fit and reports the measured ``full_fit_s`` and
 ``full_images_per_s``.
 
 Cases: ``stage1_p40_64`` (the defaults: P = 40, 64² masks, B = 12, 150 steps), ``stage1_p40_64_b4``
 (B = 4), ``stage1_p40_32`` (32² masks); ``*_batched``: the same with ``multiplex.batch_invariant=false`` (one
-render call per batch rather than per image; results then depend on the batch). Key ``batch_invariant``.
+render call per batch rather than per image; results then depend on the batch); ``stage1_p40_64_b60_batched``
+(B = 60 in one call, the GPU's configuration: ``configs/cub_stage1_gpu.yaml``). Key ``batch_invariant``.
 
 Usage: ``python benchmarks/multiplex.py [--cases stage1_p40_64] [--runs 3] [--threads N]
 [--timed-steps 10] [--template procedural] [--full] [--fused never|auto|always]``
@@ -40,6 +43,8 @@ CASES = {
     # one render call per batch instead of per image: faster where launches dominate, but not batch-invariant
     "stage1_p40_64_batched": {"batch": 12, "image_size": 64, "batch_invariant": False},
     "stage1_p40_32_batched": {"batch": 12, "image_size": 32, "batch_invariant": False},
+    # the GPU's batch (configs/cub_stage1_gpu.yaml): 2,400 renders per step in one call
+    "stage1_p40_64_b60_batched": {"batch": 60, "image_size": 64, "batch_invariant": False},
 }
 
 
@@ -136,6 +141,16 @@ def _run_case(name: str, args: argparse.Namespace, queue) -> None:
     out["peak_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - rss0, 1)
     out["fused"] = args.fused
     out.update(count_launches(lambda: fit(1), torch, device.type == "cuda"))
+    # operations that make the host wait for the device, per optimisation step (slopekp.devtools; on the CPU the
+    # value checks that an accelerator skips count too)
+    from slopekp.devtools import host_syncs
+
+    counts = []
+    for steps in (1, 2):
+        with host_syncs() as syncs:
+            fit(steps)
+        counts.append(len(syncs))
+    out["host_syncs_per_step"] = (counts[1] - counts[0]) / (B if invariant else 1)
     queue.put(out)
 
 

@@ -51,6 +51,19 @@ def device(request) -> torch.device:
     return torch.device(name)
 
 
+@pytest.fixture
+def triton_device(device) -> torch.device:
+    """``--device`` for the Triton kernels: the CPU under Triton's interpreter, or CUDA with compiled kernels
+    (``TRITON_INTERPRET=0 pytest --device cuda -m triton``)."""
+    from slopekp.render.fused import interpreting
+
+    if device.type == "cpu" and not interpreting():
+        pytest.skip("on the CPU the kernels run under TRITON_INTERPRET=1 only")
+    if device.type == "cuda" and interpreting():
+        pytest.skip("set TRITON_INTERPRET=0 to test the compiled kernels on CUDA")
+    return device
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """``../shared/data`` (or ``$SLOPEKP_SHARED_DATA``); skips the test when absent."""

@@ -1,5 +1,6 @@
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -170,3 +171,12 @@ def test_render_fused_setting_is_checked_passed_on_and_left_out_of_manifests(tmp
     store.write_bytes(b"x")
     s_off = stage2_manifest(off, tmp_path, store, "fp").settings
     assert s_off == stage2_manifest(on, tmp_path, store, "fp").settings and "render.sigma" in s_off
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")),
+                         ids=lambda p: p.name)  # fmt: skip
+def test_shipped_configs_load(path):
+    """Every config in configs/ has only known keys and values in range."""
+    cfg = load_config(path)
+    if path.name == "cub_stage1_gpu.yaml":
+        assert (cfg.multiplex.batch_invariant, cfg.multiplex.batch_size, cfg.render.fused) == (False, 60, "auto")

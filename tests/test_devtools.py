@@ -45,29 +45,29 @@ def test_each_kind_of_synchronisation_is_found_and_plain_arithmetic_is_not():
     assert syncs[0].where.startswith("test_devtools.py:")  # the line that asked, for want of a slopekp one
 
 
-def _stage1_syncs(steps: int, fused: str) -> list:
-    bird = icosphere(1)  # few faces: Triton's interpreter is slow
+def _stage1_syncs(steps: int, fused: str, device: torch.device) -> list:
+    mesh = icosphere(1)  # few faces: Triton's interpreter is slow
+    verts, faces = mesh.verts.to(device), mesh.faces.to(device)
     renderer = Renderer(RenderSettings(image_size=16, fused=fused))
-    cams = hypothesis_cameras(2, 1, 1, scale=0.7)
-    mask = torch.zeros(1, 16, 16)
+    cams = hypothesis_cameras(2, 1, 1, scale=0.7, device=device)
+    mask = torch.zeros(1, 16, 16, device=device)
     mask[:, 4:12, 3:13] = 1
     kw = dict(settings=OffsetSettings(gain=0.1), steps=steps)
-    fit_hypotheses(bird.verts, bird.faces, renderer, mask, mask.clone(), cams, **kw)  # checks the faces once
+    fit_hypotheses(verts, faces, renderer, mask, mask.clone(), cams, **kw)  # checks the faces once
     with host_syncs() as syncs:
-        fit_hypotheses(bird.verts, bird.faces, renderer, mask, mask.clone(), cams, **kw)
+        fit_hypotheses(verts, faces, renderer, mask, mask.clone(), cams, **kw)
     return syncs
 
 
 @pytest.mark.triton
 @pytest.mark.skipif(not triton_available(), reason="needs triton (pip install -e '.[triton]')")
-def test_the_stage1_step_waits_for_nothing_on_the_fused_path(monkeypatch):
+def test_the_stage1_step_waits_for_nothing_on_the_fused_path(triton_device, monkeypatch):
     """Per step: no synchronisation at all, with the value checks as on an accelerator. The fit as a whole has a
     few (its mask check and its scores), the same for 1 and 3 steps. The pure-PyTorch path's planner needs the
     faces' windows on the host: it must show up here, or the audit is blind."""
     monkeypatch.setenv("SLOPEKP_CHECK_VALUES", "0")
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
-    one, three = _stage1_syncs(1, "always"), _stage1_syncs(3, "always")
+    one, three = _stage1_syncs(1, "always", triton_device), _stage1_syncs(3, "always", triton_device)
     assert len(one) == len(three) and len(one) <= 2, three  # check_masks and hypothesis_scores' finite check
-    plain_one, plain_three = _stage1_syncs(1, "never"), _stage1_syncs(3, "never")
+    plain_one, plain_three = _stage1_syncs(1, "never", triton_device), _stage1_syncs(3, "never", triton_device)
     assert len(plain_three) > len(plain_one)
     assert any(s.where.startswith("rasterize.py") for s in plain_three)

@@ -10,7 +10,7 @@ import torch
 
 from slopekp.mesh import icosphere, load_template
 from slopekp.render import Renderer, RenderSettings
-from slopekp.render.fused import fused_available, interpreting, triton_available
+from slopekp.render.fused import fused_available, triton_available
 from slopekp.render.rasterize import soft_rasterize
 
 pytestmark = [pytest.mark.triton,
@@ -18,13 +18,8 @@ pytestmark = [pytest.mark.triton,
 
 
 @pytest.fixture
-def dev(device) -> torch.device:
-    """``--device``: the CPU under Triton's interpreter, or CUDA with compiled kernels (``TRITON_INTERPRET=0``)."""
-    if device.type == "cpu" and not interpreting():
-        pytest.skip("on the CPU the kernels run under TRITON_INTERPRET=1 only")
-    if device.type == "cuda" and interpreting():
-        pytest.skip("set TRITON_INTERPRET=0 to test the compiled kernels on CUDA")
-    return device
+def dev(triton_device) -> torch.device:
+    return triton_device
 
 
 def _meshes(template, n: int, dtype, seed: int, z: float = 5.0, device="cpu"):
@@ -212,3 +207,24 @@ def test_self_check_passes_and_catches_a_wrong_kernel(dev, monkeypatch):
 
     monkeypatch.setattr(fused, "fused_soft_pairs", one_percent_off)
     assert fused._self_check.__wrapped__(dev.type, dev.index) is False
+
+
+def test_auto_falls_back_with_a_warning_when_the_kernels_fail(monkeypatch):
+    """``fused="auto"`` on a device whose kernels do not compile (or disagree) renders with the pure-PyTorch path
+    and says so once, instead of failing the run."""
+    from slopekp.render import fused
+
+    def broken(device_type, index):
+        raise RuntimeError("triton: no kernel for this GPU")
+
+    monkeypatch.setattr(fused, "_self_check", broken)
+    fused._checked.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match="failed to run on cuda .*no kernel for this GPU"):
+            assert fused._checked("cuda", 0) is False
+        monkeypatch.setattr(fused, "_self_check", lambda device_type, index: False)
+        fused._checked.cache_clear()
+        with pytest.warns(RuntimeWarning, match="disagrees"):
+            assert fused._checked("cuda", 0) is False
+    finally:
+        fused._checked.cache_clear()

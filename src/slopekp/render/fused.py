@@ -23,10 +23,13 @@ from __future__ import annotations
 
 import functools
 import os
+import warnings
 
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
+
+from slopekp.utils import first_line
 
 __all__ = ["FUSED_MODES", "fused_available", "fused_soft_pairs", "fused_soft_silhouette", "triton_available"]
 
@@ -250,5 +253,20 @@ def fused_available(device: torch.device, mode: str) -> bool:
         return True
     if mode != "auto":
         raise ValueError(f"RenderSettings.fused must be one of {FUSED_MODES}, got {mode!r}")
-    return device.type == "cuda" and runnable and _self_check(device.type, device.index)
+    return device.type == "cuda" and runnable and _checked(device.type, device.index)
+
+
+@functools.cache
+def _checked(device_type: str, index: int | None) -> bool:
+    """:func:`_self_check`, once per device; a kernel that fails to compile or to run counts as failing it."""
+    try:
+        ok = _self_check(device_type, index)
+    except Exception as e:  # noqa: BLE001 -- any failure means: use the pure-PyTorch path
+        warnings.warn(f"the fused Triton renderer failed to run on {device_type} ({first_line(e)}); "
+                      "using the pure-PyTorch path", RuntimeWarning, stacklevel=3)  # fmt: skip
+        return False
+    if not ok:
+        warnings.warn(f"the fused Triton renderer disagrees with the pure-PyTorch path on {device_type}; using the "
+                      "pure-PyTorch path", RuntimeWarning, stacklevel=3)  # fmt: skip
+    return ok
 
