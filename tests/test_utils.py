@@ -119,3 +119,37 @@ def test_resolve_device_rejects_unavailable(monkeypatch):
     with pytest.raises(ValueError, match=r"'cuda:2' .*2 CUDA device\(s\) \(cuda:0\.\.cuda:1\)"):
         resolve_device("cuda:2")
 
+
+
+def test_tensor_memo_caches_per_tensor_until_it_changes_or_goes():
+    import gc
+
+    from slopekp.utils import tensor_memo
+
+    calls = []
+
+    @tensor_memo
+    def total(t, scale):
+        calls.append(scale)
+        return float(t.sum()) * scale
+
+    a = torch.ones(3)
+    assert total(a, 2) == 6.0 and total(a, 2) == 6.0 and calls == [2]  # cached
+    assert total(a, 3) == 9.0 and calls == [2, 3]  # other args: computed
+    assert total(a.clone(), 2) == 6.0 and len(calls) == 3  # an equal but other tensor: computed
+    a.add_(1)  # in place: the version counter moves
+    assert total(a, 2) == 12.0 and len(calls) == 4
+    n = len(total.cache)
+    del a
+    gc.collect()
+    assert len(total.cache) == n - 2  # the freed tensor's entries left
+
+
+def test_to_device_and_device_constant():
+    from slopekp.utils import device_constant, to_device
+
+    c = device_constant((1.0, 2.0), torch.float64, torch.device("cpu"))
+    assert c is device_constant((1.0, 2.0), torch.float64, torch.device("cpu"))  # made once
+    assert c.dtype == torch.float64 and c.tolist() == [1.0, 2.0]
+    t = torch.arange(3)
+    assert torch.equal(to_device(t, "cpu"), t)

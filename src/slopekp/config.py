@@ -205,6 +205,9 @@ class TrainConfig:
     """On CUDA, run the network under bf16 autocast (the renderer and the losses stay float32); no effect on CPU."""
     image_every: int = 100
     """Write example images to TensorBoard every this many steps."""
+    sync_every: int = 1
+    """Read the steps' logged losses back every this many steps (TensorBoard still gets every step's values). On
+    a GPU each read makes the host wait for the device; with more steps between reads it queues steps ahead."""
 
 
 @dataclass
@@ -343,6 +346,7 @@ RULES: dict[str, Range] = {
     "train.checkpoint_every": _AT_LEAST_ONE,
     "train.num_workers": _NON_NEGATIVE,
     "train.image_every": _AT_LEAST_ONE,
+    "train.sync_every": _AT_LEAST_ONE,
 }
 """The allowed range of every numeric field of :class:`Config`, by dotted key (a test keeps it complete)."""
 

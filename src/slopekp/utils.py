@@ -17,6 +17,7 @@ import re
 import stat
 import tempfile
 import threading
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -215,6 +216,34 @@ def device_constant(values: tuple[float, ...], dtype: torch.dtype, device: torch
     from Python data in every call would copy it to an accelerator every time, and wait for the copy. Treat it as
     read-only."""
     return torch.tensor(values, dtype=dtype).to(device)
+
+
+def tensor_memo(fn):
+    """Cache ``fn(t, *args)`` per tensor ``t`` (the same object, unchanged since: its version counter moves on any
+    in-place change) and hashable ``args``; an entry leaves when its tensor is freed. For what a run computes from a
+    fixed tensor at every step (a mesh's edges, a check of its face indices) and would otherwise read back from an
+    accelerator each time. Results are shared: treat them as read-only."""
+    cache: dict[tuple, tuple[weakref.ref, int, Any]] = {}
+
+    @functools.wraps(fn)
+    def cached(t: torch.Tensor, *args):
+        key = (id(t), *args)
+        hit = cache.get(key)
+        if hit is not None and hit[0]() is t and hit[1] == t._version:
+            return hit[2]
+        out = fn(t, *args)
+        cache[key] = (weakref.ref(t, lambda _, key=key: cache.pop(key, None)), t._version, out)
+        return out
+
+    cached.cache = cache
+    return cached
+
+
+def to_device(t: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """``t`` on ``device``; a copy from the host to an accelerator does not wait for the device's queue (the host's
+    data is staged before the call returns), a copy to the host does (its values must be there)."""
+    device = torch.device(device)
+    return t.to(device, non_blocking=t.device.type == "cpu" and device.type != "cpu")
 
 
 def check_finite(name: str, t: torch.Tensor) -> None:

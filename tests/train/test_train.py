@@ -97,6 +97,33 @@ def test_stage2_resume_takes_the_same_next_step(stage1, tmp_path):
     assert torch.equal(a["multiplex"]["offsets"], b["multiplex"]["offsets"])
 
 
+def test_stage2_with_sync_every_3_logs_every_step_the_same(stage1, stage2, tmp_path):
+    """``train.sync_every=3`` keeps the losses on the device between reads (a GPU queues steps ahead meanwhile);
+    TensorBoard still gets every step, with the values of the run that read them at every step, and the manifest
+    does not change (a speed setting)."""
+    import json
+
+    data, mp = stage1
+    _, out, _ = stage2
+    cfg = load_config(overrides=[*SMOKE, "train.sync_every=3"])
+    res = run_stage2(cfg, data, mp, tmp_path / "run", progress=False, max_steps=8)
+    assert res.steps == 8
+    assert _losses(tmp_path / "run") == _losses(out)
+    settings = [json.loads((d / "manifest.json").read_text())["settings"] for d in (tmp_path / "run", out)]
+    assert settings[0] == settings[1]
+
+
+def test_read_back_keeps_steps_keys_and_values():
+    from slopekp.train.run import read_back
+
+    pending = [(1, {"total": torch.tensor(0.5), "n": 3, "grad_norm": torch.tensor([2.0])}),
+               (2, {"total": torch.tensor(0.25, dtype=torch.float64), "n": 4.5, "grad_norm": torch.tensor(1.0)})]
+    got = read_back(pending)
+    assert got == [(1, {"total": 0.5, "n": 3.0, "grad_norm": 2.0}), (2, {"total": 0.25, "n": 4.5, "grad_norm": 1.0})]
+    assert [list(v) for _, v in got] == [["total", "n", "grad_norm"]] * 2
+    assert read_back([]) == []
+
+
 @pytest.mark.parametrize("head", ["quaternion", "gramschmidt", "svd", "keypoints"])
 def test_stage3_every_head_trains(stage2, tmp_path, head):
     data, s2, _ = stage2

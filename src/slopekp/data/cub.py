@@ -103,10 +103,14 @@ class Batch:
     img_path: list[str]
 
     def to(self, device: torch.device | str) -> Batch:
-        """A copy with every tensor moved to ``device``."""
+        """A copy with every tensor moved to ``device``. Copies from the host to an accelerator do not wait for
+        the device's queue (``non_blocking``: the host's data is staged before the call returns); copies to the
+        host do."""
+        from slopekp.utils import to_device
+
         moved = {
             f.name: (
-                getattr(self, f.name).to(device)
+                to_device(getattr(self, f.name), device)
                 if isinstance(getattr(self, f.name), Tensor)
                 else getattr(self, f.name)
             )

@@ -15,6 +15,8 @@ import torch
 from scipy.spatial import cKDTree
 from torch import Tensor
 
+from slopekp.utils import device_constant
+
 __all__ = ["Symmetry", "find_symmetry"]
 
 
@@ -81,7 +83,7 @@ class Symmetry:
             raise ValueError(f"rows must have shape (..., {self.num_rows}, 3), got {tuple(rows.shape)}")
         n_i = self.indep.numel()
         left = rows[..., n_i:, :]
-        flip = torch.tensor([-1.0, 1.0, 1.0], dtype=rows.dtype, device=rows.device)
+        flip = device_constant((-1.0, 1.0, 1.0), rows.dtype, rows.device)
         ilr = torch.cat([rows[..., :n_i, :], left, left * flip], dim=-2)
         return ilr.index_select(-2, self._inverse.to(rows.device))
 

@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from slopekp.utils import tensor_memo
+
 __all__ = [
     "check_faces",
     "edges",
@@ -58,8 +60,12 @@ def check_faces(faces: Tensor, num_verts: int, name: str = "faces") -> None:
         raise ValueError(f"{name} row {f} repeats a vertex: {faces[f].tolist()}")
 
 
+@tensor_memo
 def edges(faces: Tensor) -> Tensor:
     """Unique undirected edges of a triangle mesh.
+
+    Computed once per faces tensor (:func:`slopekp.utils.tensor_memo`: the regularisers ask at every training
+    step, and ``unique`` reads its size back from an accelerator); the result is shared, do not modify it.
 
     Args:
         faces: ``(F, 3)`` int64.

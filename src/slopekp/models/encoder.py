@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from slopekp.models.base import EncoderOutput
+from slopekp.utils import device_constant
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -62,8 +63,8 @@ def normalize_image(img: Tensor) -> Tensor:
         raise ValueError(f"img must be an RGB batch of shape (B, 3, H, W), got {shape}")
     if not img.dtype.is_floating_point:
         raise ValueError(f"img must be a float tensor in [0, 1], got dtype {img.dtype}")
-    mean = torch.tensor(IMAGENET_MEAN, dtype=img.dtype, device=img.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, dtype=img.dtype, device=img.device).view(1, 3, 1, 1)
+    mean = device_constant(tuple(IMAGENET_MEAN), img.dtype, img.device).view(1, 3, 1, 1)
+    std = device_constant(tuple(IMAGENET_STD), img.dtype, img.device).view(1, 3, 1, 1)
     return (img - mean) / std
 
 

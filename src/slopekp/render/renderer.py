@@ -22,7 +22,6 @@ by all cameras.
 from __future__ import annotations
 
 import math
-import weakref
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -33,7 +32,7 @@ from slopekp.geometry.camera import project_points
 from slopekp.render.rasterize import hard_rasterize, soft_cutoff_radius, soft_rasterize
 from slopekp.render.shade import Lighting, face_normals, lambert_factor, softmax_rgb_blend, softmax_weights
 from slopekp.render.texture import UV_SHIFT, sample_bilinear, sample_sphere_uv, sphere_to_uv, uv_to_sphere
-from slopekp.utils import checks_values, device_constant
+from slopekp.utils import checks_values, device_constant, tensor_memo
 
 __all__ = ["MODES", "RenderResult", "RenderSettings", "Renderer"]
 
@@ -155,26 +154,19 @@ def _check_faces(faces: Tensor, num_verts: int) -> Tensor:
         raise ValueError(f"faces must be an integer tensor, got dtype {faces.dtype}")
     if faces.shape[0] == 0:
         raise ValueError("faces is empty (0 faces)")
-    if not checks_values(faces) and _faces_checked(faces, num_verts):
-        return faces.long()  # checked before, unchanged since: no host synchronisation per render
+    # off the CPU, once per faces tensor (unchanged since): the range check reads values back from the device
+    (_check_face_range if checks_values(faces) else _check_face_range_once)(faces, num_verts)
+    return faces.long()
+
+
+def _check_face_range(faces: Tensor, num_verts: int) -> None:
     lo, hi = int(faces.min()), int(faces.max())
     if lo < 0 or hi >= num_verts:
         bad = lo if lo < 0 else hi
         raise ValueError(f"faces index {bad} out of range for {num_verts} vertices")
-    if not checks_values(faces):
-        _FACES_CHECKED[id(faces)] = (weakref.ref(faces), faces._version, num_verts)
-    return faces.long()
 
 
-#: Face tensors whose indices were checked on an accelerator, by ``id``: a weak reference (the same tensor, not a
-#: new one at a reused address), its version counter (an in-place change bumps it) and the vertex count. The range
-#: check reads values back, so a mesh's faces, passed to every render of a run, are checked once.
-_FACES_CHECKED: dict[int, tuple[weakref.ref, int, int]] = {}
-
-
-def _faces_checked(faces: Tensor, num_verts: int) -> bool:
-    entry = _FACES_CHECKED.get(id(faces))
-    return entry is not None and entry[0]() is faces and entry[1:] == (faces._version, num_verts)
+_check_face_range_once = tensor_memo(_check_face_range)
 
 
 class _Texture(NamedTuple):
@@ -369,8 +361,10 @@ class Renderer(torch.nn.Module):
             )
         elif rows == 1:
             texture_index = torch.zeros_like(texture_index)
-        bad_index = int(texture_index.max()) >= rows or int(texture_index.min()) < 0
-        if texture_index.shape != (n_img,) or bad_index:
+        bad_index = texture_index.shape != (n_img,) or (
+            checks_values(texture_index) and (int(texture_index.max()) >= rows or int(texture_index.min()) < 0)
+        )
+        if bad_index:
             raise ValueError(
                 f"texture batch {rows} does not match the {n_img} renders "
                 f"(texture_index must index rows 0..{rows - 1})"

@@ -102,7 +102,8 @@ def softmax_weights(
     A pair is live when ``(zn_j - m_p)/gamma`` is at least the log of the dtype's smallest normal number;
     others get weight exactly 0 (see ``softmax_rgb_blend``). With ``gamma = 1e-4`` over ``[near, far] = [1,
     100]`` a pair more than ~0.9 depth units behind its pixel's front surface is dead in float32 (~7 units in
-    float64). The index lists the live pairs, or all pairs when at least ``_COMPACT_BELOW`` of them are live.
+    float64). The index lists the live pairs, or all pairs when at least ``_COMPACT_BELOW`` of them are live or
+    the pairs are not on the CPU (where counting them would be a host synchronisation).
     Pass the result to ``softmax_rgb_blend(..., weights=...)`` with colours for the indexed pairs only, so
     that colours (e.g. texture samples) need not be computed for the others.
     """
@@ -114,7 +115,8 @@ def softmax_weights(
         # result underflows; such a weight is < 1e-38 of the pixel's front pair, D >= eps, or background)
         live = x >= math.log(torch.finfo(x.dtype).tiny)
         m = x.shape[0]
-        if int(live.sum()) >= _COMPACT_BELOW * m:
+        # off the CPU, counting the live pairs would make the host wait for the device: keep them all there
+        if x.device.type != "cpu" or int(live.sum()) >= _COMPACT_BELOW * m:
             # (nearly) all live: keep every pair (dead ones with e = 0), compaction would cost more than it saves
             index = torch.arange(m, device=x.device)
             e = torch.exp(x.mul_(live)).mul_(live)

@@ -47,7 +47,7 @@ from torch import Tensor
 
 from slopekp.geometry.camera import recrop_camera, reflect_camera
 from slopekp.geometry.rotations import azelcr_to_quat, quat_about_axis, quat_geodesic_angle, quat_multiply
-from slopekp.utils import atomic_save_npz, device_constant
+from slopekp.utils import atomic_save_npz, checks_values, device_constant, to_device
 
 #: A mirrored sample of dataset index ``i`` has id ``FLIP_ID_BASE − i`` (METHOD §0).
 FLIP_ID_BASE = 10**6
@@ -301,7 +301,7 @@ def hypothesis_scores(loss: Tensor, peakiness: float = 20.0, power: float = 1.0,
     Returns:
         ``(..., P)`` non-negative scores summing to 1 over the last dim.
     """
-    if not torch.isfinite(loss).all():
+    if checks_values(loss) and not torch.isfinite(loss).all():
         raise ValueError("hypothesis losses contain NaN or inf; cannot score them")
     rescaled = minmax_rescale(loss, eps).clamp_min(0).pow(power)
     return torch.softmax(-peakiness * rescaled, dim=-1)
@@ -355,7 +355,7 @@ def split_image_ids(ids: Tensor) -> ImageIds:
         ValueError: for ids outside ``[0, 10**6]``.
     """
     ids = torch.as_tensor(ids).to(torch.int64).reshape(-1)
-    if ids.numel() and (ids.min() < 0 or ids.max() > FLIP_ID_BASE):
+    if ids.numel() and checks_values(ids) and (ids.min() < 0 or ids.max() > FLIP_ID_BASE):
         raise ValueError(f"image ids must lie in [0, {FLIP_ID_BASE}], got min {ids.min()} and max {ids.max()}")
     flipped = ids > FLIP_ID_BASE // 2
     return ImageIds(torch.where(flipped, FLIP_ID_BASE - ids, ids), flipped)
@@ -481,7 +481,10 @@ class CameraMultiplex:
         )
 
     def rows(self, ids: Tensor) -> Tensor:
-        """Store rows of (possibly mirrored) ids; ``(B,)`` → ``(B,)`` int64.
+        """Store rows of (possibly mirrored) ids; ``(B,)`` → ``(B,)`` int64 on the store's device.
+
+        The rows come from a dictionary on the host: pass ids that live there (a batch's ids before it moves to an
+        accelerator), or reading them makes the host wait for the device's queue.
 
         Raises:
             MissingImageError: (a ValueError) naming the ids that are not in the store.
@@ -493,7 +496,7 @@ class CameraMultiplex:
             raise MissingImageError(
                 f"{len(missing)} image id(s) not in the camera multiplex ({self._n} images): {shown}"
             )
-        return torch.tensor([self._row_of[i] for i in canonical], dtype=torch.int64, device=self.device)
+        return to_device(torch.tensor([self._row_of[i] for i in canonical], dtype=torch.int64), self.device)
 
     def computed_cameras(self) -> Tensor:
         """``(N, P, 7)`` ``base ∘ offsets`` of every row, in each row's stored crop NDC (no grad)."""
@@ -574,7 +577,7 @@ class CameraMultiplex:
         _check("crops", crops, (rows.numel(), 3))
         offsets = self._offsets[rows].clone().requires_grad_(True)
         cams = self._express(apply_offsets(self._base[rows], offsets, self.settings), rows, crops, info.flipped)
-        return MultiplexLookup(rows, info.flipped.to(self.device), offsets, cams)
+        return MultiplexLookup(rows, to_device(info.flipped, self.device), offsets, cams)
 
     def cameras(self, ids: Tensor, crops: Tensor) -> Tensor:
         """``(B, P, 7)`` hypotheses of ``ids`` for ``crops (B, 3)`` (no grad); see :meth:`lookup`."""
@@ -594,7 +597,7 @@ class CameraMultiplex:
     def _express(self, cams: Tensor, rows: Tensor, crops: Tensor, flipped: Tensor) -> Tensor:
         crops = crops.to(self.device, torch.float32)
         cams = recrop_camera(cams, self._crops[rows][:, None], crops[:, None])
-        return torch.where(flipped.to(self.device)[:, None, None], reflect_camera(cams), cams)
+        return torch.where(to_device(flipped, self.device)[:, None, None], reflect_camera(cams), cams)
 
     # -- optimisation -----------------------------------------------------------------------------------
     def adam_step(
@@ -611,9 +614,10 @@ class CameraMultiplex:
         grad = lookup.offsets.grad
         if grad is None:
             raise ValueError("lookup.offsets has no gradient: call backward() on a loss of lookup.cameras first")
-        rows, inverse = torch.unique(lookup.rows, return_inverse=True)
-        g = torch.zeros(rows.numel(), *grad.shape[1:], dtype=grad.dtype, device=grad.device)
-        g.index_add_(0, inverse, grad)
+        # each sample's row gradient summed over the samples sharing the row, in a buffer of all rows (no unique():
+        # its size would have to be read on the host); samples sharing a row compute and write the same update
+        rows = lookup.rows
+        g = torch.zeros_like(self._offsets).index_add_(0, rows, grad.to(self._offsets.dtype)).index_select(0, rows)
         g = suppress_gradient_noise(g)  # else Adam turns rounding noise into steps: see its docstring
         res = adam_update(self._offsets[rows], g, self._m[rows], self._v[rows], self._step[rows], lr, betas, eps)
         self._offsets[rows] = res.param
@@ -877,7 +881,7 @@ class MissingImageError(ValueError):
 def _check(name: str, t: Tensor, shape: tuple[int, ...]) -> None:
     if tuple(t.shape) != tuple(shape):
         raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(t.shape)}")
-    if t.is_floating_point() and not torch.isfinite(t).all():
+    if t.is_floating_point() and checks_values(t) and not torch.isfinite(t).all():
         raise ValueError(f"{name} contains NaN or inf")
 
 

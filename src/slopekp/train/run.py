@@ -140,8 +140,10 @@ def train_loop(
 
     Each step takes this rank's next batch of :func:`slopekp.train.distributed.shard_loader` (deterministic in
     ``(cfg.seed, epoch)``, skipping the ``state.in_epoch`` batches already done) and calls ``step_fn(batch)``,
-    which trains on it and returns the step's logs (the same on every rank). The loop then advances ``state``,
-    logs ``tag/KEY`` scalars to ``writer`` (rank 0 passes one, the others None), and calls ``checkpoint(logs)``
+    which trains on it and returns the step's logs (the same on every rank; numbers, or 0-dim tensors left on the
+    device). The loop then advances ``state``; every ``cfg.train.sync_every`` steps, before each checkpoint and at
+    the end it reads the pending logs back (:func:`read_back`) and logs them as ``tag/KEY`` scalars at their own
+    steps to ``writer`` (rank 0 passes one, the others None); it calls ``checkpoint(logs)``
     every ``cfg.train.checkpoint_every`` steps, at each epoch's end and after a SIGINT/SIGTERM, which stops every
     rank after the same step (:class:`StopRequested`). ``on_epoch_end(epochs_done)`` runs before that epoch's
     checkpoint (e.g. pruning the multiplex). ``max_steps`` bounds the steps of this call.
@@ -158,24 +160,37 @@ def train_loop(
     bar = tqdm(total=total, initial=min(state.step, total), unit="step", desc=desc or tag,
                disable=not progress or not dist.is_main, dynamic_ncols=True)  # fmt: skip
     logs: dict[str, float] = {}
+    pending: list[tuple[int, dict]] = []  # steps whose logs are still on the device
+
+    def read_logs() -> dict[str, float]:
+        """Write the pending steps' logs to TensorBoard and the bar, read back in one transfer per device."""
+        nonlocal logs
+        for step, values in read_back(pending):
+            if writer is not None:
+                for k, v in values.items():
+                    writer.add_scalar(f"{tag}/{k}", v, step)
+            logs = values
+        if pending:
+            shown = {k: f"{logs[k]:.4f}" for k in ("total", *postfix) if k in logs}
+            bar.set_postfix(**shown, epoch=state.epoch)
+        pending.clear()
+        return logs
+
     steps_now = 0
     try:
         with stop_guard() as stop:
             while state.epoch < epochs and (max_steps is None or steps_now < max_steps):
                 loader = D.shard_loader(dataset, B, cfg.seed, state.epoch, dist, state.in_epoch, cfg.train.num_workers)
                 for batch in loader:
-                    logs = step_fn(batch)
+                    pending.append((state.step + 1, step_fn(batch)))
                     state.step, state.in_epoch, steps_now = state.step + 1, state.in_epoch + 1, steps_now + 1
-                    if writer is not None:
-                        for k, v in logs.items():
-                            writer.add_scalar(f"{tag}/{k}", v, state.step)
                     bar.update(1)
-                    shown = {k: f"{logs[k]:.4f}" for k in ("total", *postfix) if k in logs}
-                    bar.set_postfix(**shown, epoch=state.epoch)
+                    if state.step % cfg.train.sync_every == 0:
+                        read_logs()
                     if state.step % cfg.train.checkpoint_every == 0:
-                        checkpoint(logs)
+                        checkpoint(read_logs())
                     if D.any_rank(bool(stop), dist):  # every rank stops after the same step
-                        checkpoint(logs)
+                        checkpoint(read_logs())
                         raise StopRequested(f"stopped by a signal; checkpoint {checkpoint_path or 'written'}")
                     if max_steps is not None and steps_now >= max_steps:
                         break
@@ -183,7 +198,25 @@ def train_loop(
                     state.epoch, state.in_epoch = state.epoch + 1, 0
                     if on_epoch_end is not None:
                         on_epoch_end(state.epoch)
-                checkpoint(logs)
+                checkpoint(read_logs())
     finally:
         bar.close()
-    return logs, steps_now
+    return read_logs(), steps_now
+
+
+def read_back(pending: list[tuple[int, dict]]) -> list[tuple[int, dict[str, float]]]:
+    """Steps' logs (``(step, {key: 0-dim tensor or number})``) as floats, keys in their order. The tensors are
+    read back in one transfer per device, so a GPU run waits for its device once per call, not once per value."""
+    by_device: dict[torch.device, list[tuple[int, str, torch.Tensor]]] = {}
+    out = [(step, dict(values)) for step, values in pending]
+    for i, (_, values) in enumerate(out):
+        for k, v in values.items():
+            if isinstance(v, torch.Tensor):
+                by_device.setdefault(v.device, []).append((i, k, v))
+            else:
+                values[k] = float(v)
+    for items in by_device.values():
+        read = torch.stack([v.detach().reshape(()).to(torch.float64) for _, _, v in items]).tolist()
+        for (i, k, _), x in zip(items, read):
+            out[i][1][k] = x
+    return out

@@ -54,8 +54,8 @@ _NOT_RESULT = {
     "render": ("image_size", "fused"),  # Stage II renders at train.render_size; fused: speed only
     "data": ("root", "images_dir", "sfm_dir", "img_size"),
     "model": ("pose_head", "num_keypoints", "end2end"),  # Stage II does not run the pose head
-    "train": ("epochs", "pose_epochs", "checkpoint_every", "num_workers", "camera_weight", "heatmap_weight",
-              "freeze_backbone", "pose_targets", "mirror_by_appearance"),  # Stage III's; fmt: skip
+    "train": ("epochs", "pose_epochs", "checkpoint_every", "num_workers", "sync_every", "camera_weight",
+              "heatmap_weight", "freeze_backbone", "pose_targets", "mirror_by_appearance"),  # Stage III's; fmt: skip
 }
 
 
@@ -124,8 +124,10 @@ def shape_priors(pred, faces: Tensor, template_verts: Tensor, w) -> dict[str, Te
     return out
 
 
-def stage2_losses(model, store: CameraMultiplex, renderer: Renderer, template, batch, cfg: Config):
-    """One step's losses. Returns ``(network_loss, camera_loss, lookup, q (B, P), logs)``."""
+def stage2_losses(model, store: CameraMultiplex, renderer: Renderer, template, batch, cfg: Config,
+                  ids: Tensor | None = None):  # fmt: skip
+    """One step's losses. Returns ``(network_loss, camera_loss, lookup, q (B, P), logs)``. ``ids``: the batch's
+    image ids on the host (default ``batch.id``; reading ids on an accelerator makes the host wait for it)."""
     from slopekp.models.encoder import normalize_image
 
     w = cfg.train
@@ -134,7 +136,7 @@ def stage2_losses(model, store: CameraMultiplex, renderer: Renderer, template, b
     if pred.verts.dtype != torch.float32:  # bf16 network: the renderer and the losses stay float32
         pred = dataclasses.replace(pred, verts=pred.verts.float(), delta_v=pred.delta_v.float(),
                                    uv_image=pred.uv_image.float())  # fmt: skip
-    lk = store.lookup(batch.id, batch.crop)
+    lk = store.lookup(batch.id if ids is None else ids, batch.crop)
     img, mask, dt = resize_targets(batch, cfg.train.render_size)
     res = renderer(pred.verts, template.faces, lk.cameras, mode="rgb", uv_image=pred.uv_image,
                    verts_uv=template.verts_uv)  # fmt: skip
@@ -149,7 +151,8 @@ def stage2_losses(model, store: CameraMultiplex, renderer: Renderer, template, b
             "total": net.detach(), "camera_update": cam.detach(), "best_score": q.amax(-1).mean()}  # fmt: skip
     if l_tex is not None:
         logs["texture"] = l_tex.detach().mean()
-    return net, cam, lk, q, {k: float(v.detach() if isinstance(v, Tensor) else v) for k, v in logs.items()}, (pred, res)
+    # logs stay on the device (0-dim tensors): the training loop reads them back every train.sync_every steps
+    return net, cam, lk, q, {k: v.detach() if isinstance(v, Tensor) else v for k, v in logs.items()}, (pred, res)
 
 
 def run_stage2(
@@ -227,20 +230,21 @@ def run_stage2(
         })  # fmt: skip
 
     def train_step(batch) -> dict[str, float]:
+        ids = batch.id  # on the host: the store's rows are looked up there
         batch = batch.to(device)
         if batch.gt_camera is not None:
             raise ValueError("Stage II received ground-truth cameras")
-        net, cam, lk, q, logs, (pred, res) = stage2_losses(ddp, store, renderer, template, batch, cfg)
+        net, cam, lk, q, logs, (pred, res) = stage2_losses(ddp, store, renderer, template, batch, cfg, ids)
         opt.zero_grad(set_to_none=True)
         net.backward(inputs=params, retain_graph=True)
         if cfg.train.grad_clip > 0:
-            logs["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, cfg.train.grad_clip))
+            logs["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, cfg.train.grad_clip).detach()
         opt.step()
         if cfg.train.multiplex_lr > 0:
             (lk.offsets.grad,) = torch.autograd.grad(cam, lk.offsets)
             store.adam_step(lk, lr=cfg.train.multiplex_lr)
-        store.set_scores(batch.id, q)
-        D.sync_store_rows(store, batch.id, dist)  # every rank applies every rank's rows
+        store.set_scores(ids, q)
+        D.sync_store_rows(store, ids, dist)  # every rank applies every rank's rows
         step = at.step + 1
         if writer is not None and (step % cfg.train.image_every == 1 or cfg.train.image_every == 1):
             write_examples(writer, step, batch, pred, res, q, cfg.train.render_size)

@@ -118,7 +118,8 @@ def stage3_manifest(
     settings = {"seed": cfg.seed, **flat_settings(cfg.data, "data", ("root", "images_dir", "sfm_dir", "img_size"))}
     settings["targets"] = targets_label(cfg, supervised)
     settings.update(flat_settings(cfg.model, "model"))
-    settings.update(flat_settings(cfg.train, "train", ("pose_epochs", "epochs", "checkpoint_every", "num_workers")))
+    not_result = ("pose_epochs", "epochs", "checkpoint_every", "num_workers", "sync_every")
+    settings.update(flat_settings(cfg.train, "train", not_result))
     inputs = {"data": data, "template": {"fingerprint": template_fp, "path": cfg.template.path}, "stage2": s2}
     if cfg.train.pose_targets == "stage1" and not supervised:
         inputs["stage1"] = {"fingerprint": file_digest(store_path).hexdigest()[:16], "path": str(store_path.resolve())}
@@ -139,11 +140,11 @@ def stage3_loss(model, batch, target: torch.Tensor, cfg: Config, faces, hard_ren
         verts = model.shape(enc.flat).verts.float()
     if enc.flat.dtype != torch.float32:  # bf16 backbone: the pose head (and PnP) run in float32
         enc = EncoderOutput({k: v.float() for k, v in enc.features.items()}, enc.conv.float(), enc.flat.float())
-    logs: dict[str, float] = {}
+    logs: dict[str, torch.Tensor] = {}  # on the device: read back by the training loop
     if model.pose_head != "keypoints":
         out = model.pose(enc, verts)
         loss = w.camera_weight * camera_loss(out.camera, target).mean()
-        logs["camera"] = float(loss.detach())
+        logs["camera"] = loss.detach()
         return loss, logs
     head = model.pose
     heat = head.decoder(enc.features)
@@ -151,12 +152,12 @@ def stage3_loss(model, batch, target: torch.Tensor, cfg: Config, faces, hard_ren
         vis = keypoint_visibility(verts.detach(), faces, target, head.keypoint_index, hard_renderer)
         goal = heatmap_targets(vis.points2d, vis.visible, tuple(heat.shape[-2:]))
     loss = heatmap_loss(heat, goal, vis.visible, weight=w.heatmap_weight)
-    logs["heatmap"] = float(loss.detach())
-    logs["visible_keypoints"] = float(vis.visible.float().mean())
+    logs["heatmap"] = loss.detach()
+    logs["visible_keypoints"] = vis.visible.float().mean()
     if head.end2end and w.camera_weight > 0:
         cam = head.pose_from_heatmaps(heat, verts).camera
         l_cam = w.camera_weight * camera_loss(cam, target).mean()
-        logs["camera"] = float(l_cam.detach())
+        logs["camera"] = l_cam.detach()
         loss = loss + l_cam
     return loss, logs
 
@@ -269,10 +270,10 @@ def run_stage3(
         loss.backward()
         D.average_gradients(params, dist)
         if cfg.train.grad_clip > 0:
-            logs["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, cfg.train.grad_clip))
+            logs["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, cfg.train.grad_clip).detach()
         opt.step()
         D.broadcast_buffers(model, dist)  # BatchNorm statistics: rank 0's on every rank, as DDP keeps them
-        logs["total"] = float(loss.detach())
+        logs["total"] = loss.detach()  # read back by the loop every train.sync_every steps
         step = at.step + 1
         if writer is not None and (step % cfg.train.image_every == 1 or cfg.train.image_every == 1):
             model.eval()  # no BatchNorm update from the examples' forward pass
