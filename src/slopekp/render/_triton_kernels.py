@@ -196,6 +196,13 @@ def silhouette_backward(table_ptr, win_ptr, grad_out_ptr, grad_ptr, G, F, H, W, 
 
 
 @triton.jit
+def _add_edge_grad(dw, px, py, xa, ya, xb, yb, gxa, gya, gxb, gyb):
+    """Add ``dL/dw · dw/d(corner)`` for the edge function ``w = (x_b - x_a)(p_y - y_a) - (y_b - y_a)(p_x - x_a)``
+    to the gradients of its corners ``a`` and ``b``."""
+    return gxa + dw * (yb - py), gya + dw * (px - xb), gxb + dw * (py - ya), gyb + dw * (xa - px)
+
+
+@triton.jit
 def pairs_backward(table_ptr, pix_ptr, face_ptr, grad_prob_ptr, grad_bary_ptr, grad_depth_ptr, gxy_ptr, gz_ptr,
                    ga_ptr, M, G, H, W, inv_sigma, BLOCK: tl.constexpr):  # fmt: skip
     """The RGB pairs' share of the gradients, one lane per pair (recomputed from its pixel and face): ``dL/dD``
@@ -241,19 +248,10 @@ def pairs_backward(table_ptr, pix_ptr, face_ptr, grad_prob_ptr, grad_bary_ptr, g
     d0 = d0 * inv_a  # dL/dw_k
     d1 = d1 * inv_a
     d2 = d2 * inv_a
-    # w_k = (x_b - x_a)(p_y - y_a) - (y_b - y_a)(p_x - x_a) for edge k from a = k+1 to b = k+2
-    gx1 += d0 * (y2 - py)
-    gx2 += d0 * (py - y1)
-    gy1 += d0 * (px - x2)
-    gy2 += d0 * (x1 - px)
-    gx2 += d1 * (y0 - py)
-    gx0 += d1 * (py - y2)
-    gy2 += d1 * (px - x0)
-    gy0 += d1 * (x2 - px)
-    gx0 += d2 * (y1 - py)
-    gx1 += d2 * (py - y0)
-    gy0 += d2 * (px - x1)
-    gy1 += d2 * (x0 - px)
+    # edge k runs from a = k+1 to b = k+2
+    gx1, gy1, gx2, gy2 = _add_edge_grad(d0, px, py, x1, y1, x2, y2, gx1, gy1, gx2, gy2)
+    gx2, gy2, gx0, gy0 = _add_edge_grad(d1, px, py, x2, y2, x0, y0, gx2, gy2, gx0, gy0)
+    gx0, gy0, gx1, gy1 = _add_edge_grad(d2, px, py, x0, y0, x1, y1, gx0, gy0, gx1, gy1)
     tl.atomic_add(gxy_ptr + g * 6 + 0, gx0, mask=im)
     tl.atomic_add(gxy_ptr + g * 6 + 1, gy0, mask=im)
     tl.atomic_add(gxy_ptr + g * 6 + 2, gx1, mask=im)
