@@ -228,3 +228,14 @@ def test_auto_falls_back_with_a_warning_when_the_kernels_fail(monkeypatch):
             assert fused._checked("cuda", 0) is False
     finally:
         fused._checked.cache_clear()
+
+
+def test_float64_with_settings_that_float32_cannot_hold(dev):
+    """sigma = 3.3e-4 and near = 1.1 are not float32 numbers: a compiled kernel must still get them exactly (they
+    are declared float64; passed as Python floats they would be rounded to float32 on the GPU only, an error of
+    ~1e-6 here, while the interpreter kept them exact)."""
+    ico = icosphere(1)
+    verts = _meshes(ico, 2, torch.float64, seed=11, z=1.3, device=dev)
+    kw = dict(height=16, width=16, sigma=3.3e-4, eps=1e-3, near=1.1, far=99.7)
+    _compare(verts, ico.faces, atol=1e-9, rtol=1e-9, **kw)
+    _compare_pairs(verts, ico.faces, atol=1e-9, rtol=1e-9, **kw)

@@ -123,10 +123,21 @@ def _tile(table_ptr, H, W, TILE: tl.constexpr):
 
 
 @triton.jit
-def silhouette_forward(table_ptr, win_ptr, out_ptr, count_ptr, G, F, H, W, r2, inv_sigma, near, far,
-                       TILE: tl.constexpr, FB: tl.constexpr, COUNT: tl.constexpr):  # fmt: skip
+def _in_dtype(table_ptr, a, b, c, d):
+    """The scalar arguments in the table's dtype. They are declared ``tl.float64``: a compiled kernel would
+    otherwise receive Python floats as float32 (the interpreter keeps them exact), and a float64 render would see
+    ``1/sigma`` or ``near`` rounded on the GPU only."""
+    dt = table_ptr.dtype.element_ty
+    return tl.full([], a, dt), tl.full([], b, dt), tl.full([], c, dt), tl.full([], d, dt)
+
+
+@triton.jit
+def silhouette_forward(table_ptr, win_ptr, out_ptr, count_ptr, G, F, H, W, r2: tl.float64, inv_sigma: tl.float64,
+                       near: tl.float64, far: tl.float64, TILE: tl.constexpr, FB: tl.constexpr,
+                       COUNT: tl.constexpr):  # fmt: skip
     """``sum log(1 - D)`` of each pixel of the tile; with ``COUNT``, also the number of kept pairs of the tile
     (``count_ptr[program]``, for :func:`pairs_fill`'s offsets)."""
+    r2, inv_sigma, near, far = _in_dtype(table_ptr, r2, inv_sigma, near, far)
     n, r0, c0, row, col, pvalid, px, py = _tile(table_ptr, H, W, TILE)
     acc = tl.zeros([TILE * TILE], dtype=table_ptr.dtype.element_ty)
     kept = tl.zeros([TILE * TILE], dtype=tl.int32)
@@ -145,13 +156,18 @@ def silhouette_forward(table_ptr, win_ptr, out_ptr, count_ptr, G, F, H, W, r2, i
 
 
 @triton.jit
-def pairs_fill(table_ptr, win_ptr, offset_ptr, pix_ptr, face_ptr, prob_ptr, bary_ptr, depth_ptr, M, G, F, H, W, r2,
-               inv_sigma, near, far, TILE: tl.constexpr, FB: tl.constexpr):  # fmt: skip
-    """Write the tile's kept pairs from ``offset_ptr[program]`` on (chunk by chunk, pixel-major in a chunk): flat
-    pixel and flat face (int64), ``D``, the clamped, renormalised barycentrics ``(3, M)`` and their depth."""
+def pairs_fill(table_ptr, win_ptr, end_ptr, count_ptr, pix_ptr, face_ptr, prob_ptr, bary_ptr, depth_ptr, M: tl.int64,
+               G, F, H, W, r2: tl.float64, inv_sigma: tl.float64, near: tl.float64, far: tl.float64,
+               TILE: tl.constexpr, FB: tl.constexpr):  # fmt: skip
+    """Write the tile's kept pairs into its slots ``[end - count, end)`` (chunk by chunk, pixel-major in a chunk):
+    flat pixel and flat face (int64), ``D``, the clamped, renormalised barycentrics ``(3, M)`` and their depth.
+    The stores stop at the tile's end, whatever this pass keeps (it recomputes what the counting pass kept; the
+    launch turns floating-point contraction off, so both compute it alike)."""
+    r2, inv_sigma, near, far = _in_dtype(table_ptr, r2, inv_sigma, near, far)
     n, r0, c0, row, col, pvalid, px, py = _tile(table_ptr, H, W, TILE)
     program = (n * tl.num_programs(1) + tl.program_id(1)) * tl.num_programs(2) + tl.program_id(2)
-    base = tl.load(offset_ptr + program)
+    end = tl.load(end_ptr + program)
+    base = end - tl.load(count_ptr + program)
     pix = (n * H + row).to(tl.int64) * W + col
     for f0 in range(0, F, FB):
         g, touch = _chunk(win_ptr, G, F, n, f0, r0, c0, TILE, FB)
@@ -160,6 +176,8 @@ def pairs_fill(table_ptr, win_ptr, offset_ptr, pix_ptr, face_ptr, prob_ptr, bary
                 table_ptr, G, g, touch, px, py, pvalid, r2, inv_sigma, near, far)  # fmt: skip
             flat = tl.reshape(keep, [TILE * TILE * FB])
             slot = base + tl.cumsum(flat.to(tl.int64), axis=0) - 1
+            base += tl.sum(flat.to(tl.int64), axis=0)
+            flat = flat & (slot < end)
             pix_b = tl.reshape(tl.broadcast_to(pix[:, None], [TILE * TILE, FB]), [TILE * TILE * FB])
             g_b = tl.reshape(tl.broadcast_to(g.to(tl.int64)[None, :], [TILE * TILE, FB]), [TILE * TILE * FB])
             tl.store(pix_ptr + slot, pix_b, mask=flat)
@@ -169,12 +187,13 @@ def pairs_fill(table_ptr, win_ptr, offset_ptr, pix_ptr, face_ptr, prob_ptr, bary
             tl.store(bary_ptr + M + slot, tl.reshape(bary1, [TILE * TILE * FB]), mask=flat)
             tl.store(bary_ptr + 2 * M + slot, tl.reshape(bary2, [TILE * TILE * FB]), mask=flat)
             tl.store(depth_ptr + slot, tl.reshape(depth, [TILE * TILE * FB]), mask=flat)
-            base += tl.sum(flat.to(tl.int64), axis=0)
 
 
 @triton.jit
-def silhouette_backward(table_ptr, win_ptr, grad_out_ptr, grad_ptr, G, F, H, W, r2, inv_sigma, near, far,
-                        TILE: tl.constexpr, FB: tl.constexpr):  # fmt: skip
+def silhouette_backward(table_ptr, win_ptr, grad_out_ptr, grad_ptr, G, F, H, W, r2: tl.float64,
+                        inv_sigma: tl.float64, near: tl.float64, far: tl.float64, TILE: tl.constexpr,
+                        FB: tl.constexpr):  # fmt: skip
+    r2, inv_sigma, near, far = _in_dtype(table_ptr, r2, inv_sigma, near, far)
     n, r0, c0, row, col, pvalid, px, py = _tile(table_ptr, H, W, TILE)
     gl = tl.load(grad_out_ptr + (n * H + row) * W + col, mask=pvalid, other=0.0)
     for f0 in range(0, F, FB):
@@ -204,15 +223,16 @@ def _add_edge_grad(dw, px, py, xa, ya, xb, yb, gxa, gya, gxb, gyb):
 
 @triton.jit
 def pairs_backward(table_ptr, pix_ptr, face_ptr, grad_prob_ptr, grad_bary_ptr, grad_depth_ptr, gxy_ptr, gz_ptr,
-                   ga_ptr, M, G, H, W, inv_sigma, BLOCK: tl.constexpr):  # fmt: skip
+                   ga_ptr, M: tl.int64, G, H, W, inv_sigma: tl.float64, BLOCK: tl.constexpr):  # fmt: skip
     """The RGB pairs' share of the gradients, one lane per pair (recomputed from its pixel and face): ``dL/dD``
     through ``d²`` (``dD/d(d²) = D (1 - D) delta / sigma``, then ``d(d²)/dv = -2 beta_v (p - q)``), ``dL/dbary``
     and ``dL/ddepth`` through the clamped, renormalised barycentrics ``w_k / A`` into the corners (``gxy (G, 3,
     2)``), the corner depths (``gz (G, 3)``) and ``A`` (``ga (G,)``), with atomics."""
-    i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    im = i < M
-    pix = tl.load(pix_ptr + i, mask=im, other=0)
-    g = tl.load(face_ptr + i, mask=im, other=0)
+    inv_sigma = tl.full([], inv_sigma, table_ptr.dtype.element_ty)
+    i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    pix = tl.load(pix_ptr + i, mask=i < M, other=0)
+    g = tl.load(face_ptr + i, mask=i < M, other=-1)
+    im = g >= 0  # a slot the fill pass left unwritten (-1) gets no gradient
     col = pix % W
     row = (pix // W) % H
     px = (2 * col + 1).to(table_ptr.dtype.element_ty) / W - 1.0

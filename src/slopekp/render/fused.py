@@ -21,6 +21,7 @@ and are the next step once GPU timings say where the time goes.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import warnings
@@ -37,6 +38,10 @@ FUSED_MODES = ("never", "auto", "always")
 TILE = 8
 FACE_BLOCK = 32
 PAIR_BLOCK = 256
+#: Launch options of the tile kernels: 8 warps keep the float32 kernels within the register file (4 spilled in the
+#: backward and the pair fill, compiled for sm_90 without a GPU); no floating-point contraction, so that the pair
+#: counting pass and the pair fill keep exactly the same pairs (the same operations, rounded alike).
+TILE_LAUNCH = {"num_warps": 8, "enable_fp_fusion": False}
 
 
 @functools.cache
@@ -88,9 +93,10 @@ class _FusedSilhouette(torch.autograd.Function):
                                     double_sided)  # fmt: skip
         G = table.shape[1]
         out = table.new_empty(n_images * height * width)
-        _kernels().silhouette_forward[_grid(n_images, height, width)](
-            table, windows, out, out, G, G // n_images, height, width, radius * radius, 1.0 / sigma, near, far,
-            TILE=TILE, FB=FACE_BLOCK, COUNT=False)  # fmt: skip
+        with _on(table.device):
+            _kernels().silhouette_forward[_grid(n_images, height, width)](
+                table, windows, out, out, G, G // n_images, height, width, radius * radius, 1.0 / sigma, near, far,
+                TILE=TILE, FB=FACE_BLOCK, COUNT=False, **TILE_LAUNCH)  # fmt: skip
         ctx.save_for_backward(table, windows)
         ctx.args = (n_images, height, width, radius, sigma, near, far)
         return out
@@ -111,9 +117,15 @@ def _grid(n_images: int, height: int, width: int) -> tuple[int, int, int]:
 def _silhouette_backward(table, windows, grad_log_t, grad, n_images, height, width, radius, sigma, near, far):
     """Add the silhouette's corner gradients ``(G, 3, 2)`` for ``dL/dlog_t`` to ``grad``."""
     G = table.shape[1]
-    _kernels().silhouette_backward[_grid(n_images, height, width)](
-        table, windows, grad_log_t.contiguous(), grad, G, G // n_images, height, width, radius * radius,
-        1.0 / sigma, near, far, TILE=TILE, FB=FACE_BLOCK)  # fmt: skip
+    with _on(table.device):
+        _kernels().silhouette_backward[_grid(n_images, height, width)](
+            table, windows, grad_log_t.contiguous(), grad, G, G // n_images, height, width, radius * radius,
+            1.0 / sigma, near, far, TILE=TILE, FB=FACE_BLOCK, **TILE_LAUNCH)  # fmt: skip
+
+
+def _on(device: torch.device):
+    """Launch on ``device``: Triton launches on the current CUDA device, not on the tensors'."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
 class _FusedPairs(torch.autograd.Function):
@@ -135,16 +147,18 @@ class _FusedPairs(torch.autograd.Function):
         log_t = table.new_empty(n_images * height * width)
         counts = torch.empty(grid[0] * grid[1] * grid[2], dtype=torch.int64, device=table.device)
         args = (G, G // n_images, height, width, radius * radius, 1.0 / sigma, near, far)
-        k.silhouette_forward[grid](table, windows, log_t, counts, *args, TILE=TILE, FB=FACE_BLOCK, COUNT=True)
-        ends = torch.cumsum(counts, 0)
-        M = int(ends[-1])  # the host synchronisation: the pair tensors' size
-        pix = torch.empty(M, dtype=torch.int64, device=table.device)
-        face = torch.empty_like(pix)
-        prob, depth = table.new_empty(M), table.new_empty(M)
-        bary = table.new_empty(3, M)
-        if M:
-            k.pairs_fill[grid](table, windows, ends - counts, pix, face, prob, bary, depth, M, *args, TILE=TILE,
-                               FB=FACE_BLOCK)  # fmt: skip
+        with _on(table.device):
+            k.silhouette_forward[grid](table, windows, log_t, counts, *args, TILE=TILE, FB=FACE_BLOCK, COUNT=True,
+                                       **TILE_LAUNCH)  # fmt: skip
+            ends = torch.cumsum(counts, 0)
+            M = int(ends[-1])  # the host synchronisation: the pair tensors' size
+            pix = torch.zeros(M, dtype=torch.int64, device=table.device)
+            face = torch.full_like(pix, -1)  # -1: a slot left unwritten (never, when both passes keep alike)
+            prob, depth = table.new_zeros(M), table.new_zeros(M)
+            bary = table.new_zeros(3, M)
+            if M:
+                k.pairs_fill[grid](table, windows, ends, counts, pix, face, prob, bary, depth, M, *args, TILE=TILE,
+                                   FB=FACE_BLOCK, **TILE_LAUNCH)  # fmt: skip
         ctx.save_for_backward(table, windows, pix, face)
         ctx.args = (n_images, height, width, radius, sigma, near, far)
         ctx.mark_non_differentiable(pix, face)
@@ -161,9 +175,10 @@ class _FusedPairs(torch.autograd.Function):
         grad_a = table.new_zeros(G)
         _silhouette_backward(table, windows, grad_log_t, grad, *ctx.args)
         if M:
-            _kernels().pairs_backward[(triton_cdiv(M, PAIR_BLOCK),)](
-                table, pix, face, grad_prob.contiguous(), grad_bary.contiguous(), grad_depth.contiguous(), grad,
-                grad_z, grad_a, M, G, height, width, 1.0 / sigma, BLOCK=PAIR_BLOCK)  # fmt: skip
+            with _on(table.device):
+                _kernels().pairs_backward[(triton_cdiv(M, PAIR_BLOCK),)](
+                    table, pix, face, grad_prob.contiguous(), grad_bary.contiguous(), grad_depth.contiguous(), grad,
+                    grad_z, grad_a, M, G, height, width, 1.0 / sigma, BLOCK=PAIR_BLOCK)  # fmt: skip
         return (grad.permute(2, 1, 0).contiguous(), grad_z.T.contiguous(), grad_a) + (None,) * 8
 
 
