@@ -54,8 +54,9 @@ class RenderConfig:
     near: float = 1.0
     far: float = 100.0
     fused: str = "never"
-    """The soft silhouette's fused Triton kernels (:mod:`slopekp.render.fused`): ``never`` (default until they are
-    timed on a GPU), ``auto`` (on CUDA after a self-check) or ``always``. Speed only: left out of run manifests."""
+    """The soft silhouette and RGB pairs in Triton (:mod:`slopekp.render.fused`, docs/gpu.md): ``never`` (default
+    until they are timed on a GPU), ``auto`` (on CUDA after a self-check) or ``always``. Speed only: left out of run
+    manifests."""
 
 
 @dataclass

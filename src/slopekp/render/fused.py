@@ -1,22 +1,23 @@
-"""A fused soft silhouette in Triton: one kernel launch for the forward pass and one for the backward pass,
-instead of the candidate-pair path's many small launches (issue 13).
+"""The soft silhouette and the soft RGB pairs in Triton kernels: a few launches per render instead of the
+candidate-pair path's thousands of small ones (issue 13; docs/gpu.md).
 
 **Status: built and tested under Triton's interpreter only** (``TRITON_INTERPRET=1`` on the CPU, against
-:func:`slopekp.render.rasterize.soft_rasterize` on values and gradients). It has not been timed on a GPU, so it
-is off by default: ``RenderSettings(fused="never")``. ``fused="always"`` forces it (CUDA, or the interpreter);
-``fused="auto"`` uses it on CUDA when Triton imports and a self-check against the pure-PyTorch path passes at
-first use (:func:`fused_available`). The pure-PyTorch path stays the reference and the CPU path. The RGB
-aggregation and the hard z-buffer have no fused path yet.
+:func:`slopekp.render.rasterize.soft_rasterize` on values and gradients; compiled for sm_90 without a GPU). It
+has not been timed on a GPU, so it is off by default: ``RenderSettings(fused="never")``. ``fused="always"``
+forces it (CUDA, or the interpreter); ``fused="auto"`` uses it on CUDA when Triton imports and a self-check
+against the pure-PyTorch path passes at first use (:func:`fused_available`; a failure warns and falls back). The
+pure-PyTorch path stays the reference and the CPU path. The hard z-buffer has no fused path.
 
-Kernel (the same maths as ``rasterize.py``'s silhouette, which documents it): one program per image and
-``TILE × TILE`` pixel tile. It walks the image's faces in chunks of ``FB``; a chunk none of whose faces' windows
-(bounding box grown by the cut-off radius) touch the tile is skipped after loading its windows, and the others
-are evaluated as a dense ``(pixels, FB)`` block: the signed distance to the triangle, the cut-off and the
-``[near, far]`` test on the clamped-barycentric depth, then ``sum log(1 - D)``. The backward program recomputes
-the same block (nothing is stored between the passes) and adds each face's corner gradients
-``-2 Σ c·β_v·(p − q)`` with atomics. Work is ``N · tiles · F/FB`` chunk tests plus the dense blocks of the chunks
-that touch a tile; PyTorch3D's coarse binning and 3D Gaussian splatting's tile sorting would cut the chunk tests,
-and are the next step once GPU timings say where the time goes.
+Kernels (the same maths as ``rasterize.py``, which documents it): one program per image and ``TILE × TILE``
+pixel tile. It walks the image's faces in chunks of ``FB``; a chunk none of whose faces' windows (bounding box
+grown by the cut-off radius) touch the tile is skipped after loading its windows, and the others are evaluated
+as a dense ``(pixels, FB)`` block: the signed distance to the triangle, the cut-off and the ``[near, far]`` test
+on the clamped-barycentric depth, then ``sum log(1 - D)``. The backward program recomputes the same block
+(nothing is stored between the passes) and adds each face's corner gradients ``-2 Σ c·β_v·(p − q)`` with
+atomics. The RGB pairs (:class:`_FusedPairs`): the forward kernel also counts each tile's kept pairs, a second
+pass writes them at the tiles' running offsets, and the backward adds one lane per pair. Work is ``N · tiles ·
+F/FB`` chunk tests plus the dense blocks of the chunks that touch a tile; docs/gpu.md has the measured share of
+useful work in those blocks, and the binning that would raise it.
 """
 
 from __future__ import annotations

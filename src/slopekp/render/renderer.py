@@ -53,8 +53,9 @@ class RenderSettings:
     ``max_pairs``: bound on face-pixel pairs evaluated in one dense block (transient memory of the forward
     pass).
     ``bg_eps``: normalised depth of the background in the RGB softmax (SoftRas ``eps``).
-    ``fused``: the soft silhouette's fused Triton kernels (:mod:`slopekp.render.fused`): ``never`` (default until
-    they are timed on a GPU), ``auto`` (on CUDA when Triton is there and a self-check passes) or ``always``.
+    ``fused``: the soft silhouette and RGB pairs in Triton kernels (:mod:`slopekp.render.fused`): ``never``
+    (default until they are timed on a GPU), ``auto`` (on CUDA when Triton is there and a self-check passes) or
+    ``always``.
     """
 
     image_size: int | tuple[int, int] = 64
