@@ -54,9 +54,9 @@ def _syncs(name: str, args: tuple, kwargs: dict) -> bool:
         return len(args) > 1 and _is_bool_index(args[1])
     if name == "where":  # torch.where(cond) alone is a nonzero
         return len(args) + len(kwargs) == 1
-    if name == "repeat_interleave":  # the output size, unless given
-        return "output_size" not in kwargs and len(args) >= 1 and isinstance(args[-1 if len(args) < 2 else 1],
-                                                                             torch.Tensor)  # fmt: skip
+    if name == "repeat_interleave":  # tensor repeats (or repeat_interleave(repeats) alone): the output size
+        repeats = args[1] if len(args) > 1 else kwargs.get("repeats", args[0] if args else None)
+        return isinstance(repeats, torch.Tensor) and "output_size" not in kwargs
     if name in ("tensor", "as_tensor"):  # Python data copied to the device
         device = kwargs.get("device")
         return device is not None and not (len(args) and isinstance(args[0], torch.Tensor))

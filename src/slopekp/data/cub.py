@@ -48,6 +48,7 @@ from slopekp.data.matfiles import (
     read_sfm_anno,
     sfm_anno_problems,
 )
+from slopekp.utils import to_device
 
 FLIP_ID_BASE = 10**6
 
@@ -106,8 +107,6 @@ class Batch:
         """A copy with every tensor moved to ``device``. Copies from the host to an accelerator do not wait for
         the device's queue (``non_blocking``: the host's data is staged before the call returns); copies to the
         host do."""
-        from slopekp.utils import to_device
-
         moved = {
             f.name: (
                 to_device(getattr(self, f.name), device)
