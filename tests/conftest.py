@@ -108,18 +108,31 @@ class TinyModel:
     """Stage II ``last.pt`` (a checkpoint without a trained pose head)."""
 
 
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory, smoke_overrides) -> TinyModel:
+def train_tiny(root: Path, head: str, *, size: int, seed: int):
+    """SynthBirds (4 train, 3 test images of ``size``²) in ``root/sb``, then Stages I-III at the smoke sizes
+    (:data:`SMOKE_OVERRIDES`; Stage II one step, Stage III two with ``head``). Returns ``(data, stage3 result)``;
+    the stages' folders are ``root/s1``, ``root/s2`` and ``root/s3``."""
     from slopekp.config import load_config
     from slopekp.data.synthetic import generate_synthbirds
     from slopekp.train.stage1 import run_stage1
     from slopekp.train.stage2 import run_stage2
     from slopekp.train.stage3 import run_stage3
 
-    root = tmp_path_factory.mktemp("tiny_model")
-    data = generate_synthbirds(root / "sb", n_train=4, n_test=3, size=48, seed=3, progress=False)
-    cfg = load_config(overrides=smoke_overrides)
+    data = generate_synthbirds(root / "sb", n_train=4, n_test=3, size=size, seed=seed, progress=False)
+    cfg = load_config(overrides=list(SMOKE_OVERRIDES))
     run_stage1(cfg, data, root / "s1", progress=False, report=False)
     run_stage2(cfg, data, root / "s1" / "multiplex.npz", root / "s2", progress=False, max_steps=1)
-    s3 = run_stage3(cfg, data, root / "s2", root / "s3", "keypoints", progress=False, max_steps=2)
+    return data, run_stage3(cfg, data, root / "s2", root / "s3", head, progress=False, max_steps=2)
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline():
+    """:func:`train_tiny`, for fixtures that train a tiny model of their own (another head, size or seed)."""
+    return train_tiny
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> TinyModel:
+    root = tmp_path_factory.mktemp("tiny_model")
+    data, s3 = train_tiny(root, "keypoints", size=48, seed=3)
     return TinyModel(data, s3.checkpoint, root / "s2" / "checkpoints" / "last.pt")

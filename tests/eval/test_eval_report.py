@@ -12,23 +12,13 @@ import torch
 from PIL import Image
 
 from slopekp.cli import main
-from slopekp.config import load_config
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, smoke_overrides):
+def trained(tmp_path_factory, tiny_pipeline):
     """A SynthBirds folder (4 train, 3 test images) and the Stage II and Stage III (svd) runs on it."""
-    from slopekp.data.synthetic import generate_synthbirds
-    from slopekp.train.stage1 import run_stage1
-    from slopekp.train.stage2 import run_stage2
-    from slopekp.train.stage3 import run_stage3
-
     root = tmp_path_factory.mktemp("eval")
-    data = generate_synthbirds(root / "sb", n_train=4, n_test=3, size=32, seed=5, progress=False)
-    cfg = load_config(overrides=smoke_overrides)
-    run_stage1(cfg, data, root / "s1", progress=False, report=False)
-    run_stage2(cfg, data, root / "s1" / "multiplex.npz", root / "s2", progress=False, max_steps=1)
-    s3 = run_stage3(cfg, data, root / "s2", root / "s3", "svd", progress=False, max_steps=2)
+    data, s3 = tiny_pipeline(root, "svd", size=32, seed=5)
     return data, root, s3
 
 
