@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 
 from slopekp.cli import main
-from slopekp.config import ConfigError, load_config, save_config
+from slopekp.config import Config, ConfigError, load_config, save_config
+from slopekp.manifest import flat_config
 
 
 def test_defaults_and_overrides():
@@ -180,3 +181,49 @@ def test_shipped_configs_load(path):
     cfg = load_config(path)
     if path.name == "cub_stage1_gpu.yaml":
         assert (cfg.multiplex.batch_invariant, cfg.multiplex.batch_size, cfg.render.fused) == (False, 60, "auto")
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("model.pose_head=foo", "model.pose_head must be one of keypoints, quaternion, gramschmidt, svd, got 'foo'"),
+        ("train.pose_targets=xyz", "train.pose_targets must be one of stage2, stage1, got 'xyz'"),
+        ("data.split=nonsense", "data.split must be one of train, val, test, got 'nonsense'"),
+        ("render.fused=sometimes", "render.fused must be one of never, auto, always, got 'sometimes'"),
+    ],
+)
+def test_config_show_refuses_a_name_outside_its_set(override, message, capsys):
+    """Issue 20: ``config show`` exited 0 for these; now every command refuses them up front, naming the key."""
+    assert main(["config", "show", override]) == 2
+    assert f"slopekp: error: {message}" in capsys.readouterr().err
+
+
+def test_choices_follow_the_code_that_reads_them():
+    from slopekp.config import CHOICES
+    from slopekp.data.verify import CMR_SPLITS
+    from slopekp.models.pose import POSE_HEADS
+    from slopekp.render.fused import FUSED_MODES
+    from slopekp.train.stage3 import POSE_TARGETS
+
+    assert set(CHOICES["model.pose_head"]) == set(POSE_HEADS)
+    assert CHOICES["render.fused"] == FUSED_MODES and CHOICES["data.split"] == CMR_SPLITS
+    assert CHOICES["train.pose_targets"] == POSE_TARGETS
+    str_fields = {k for k, v in flat_config(Config()).items() if isinstance(v, str)}
+    assert set(CHOICES) <= str_fields
+
+
+def test_a_huge_config_file_is_too_large_not_invalid(tmp_path, capsys):
+    """Issue 20: a 55 MB YAML of a million-item list was called invalid YAML; it is refused as too large, before
+    it is parsed, and a small file of too many nodes (an alias bomb, or a long list) is named as such."""
+    big = tmp_path / "big.yaml"
+    with open(big, "w") as f:
+        f.write("multiplex:\n  junk:\n")
+        f.writelines(f"  - {i}\n" for i in range(400_000))
+    assert main(["config", "show", "--config", str(big)]) == 2
+    err = capsys.readouterr().err
+    assert f"{big}: " in err and "MiB is too large for a config file (at most 1 MiB" in err and "invalid" not in err
+    many = tmp_path / "many.yaml"
+    many.write_text("multiplex:\n  junk: [" + ", ".join(["1"] * 20_000) + "]\n")
+    assert main(["config", "show", "--config", str(many)]) == 2
+    err = capsys.readouterr().err
+    assert f"{many}: too many YAML nodes for a config file" in err and "not valid YAML" not in err

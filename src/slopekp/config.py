@@ -6,8 +6,9 @@ One :class:`Config` holds a section per subsystem. A run's config is resolved as
 
 and the resolved config is saved next to every output as ``config.yaml`` (:func:`save_config`). Unknown keys and
 values of the wrong type are errors (OmegaConf structured configs), never silently ignored; then every numeric
-value is checked against its allowed range (:data:`RULES`, one rule per field) and the device name for its
-form (:func:`validate_config`), so a bad value fails up front naming its dotted key.
+value is checked against its allowed range (:data:`RULES`, one rule per field), every string that names one of a
+fixed set against that set (:data:`CHOICES`) and the device name for its form (:func:`validate_config`), so a bad
+value fails up front naming its dotted key (``slopekp config show`` included).
 
 Runtime objects (the device, the template mesh, the dataset) are *not* stored here: commands build them from
 the config at the top and pass them down as plain arguments.
@@ -26,6 +27,9 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from slopekp.utils import MAX_IMAGE_SIZE, MAX_SYNTH_COUNT, MAX_SYNTH_SIZE, atomic_write, check_device_name
+
+MAX_CONFIG_BYTES = 1 << 20
+"""The largest config file read (a full config is about 2 KiB): a bigger file is a mistake, refused before parsing."""
 
 
 class ConfigError(ValueError):
@@ -351,6 +355,16 @@ RULES: dict[str, Range] = {
 }
 """The allowed range of every numeric field of :class:`Config`, by dotted key (a test keeps it complete)."""
 
+CHOICES: dict[str, tuple[str, ...]] = {
+    "data.split": ("train", "val", "test"),
+    "render.fused": ("never", "auto", "always"),
+    "model.pose_head": ("keypoints", "quaternion", "gramschmidt", "svd"),
+    "train.pose_targets": ("stage2", "stage1"),
+}
+"""The allowed values of every string field that names one of a fixed set, by dotted key: CMR's splits, the fused
+renderer's modes, the pose heads (:data:`slopekp.models.pose.POSE_HEADS`) and the Stage III targets (a test keeps
+them in step with the code that reads them)."""
+
 ORDERED: tuple[tuple[str, str], ...] = (("render.near", "render.far"),)
 """Pairs of keys whose values must satisfy ``first < second``."""
 
@@ -363,7 +377,7 @@ def _get(cfg: Config, key: str) -> Any:
 
 
 def validate_config(cfg: Config) -> None:
-    """Check every value of ``cfg`` against :data:`RULES` and :data:`ORDERED`, and its device name
+    """Check every value of ``cfg`` against :data:`RULES`, :data:`CHOICES` and :data:`ORDERED`, and its device name
     (:func:`slopekp.utils.check_device_name`; whether this machine has it is checked where it is used).
 
     Raises:
@@ -375,8 +389,9 @@ def validate_config(cfg: Config) -> None:
     for a, b in ORDERED:
         if not _get(cfg, a) < _get(cfg, b):
             raise ConfigError(f"{a} must be < {b} ({_get(cfg, b)!r}), got {_get(cfg, a)!r}")
-    if cfg.render.fused not in ("never", "auto", "always"):
-        raise ConfigError(f"render.fused must be one of never, auto, always, got {cfg.render.fused!r}")
+    for key, allowed in CHOICES.items():
+        if _get(cfg, key) not in allowed:
+            raise ConfigError(f"{key} must be one of {', '.join(allowed)}, got {_get(cfg, key)!r}")
     try:
         check_device_name(cfg.device)
     except ValueError as e:
@@ -398,12 +413,19 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             raise ConfigError(f"{path}: is a folder, not a config file")
         if not path.exists():
             raise ConfigError(f"config file not found: {path}")
+        size = path.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{path}: {size / 2**20:.1f} MiB is too large for a config file (at most "
+                              f"{MAX_CONFIG_BYTES // 2**20} MiB; a full slopekp config is about 2 KiB)")  # fmt: skip
         text = path.read_text(encoding="utf-8")
         try:
             file_cfg = OmegaConf.load(io.StringIO(text))
         except OSError:  # OmegaConf's answer to a scalar top level ("Invalid loaded object type")
             file_cfg = yaml.safe_load(text)
         except Exception as e:  # yaml errors come in several types
+            if "node expansion exceeds" in str(e):  # OmegaConf's guard against huge documents and alias bombs
+                raise ConfigError(f"{path}: too many YAML nodes for a config file (over OmegaConf's limit of 10000 "
+                                  "after expanding aliases; a full slopekp config has about 200)") from e  # fmt: skip
             raise ConfigError(f"{path}: not valid YAML: {e}") from e
         if not isinstance(file_cfg, DictConfig):
             raise ConfigError(f"{path}: top level must be a mapping of sections, got {_kind(file_cfg)}")

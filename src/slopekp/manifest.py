@@ -322,7 +322,8 @@ def prepare_output_dir(
                 if resumable:
                     options = (
                         f"Rerun with the same ones to resume, pass --force-new to start over there (the old "
-                        f"folder is kept as {out.name}.old-<time>), or choose another output folder."
+                        f"folder is kept as {out.name}.old-<time>), --overwrite to replace it, or choose another "
+                        "output folder."
                     )
                 else:
                     options = (

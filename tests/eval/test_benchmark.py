@@ -71,3 +71,44 @@ def test_one_seed_reports_values_without_a_spread():
     s = {h: {"mask IoU (at 0.5)": {**one, "mean": v}, "rotation error median (°)": {**one, "mean": 50.0}}
          for h, v in (("keypoints", 0.7), ("svd", 0.5))}  # fmt: skip
     assert "One seed: no spread" in verdict(s)
+
+
+def test_benchmark_refuses_a_folder_it_did_not_make(tmp_path, capsys):
+    """Issue 20: a non-empty folder that the benchmark did not make (one holding thesis.txt) is refused before Stage I
+    starts, and nothing in it changes."""
+    from slopekp.data.synthetic import generate_synthbirds
+
+    data = generate_synthbirds(tmp_path / "sb", n_train=2, n_test=1, size=32, seed=2, progress=False)
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "thesis.txt").write_text("chapter 1")
+    assert main(["benchmark", "--data", str(data), "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"{out}: folder is not empty and has no slopekp run manifest" in err and "--overwrite" in err
+    assert [p.name for p in out.iterdir()] == ["thesis.txt"] and (out / "thesis.txt").read_text() == "chapter 1"
+
+
+def test_benchmark_folder_gate_takes_its_own_and_older_folders(tmp_path):
+    from slopekp.data.synthetic import generate_synthbirds
+    from slopekp.eval.benchmark import prepare_benchmark_dir
+    from slopekp.manifest import Manifest, OutputExistsError, RunMismatchError
+
+    data = generate_synthbirds(tmp_path / "sb", n_train=2, n_test=1, size=32, seed=2, progress=False)
+    other = generate_synthbirds(tmp_path / "sb2", n_train=3, n_test=1, size=32, seed=2, progress=False)
+    out = tmp_path / "bench"
+    assert prepare_benchmark_dir(out, data) == "new" and Manifest.load(out).command == "benchmark"
+    assert prepare_benchmark_dir(out, data) == "resume"
+    with pytest.raises(RunMismatchError, match="input data: fingerprint"):
+        prepare_benchmark_dir(out, other)
+    # a benchmark folder from before benchmarks had a manifest: Stage I's manifest, seed folders and the reports
+    old = tmp_path / "old"
+    (old / "seed0").mkdir(parents=True)
+    Manifest("multiplex init").save(old / "stage1")
+    (old / "report.md").write_text("table")
+    assert prepare_benchmark_dir(old, data) == "resume" and (old / "report.md").read_text() == "table"
+    assert Manifest.load(old).command == "benchmark"
+    # ... but not when anything else is there
+    (old / "manifest.json").unlink()
+    (old / "notes.txt").write_text("mine")
+    with pytest.raises(OutputExistsError, match="not empty"):
+        prepare_benchmark_dir(old, data)

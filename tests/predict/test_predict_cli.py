@@ -171,3 +171,88 @@ def test_names_are_unique_and_a_photo_that_now_fails_leaves_nothing_stale(tiny_m
     assert main(args) == 1
     assert not (out / "p" / "mesh.glb").exists() and not (out / "p" / "figure.png").exists()
     assert "p.png: corrupt or unreadable image" in capsys.readouterr().err
+
+
+def _other_checkpoint(ckpt, path):
+    """A second Stage III checkpoint of the same head: ``ckpt`` with one weight nudged (another file, another
+    fingerprint)."""
+    import torch
+
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    key = next(k for k, v in state["model"].items() if v.is_floating_point())
+    state["model"][key] = state["model"][key] + 1e-3
+    torch.save(state, path)
+    return path
+
+
+def test_predict_never_writes_over_what_it_did_not_make(tiny_model, tmp_path, capsys):
+    """Issue 20: the probe's reproduction (a user's mesh.obj in OUT/photos/ was replaced), a rerun with another
+    checkpoint (refused unless --overwrite or --force-new) and a rerun with the same one (photos added)."""
+    ck = str(tiny_model.checkpoint)
+    inp = tmp_path / "in"
+    inp.mkdir()
+    _photo(inp / "photos.png")
+    out = tmp_path / "out"
+    (out / "photos").mkdir(parents=True)
+    (out / "photos" / "mesh.obj").write_text("mine")
+    (out / "notes.txt").write_text("notes")
+    base = ["--quiet", "--turntable-frames", "0", "--size", "32"]
+    assert main(["predict", str(inp / "photos.png"), "--checkpoint", ck, "--out", str(out), *base]) == 2
+    err = capsys.readouterr().err
+    assert f"{out}: folder is not empty and has no slopekp run manifest" in err and "--overwrite" in err
+    assert (out / "photos" / "mesh.obj").read_text() == "mine" and (out / "notes.txt").read_text() == "notes"
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "photos"]
+
+    # its own folder: the same checkpoint adds photos; a photo predicted again keeps its name and is replaced
+    own = tmp_path / "own"
+    _photo(tmp_path / "p.png", seed=2)
+    assert main(["predict", str(inp / "photos.png"), "--checkpoint", ck, "--out", str(own), *base]) == 0
+    assert main(["predict", str(tmp_path / "p.png"), str(inp / "photos.png"), "--checkpoint", ck, "--out", str(own),
+                 *base]) == 0  # fmt: skip
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    _photo(sub / "p.png", seed=3)  # another photo with a name in use: a new folder, the first p/ stays
+    assert main(["predict", str(sub / "p.png"), "--checkpoint", ck, "--out", str(own), *base]) == 0
+    assert "also lists 2 photo(s) of earlier runs" in capsys.readouterr().out
+    index = json.loads((own / "predictions.json").read_text())
+    assert sorted((e["name"], e["image"]) for e in index["images"]) == [
+        ("p", str(tmp_path / "p.png")), ("p-2", str(sub / "p.png")), ("photos", str(inp / "photos.png"))]
+    assert all((own / n / "mesh.glb").is_file() for n in ("p", "p-2", "photos"))
+
+    # another checkpoint: refused, the earlier results untouched; --force-new moves them aside; --overwrite empties
+    other = str(_other_checkpoint(ck, tmp_path / "other.pt"))
+    before = (own / "predictions.json").read_bytes()
+    assert main(["predict", str(tmp_path / "p.png"), "--checkpoint", other, "--out", str(own), *base]) == 2
+    err = capsys.readouterr().err
+    assert f"{own} holds a run of `slopekp predict` made from other inputs" in err and "input checkpoint" in err
+    assert "--overwrite" in err and (own / "predictions.json").read_bytes() == before
+    assert main(["predict", str(tmp_path / "p.png"), "--checkpoint", other, "--out", str(own), *base,
+                 "--force-new"]) == 0  # fmt: skip
+    aside = [p for p in tmp_path.iterdir() if p.name.startswith("own.old-")]
+    assert len(aside) == 1 and (aside[0] / "predictions.json").read_bytes() == before
+    assert [e["name"] for e in json.loads((own / "predictions.json").read_text())["images"]] == ["p"]
+    assert main(["predict", str(sub / "p.png"), "--checkpoint", ck, "--out", str(own), *base, "--overwrite"]) == 0
+    index = json.loads((own / "predictions.json").read_text())
+    assert [e["name"] for e in index["images"]] == ["p"] and index["checkpoint"] == ck
+
+
+def test_predict_reports_broken_links_and_warns_on_tiny_photos(tiny_model, tmp_path, capsys):
+    """Issue 20: broken symbolic links and link loops in an input folder are failed photos (exit 1), not silently
+    skipped; a 1x1 photo is reconstructed with a warning, kept in the index."""
+    inp = tmp_path / "in"
+    inp.mkdir()
+    _photo(inp / "a.png")
+    Image.fromarray(np.full((1, 1, 3), 200, np.uint8)).save(inp / "dot.png")
+    (inp / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    (inp / "loop.png").symlink_to(inp / "loop.png")
+    out = tmp_path / "out"
+    assert main(["predict", str(inp), "--checkpoint", str(tiny_model.checkpoint), "--out", str(out), "--quiet",
+                 "--turntable-frames", "0", "--size", "32"]) == 1  # fmt: skip
+    err = capsys.readouterr().err
+    assert "gone.jpg: image file not found (a broken symbolic link to " in err
+    assert "nowhere.jpg, which does not exist)" in err
+    assert "loop.png: image file not found (a symbolic link loop)" in err
+    assert "dot.png: the photo is only 1x1 pixels, under 16 on a side" in err
+    entries = {e["name"]: e for e in json.loads((out / "predictions.json").read_text())["images"]}
+    assert {n: e["status"] for n, e in entries.items()} == {"a": "ok", "dot": "ok", "gone": "error", "loop": "error"}
+    assert any("only 1x1 pixels" in w for w in entries["dot"]["warnings"])

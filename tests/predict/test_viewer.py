@@ -103,6 +103,18 @@ def test_viewer_command_refuses_a_folder_without_predictions(tmp_path, capsys):
     assert "no predictions to show" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("name", [5, None, "", "..", "a/b", ["x"]])
+def test_viewer_refuses_an_index_whose_name_is_not_a_folder_name(tmp_path, capsys, name):
+    """A hand-edited predictions.json with a non-string or path-like name is a one-line error naming the index and the
+    entry, not a traceback (issue 20)."""
+    (tmp_path / "predictions.json").write_text(json.dumps({"images": [{"name": name, "status": "ok"}]}))
+    with pytest.raises(ValueError, match=r"predictions\.json: images\[0\] has the name"):
+        listing(tmp_path)
+    assert main(["viewer", str(tmp_path), "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "predictions.json: images[0] has the name" in err and "Traceback" not in err
+
+
 def _chromium() -> str:
     for name in (os.environ.get("SLOPEKP_CHROMIUM", ""), "chromium", "chromium-browser", "google-chrome"):
         if name and shutil.which(name):

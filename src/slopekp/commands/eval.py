@@ -53,6 +53,7 @@ def register(sub) -> None:
     b.add_argument("--seeds", type=int, default=3, help="seeds (seed, seed+1, ...): Stage II and III per seed")
     b.add_argument("--pck-pairs", type=int, default=1000, help="image pairs for keypoint-transfer PCK (0: skip)")
     b.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_output_dir_args(b)
     add_config_args(b)
     b.set_defaults(func=_benchmark)
 
@@ -60,7 +61,7 @@ def register(sub) -> None:
 def _benchmark(args: argparse.Namespace) -> int:
     import shlex
 
-    from slopekp.eval.benchmark import run_benchmark
+    from slopekp.eval.benchmark import prepare_benchmark_dir, run_benchmark
 
     # `--heads a b key=value`: argparse hands the trailing overrides to --heads; give them back
     args.overrides = [*(h for h in args.heads if "=" in h), *args.overrides]
@@ -68,6 +69,7 @@ def _benchmark(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     data = data_dir_arg(args)
     command = "slopekp " + " ".join(shlex.quote(a) for a in args.argv)
+    prepare_benchmark_dir(args.out, data, overwrite=args.overwrite, force_new=args.force_new)
     res = run_benchmark(cfg, data, Path(args.out), heads=tuple(args.heads), seeds=args.seeds,
                         progress=not args.quiet, pck_pairs=args.pck_pairs, command=command)  # fmt: skip
     print(f"wrote {res.out_dir / 'report.md'} and report.json")

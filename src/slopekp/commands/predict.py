@@ -4,10 +4,16 @@
 * ``slopekp predict IMAGE... --checkpoint CKPT [--mask M... | --bbox x1,y1,x2,y2 ...] --out DIR``
 * ``slopekp info CKPT [--json]``
 
-IMAGE may be a folder (its images, sorted by name). ``--mask`` takes one mask per image, in order, or one folder
-holding ``<image stem>.png``; ``--bbox`` takes one box per image (0-based pixels, inclusive corners). Without
-either, each image is read whole, with a warning. A photo that fails (unreadable, a mask of another size, a box
-outside it ...) is reported and skipped; the others are still written, and the exit status is 1.
+IMAGE may be a folder (its images, sorted by name; a broken symbolic link among them is reported as a failed
+photo). ``--mask`` takes one mask per image, in order, or one folder holding ``<image stem>.png``; ``--bbox`` takes
+one box per image (0-based pixels, inclusive corners). Without either, each image is read whole, with a warning. A
+photo that fails (unreadable, a mask of another size, a box outside it ...) is reported and skipped; the others are
+still written, and the exit status is 1.
+
+OUT must be empty, missing, or a folder that ``slopekp predict`` made with the same checkpoint: a rerun there adds
+its photos to the earlier ones (a photo predicted again is replaced; another photo with the same name gets a new
+folder). Any other folder is refused: ``--overwrite`` empties it first, ``--force-new`` moves a predict folder of
+another checkpoint aside to ``OUT.old-<time>``.
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ import json
 import sys
 import warnings
 from pathlib import Path
+
+from slopekp.commands import add_output_dir_args
 
 #: Suffixes of the images taken from a folder given as IMAGE.
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -45,6 +53,7 @@ def register(sub) -> None:
     p.add_argument("--template", default=None,
                    help="the template mesh, only for old checkpoints that do not carry theirs")  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_output_dir_args(p)
     p.set_defaults(func=_predict)
 
     i = sub.add_parser("info", help="print a checkpoint's model card: head, template, training data, metrics",
@@ -61,7 +70,9 @@ def expand_images(items: list[str]) -> list[Path]:
     for item in items:
         p = Path(item)
         if p.is_dir():
-            found = sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES)
+            # a symbolic link that leads nowhere (broken, a loop) is kept, to be reported as a failed photo
+            found = sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES
+                           and (q.is_file() or (q.is_symlink() and not q.exists())))  # fmt: skip
             if not found:
                 raise ValueError(f"{p}: a folder with no images ({', '.join(IMAGE_SUFFIXES)})")
             out.extend(found)
@@ -95,9 +106,18 @@ def pair_inputs(images: list[Path], masks: list[str] | None, boxes: list[str] | 
 def _predict(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
+    from slopekp.manifest import prepare_output_dir
     from slopekp.predict import CropWarning, Reconstructor
     from slopekp.predict.inputs import read_photo
-    from slopekp.predict.outputs import remove_outputs, unique_names, write_index, write_reconstruction
+    from slopekp.predict.outputs import (
+        INDEX,
+        predict_manifest,
+        read_index,
+        remove_outputs,
+        unique_names,
+        write_index,
+        write_reconstruction,
+    )
     from slopekp.utils import check_device_name, first_line
 
     for name, v, low in (("--batch-size", args.batch_size, 1), ("--size", args.size, 16),
@@ -109,10 +129,15 @@ def _predict(args: argparse.Namespace) -> int:
     pairs = pair_inputs(images, args.mask, args.bbox)
     rec = Reconstructor.from_checkpoint(args.checkpoint, device=args.device, template=args.template)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    names = unique_names(images)
-    entries = [{"image": str(img), "name": name, "status": "pending", "error": None, "files": []}
+    reads = [*args.images, args.checkpoint, *(args.mask or [])]
+    state = prepare_output_dir(out, predict_manifest(args.checkpoint, rec.head), overwrite=args.overwrite,
+                               force_new=args.force_new, results=(INDEX,), inputs=reads, log=print)  # fmt: skip
+    earlier = read_index(out) if state == "resume" else []
+    names = unique_names(images, earlier=earlier)
+    entries = [{"image": str(img), "name": name, "status": "pending", "error": None, "warnings": [], "files": []}
                for img, name in zip(images, names)]  # fmt: skip
+    redone = {name.lower() for name in names}
+    kept = [e for e in earlier if str(e.get("name", "")).lower() not in redone]
     card = rec.card
     bar = tqdm(total=len(images), unit="img", desc="predict", disable=args.quiet, dynamic_ncols=True)
     def fail(i: int, e: Exception) -> None:
@@ -141,6 +166,7 @@ def _predict(args: argparse.Namespace) -> int:
                 continue
             for w in caught:
                 tqdm.write(f"slopekp: warning: {w.message}", file=sys.stderr)
+                entries[i]["warnings"].append(str(w.message))
             photos.append(photo)
             crops.append(crop)
             ok.append(i)
@@ -156,11 +182,12 @@ def _predict(args: argparse.Namespace) -> int:
                 continue
             e.update(status="ok", files=[str(f.relative_to(out)) for f in files], box_source=r.crop.source)
             bar.update(1)
-        write_index(out, entries, checkpoint=args.checkpoint, card=card)
+        write_index(out, [*kept, *entries], checkpoint=args.checkpoint, card=card)
     bar.close()
     failed = sum(e["status"] != "ok" for e in entries)
+    also = f"; the index also lists {len(kept)} photo(s) of earlier runs" if kept else ""
     print(f"wrote {len(entries) - failed} of {len(entries)} reconstruction(s) to {out}/ "
-          f"({rec.head} head; index: {out / 'predictions.json'})" + (f"; {failed} failed" if failed else ""))
+          f"({rec.head} head; index: {out / INDEX})" + (f"; {failed} failed" if failed else "") + also)
     return 1 if failed else 0
 
 

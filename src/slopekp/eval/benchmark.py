@@ -9,7 +9,9 @@ the test split (:func:`slopekp.eval.report.evaluate_checkpoint`). ``OUT/`` holds
     seed<S>/eval_<head>/         its evaluation (metrics.json, per_image.csv, plots, worst cases)
     report.json, report.md       Table 1: mean ± std over the seeds, the paper's numbers beside
 
-Every stage resumes (rerun the same command after an interruption); finished stages are reused.
+Every stage resumes (rerun the same command after an interruption); finished stages are reused. ``slopekp
+benchmark`` writes only into an empty folder or one it made (``OUT/manifest.json``, with the training data's
+fingerprint; each stage's own manifest checks the settings): :func:`prepare_benchmark_dir`.
 """
 
 from __future__ import annotations
@@ -17,17 +19,22 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from slopekp.config import Config
+from slopekp.manifest import MANIFEST_NAME, Manifest, cmr_data_fingerprint, prepare_output_dir
 from slopekp.utils import atomic_save_json, atomic_write
 
-__all__ = ["PAPER_TABLE1", "run_benchmark", "summarise", "write_report"]
+__all__ = ["PAPER_TABLE1", "prepare_benchmark_dir", "run_benchmark", "summarise", "write_report"]
 
 HEADS = ("quaternion", "gramschmidt", "svd", "keypoints")
+BENCHMARK_COMMAND = "benchmark"
+#: What a benchmark folder holds (the module docstring), to recognise one made before benchmarks had a manifest.
+_BENCHMARK_ENTRIES = re.compile(r"stage1|seed\d+|report\.(json|md)|\.report\.(json|md)\..*\.tmp")
 
 PAPER_TABLE1 = {
     "quaternion": {"mask_iou": 0.62, "rotation_error_deg": 45.5},
@@ -104,6 +111,30 @@ def run_benchmark(
     summary = summarise(runs)
     write_report(out_dir, summary, runs, data_dir=data_dir, command=command)
     return BenchmarkResult(out_dir, summary, runs)
+
+
+def prepare_benchmark_dir(out_dir: str | os.PathLike, data_dir: str | os.PathLike, *, overwrite: bool = False,
+                          force_new: bool = False) -> str:
+    """The output-folder gate of ``slopekp benchmark`` (:func:`slopekp.manifest.prepare_output_dir`): ``out_dir``
+    must be empty, missing or a benchmark folder of the same training data; a user's folder is refused unless
+    ``overwrite`` (emptied) or ``force_new`` (moved aside). A benchmark folder written before benchmarks had a
+    manifest (only ``stage1/``, ``seed<S>/`` and the reports, with Stage I's manifest) is taken as one.
+
+    Returns:
+        ``"new"`` or ``"resume"``.
+    """
+    out_dir, data_dir = Path(out_dir), Path(data_dir)
+    manifest = Manifest(BENCHMARK_COMMAND, inputs={"data": cmr_data_fingerprint(data_dir, "train")})
+    if out_dir.is_dir() and not (out_dir / MANIFEST_NAME).exists() and not (overwrite or force_new):
+        names = [p.name for p in out_dir.iterdir()]
+        try:
+            stage1 = Manifest.load(out_dir / "stage1")
+        except ValueError:
+            stage1 = None
+        if names and stage1 is not None and all(_BENCHMARK_ENTRIES.fullmatch(n) for n in names):
+            manifest.save(out_dir)  # an earlier benchmark's folder: its stages check their own settings
+            return "resume"
+    return prepare_output_dir(out_dir, manifest, overwrite=overwrite, force_new=force_new, inputs=[data_dir])
 
 
 def _say(progress: bool, text: str) -> None:

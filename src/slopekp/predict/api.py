@@ -270,8 +270,8 @@ class Reconstructor:
         """Read ``image`` (and ``mask``) and crop it for the network (:mod:`slopekp.predict.inputs`).
 
         Warns:
-            CropWarning: neither ``mask`` nor ``bbox`` was given, or the object's box is narrower than
-                :data:`MIN_BOX_SIDE` pixels.
+            CropWarning: neither ``mask`` nor ``bbox`` was given, or the object's box (or, without either, the
+                photo) is narrower than :data:`MIN_BOX_SIDE` pixels.
         """
         if isinstance(image, (str, os.PathLike)):
             name = str(image)
@@ -282,6 +282,9 @@ class Reconstructor:
         if source == "whole image":
             warnings.warn(f"{name}: no mask or box given; reading the whole image as the object's crop",
                           CropWarning, stacklevel=_stacklevel)  # fmt: skip
+            if min(size) < MIN_BOX_SIDE:
+                warnings.warn(f"{name}: the photo is only {size[1]}x{size[0]} pixels, under {MIN_BOX_SIDE} on a side; "
+                              "expect a poor reconstruction", CropWarning, stacklevel=_stacklevel)  # fmt: skip
         elif min(box[2] - box[0], box[3] - box[1]) + 1 < MIN_BOX_SIDE:
             warnings.warn(f"{name}: the object's box {box.tolist()} is under {MIN_BOX_SIDE} pixels on a side; "
                           "expect a poor reconstruction", CropWarning, stacklevel=_stacklevel)  # fmt: skip

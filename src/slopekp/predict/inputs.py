@@ -15,6 +15,7 @@ photo pixels to crop pixels is kept (:attr:`PhotoCrop.affine`), so that a render
 
 from __future__ import annotations
 
+import errno
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +59,8 @@ def _open(path: Path, what: str):
     if path.is_dir():
         raise ValueError(f"{path}: is a folder, not {what}")
     if not path.is_file():
+        if path.is_symlink():
+            raise ValueError(f"{path}: {what} file not found ({_broken_link(path)})")
         raise ValueError(f"{path}: {what} file not found")
     try:
         with Image.open(path) as im:
@@ -67,6 +70,18 @@ def _open(path: Path, what: str):
         raise ValueError(f"{path}: {what} too large to decode safely ({e})") from e
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise ValueError(f"{path}: corrupt or unreadable {what} ({type(e).__name__}: {e})") from e
+
+
+def _broken_link(path: Path) -> str:
+    """Why a symbolic link leads to no file: a loop, or a missing target (named)."""
+    try:
+        path.resolve(strict=True)
+    except RuntimeError:  # Python < 3.13 raises this for a loop
+        return "a symbolic link loop"
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "a symbolic link loop"
+    return f"a broken symbolic link to {os.readlink(path)}, which does not exist"
 
 
 def _to_unit(a: np.ndarray, name: str) -> np.ndarray:

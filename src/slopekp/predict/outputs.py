@@ -11,9 +11,10 @@
 * ``figure.png``: input | mesh in the predicted pose | textured | mask over the input | three novel views;
 * ``turntable.gif``: the textured mesh turning about the image's vertical axis.
 
-``OUT/predictions.json`` lists every photo with its folder, its status (``ok`` or ``error`` and the message) and
-the model card, so that a batch with a bad photo still says what happened to each. Every file is written
-atomically.
+``OUT/manifest.json`` says that ``slopekp predict`` made the folder, and with which checkpoint
+(:func:`slopekp.manifest.prepare_output_dir`). ``OUT/predictions.json`` lists every photo with its folder, its
+status (``ok`` or ``error`` and the message), its warnings and the model card, so that a batch with a bad photo
+still says what happened to each. Every file is written atomically.
 """
 
 from __future__ import annotations
@@ -25,13 +26,15 @@ from typing import Any
 
 import numpy as np
 
+from slopekp.manifest import Manifest, file_digest
 from slopekp.predict.api import Reconstruction
 from slopekp.utils import atomic_save_json
 
-__all__ = ["INDEX", "NOVEL_VIEWS", "OUTPUT_FILES", "jsonable", "remove_outputs", "unique_names", "write_index",
-           "write_reconstruction"]
+__all__ = ["INDEX", "NOVEL_VIEWS", "OUTPUT_FILES", "PREDICT_COMMAND", "jsonable", "predict_manifest", "read_index",
+           "remove_outputs", "unique_names", "write_index", "write_reconstruction"]
 
 INDEX = "predictions.json"
+PREDICT_COMMAND = "predict"
 INDEX_FORMAT = "slopekp.predictions/1"
 #: The figure's novel views, ``(azimuth, elevation)`` in degrees (U-CMR's demo: 30° and 60° about the vertical
 #: axis with 20° of elevation, and 60° about the horizontal axis).
@@ -43,12 +46,20 @@ OUTPUT_FILES = ("mesh.obj", "mesh.mtl", "mesh.png", "mesh.glb", "camera.json", "
                 "turntable.gif")  # fmt: skip
 
 
-def unique_names(paths: list[Path]) -> list[str]:
+def unique_names(paths: list[Path], earlier: list[dict[str, Any]] = ()) -> list[str]:
     """Folder names for ``paths``: their stems, with ``-2``, ``-3`` ... added to repeats (a name is never given
-    twice, also when a stem already ends in ``-2``; compared without case, for case-insensitive file systems)."""
-    used: set[str] = set()
+    twice, also when a stem already ends in ``-2``; compared without case, for case-insensitive file systems).
+
+    ``earlier``: the entries of the folder's index from earlier runs (``image``, ``name``). A path predicted before
+    gets its earlier name back (its folder is replaced); no other path gets a name in use by them."""
+    before = {os.path.abspath(str(e.get("image"))): str(e.get("name")) for e in earlier}
+    used = {name.lower() for name in before.values()}
     out = []
     for p in paths:
+        again = before.pop(os.path.abspath(p), None)
+        if again is not None:
+            out.append(again)
+            continue
         stem = Path(p).stem or "image"
         name, n = stem, 1
         while name.lower() in used:
@@ -57,6 +68,36 @@ def unique_names(paths: list[Path]) -> list[str]:
         used.add(name.lower())
         out.append(name)
     return out
+
+
+def predict_manifest(checkpoint: str | os.PathLike, head: str) -> Manifest:
+    """The run manifest of a predict folder: the checkpoint's content fingerprint and its head (the photos, sizes
+    and turntables are not compared: a rerun with the same checkpoint adds photos to the folder)."""
+    digest = file_digest(checkpoint).hexdigest()[:16]
+    return Manifest(PREDICT_COMMAND, inputs={"checkpoint": {"fingerprint": digest, "path": str(Path(checkpoint))}},
+                    settings={"head": head})  # fmt: skip
+
+
+def read_index(out: str | os.PathLike) -> list[dict[str, Any]]:
+    """The photo entries of ``OUT/predictions.json`` (none when it is missing).
+
+    Raises:
+        ValueError: naming the file, when it is not an index of ``slopekp predict``.
+    """
+    path = Path(out) / INDEX
+    if not path.is_file():
+        return []
+    try:
+        data = json.loads(path.read_text())
+        entries = data["images"] if data.get("format") == INDEX_FORMAT else None
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, AttributeError) as e:
+        raise ValueError(f"{path}: unreadable index of `slopekp predict` ({type(e).__name__}: {e}); pass "
+                         "--overwrite to start the folder afresh") from e  # fmt: skip
+    if not isinstance(entries, list) or not all(isinstance(e, dict) and isinstance(e.get("name"), str)
+                                                for e in entries):  # fmt: skip
+        raise ValueError(f"{path}: not an index of `slopekp predict` (format {INDEX_FORMAT}); pass --overwrite to "
+                         "start the folder afresh")  # fmt: skip
+    return entries
 
 
 def remove_outputs(folder: Path) -> None:

@@ -50,11 +50,12 @@ def listing(folder: str | os.PathLike) -> dict[str, Any]:
         try:
             data = json.loads(index.read_text())
             entries = data["images"]
-            names = [e["name"] for e in entries if e.get("status") == "ok"]
+            ok = [(k, e["name"]) for k, e in enumerate(entries) if e.get("status") == "ok"]
             failed = sum(e.get("status") != "ok" for e in entries)
             card = data.get("model") or {}
-        except (ValueError, KeyError, TypeError) as e:
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise ValueError(f"{index}: not an index of `slopekp predict` ({type(e).__name__}: {e})") from e
+        names = [_entry_name(name, k, index) for k, name in ok]
         if isinstance(card, dict) and card.get("head"):
             data_name = (card.get("data") or {}).get("name")
             model = f"{card['head']} head" + (f", trained on {data_name}" if data_name else "")
@@ -77,6 +78,15 @@ def listing(folder: str | os.PathLike) -> dict[str, Any]:
             f"{folder}: no predictions to show (no <name>/mesh.glb; run `slopekp predict ... --out {folder}`)"
         )
     return {"folder": str(folder), "model": model, "failed": failed, "items": items}
+
+
+def _entry_name(name: Any, k: int, index: Path) -> str:
+    """``name``, the folder of the index's ``k``-th entry, if it is one plain path component (a string, not empty,
+    no ``/`` or ``\\``, not ``.`` or ``..``); else a ValueError naming the index and the entry."""
+    if not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\\" in name or "\0" in name:
+        raise ValueError(f"{index}: images[{k}] has the name {name!r}; a photo's folder name must be a plain "
+                         "file name (a non-empty string without '/')")  # fmt: skip
+    return name
 
 
 class _Handler(SimpleHTTPRequestHandler):
