@@ -48,6 +48,39 @@ def prepare_run_dir(out_dir: Path, manifest, cfg: Config, dist, *, inputs, overw
     return D.broadcast_object(state, dist)
 
 
+def resume_checkpoint(path: Path, manifest, dist, *, map_location, **checks) -> dict[str, Any] | None:
+    """The checkpoint a resumed run continues from, or None (no checkpoint yet: it starts afresh).
+
+    Rank 0 looks at ``path`` and what an interrupted save left beside it, and moves a complete newer temporary
+    onto ``path`` when ``path`` is damaged or older (:func:`slopekp.train.checkpoint.resume_checkpoint`); then
+    every other rank reads ``path``. ``checks`` (``kind``, ``head``, ``template_fingerprint``) go to the loader.
+
+    Raises:
+        CheckpointError: on every rank: ``path`` is truncated or corrupt and nothing complete can replace it (the
+            message says to rerun with ``--force-new``), or it is of another stage, head or template.
+    """
+    from slopekp.train import distributed as D
+    from slopekp.train.checkpoint import CheckpointError, load_checkpoint
+    from slopekp.train.checkpoint import resume_checkpoint as pick
+
+    ck, error = None, None
+    if dist.is_main:
+        try:
+            ck = pick(path, manifest, map_location=map_location, **checks)
+        except Exception as e:
+            if not dist.distributed:
+                raise
+            error = e
+    found, message = D.broadcast_object((ck is not None, None if error is None else str(error)), dist)
+    if error is not None:
+        raise error
+    if message is not None:
+        raise CheckpointError(message)
+    if found and not dist.is_main:
+        ck = load_checkpoint(path, map_location=map_location, **checks)
+    return ck
+
+
 def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     """The dataset order of ``epoch``: a permutation of ``range(n)`` that depends on ``(seed, epoch)`` only, so a
     resumed run sees the same batches as an uninterrupted one."""

@@ -40,7 +40,7 @@ from slopekp.mesh import regularizers
 from slopekp.render import Renderer, RenderSettings
 from slopekp.train import distributed as D
 from slopekp.train import run
-from slopekp.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from slopekp.train.checkpoint import rng_state, save_checkpoint, set_rng_state
 from slopekp.train.losses import hypothesis_weights, mask_loss, texture_loss
 from slopekp.train.multiplex import CameraMultiplex, OffsetSettings, template_fingerprint
 from slopekp.utils import resolve_device
@@ -201,8 +201,11 @@ def run_stage2(
     renderer = build_renderer(cfg)
     ckpt_path = out_dir / CHECKPOINT
     at = run.LoopState()
-    if state == "resume" and ckpt_path.exists():
-        ck = load_checkpoint(ckpt_path, kind="stage2", template_fingerprint=fp, map_location=device)
+    ck = None
+    if state == "resume":  # last.pt, or the newer checkpoint that a killed save left beside it
+        ck = run.resume_checkpoint(ckpt_path, manifest, dist, kind="stage2", template_fingerprint=fp,
+                                   map_location=device)  # fmt: skip
+    if ck is not None:
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         store = CameraMultiplex.from_state_dict(ck["multiplex"], device=device)

@@ -38,7 +38,7 @@ from typing import Any
 
 import torch
 
-from slopekp.config import Config, config_to_yaml, load_config
+from slopekp.config import CHOICES, Config, config_to_yaml, load_config
 from slopekp.manifest import Manifest, cmr_data_fingerprint, file_digest, flat_settings
 from slopekp.train import distributed as D
 from slopekp.train import run
@@ -51,7 +51,7 @@ from slopekp.utils import atomic_save_json
 STAGE3_COMMAND = "train stage3"
 _POSE_FIELDS = ("pose_head", "num_keypoints", "end2end")
 TARGETS = {False: "multiplex best cameras (self-supervised)", True: "SfM cameras (supervised ablation)"}
-POSE_TARGETS = ("stage2", "stage1")
+POSE_TARGETS = CHOICES["train.pose_targets"]
 
 
 def targets_label(cfg: Config, supervised: bool) -> str:
@@ -234,8 +234,11 @@ def run_stage3(
                                    near=cfg.render.near, far=cfg.render.far))  # fmt: skip
     ckpt_path = out_dir / CHECKPOINT
     at = run.LoopState()
-    if state == "resume" and ckpt_path.exists():
-        ck = load_checkpoint(ckpt_path, kind="stage3", head=head, template_fingerprint=fp, map_location=device)
+    ck = None
+    if state == "resume":  # last.pt, or the newer checkpoint that a killed save left beside it
+        ck = run.resume_checkpoint(ckpt_path, manifest, dist, kind="stage3", head=head, template_fingerprint=fp,
+                                   map_location=device)  # fmt: skip
+    if ck is not None:
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         at = run.LoopState(ck["epoch"], ck["step"], ck["batch_in_epoch"])
