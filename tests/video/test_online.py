@@ -93,6 +93,9 @@ def test_video_runs_with_each_box_source_and_agrees_with_video_score(tiny_model,
     for conv in ("all", "drop-first-last"):
         for k in ("mean", "recall", "decay"):
             assert scored["overall"][conv][k] == pytest.approx(res["overall"][conv][k], abs=1e-12)
+            assert scored["overall_F"][conv][k] == pytest.approx(res["overall_F"][conv][k], abs=1e-12)
+        assert scored["overall_J&F"][conv] == pytest.approx(res["overall_J&F"][conv], abs=1e-12)
+        assert 0 <= res["overall_F"][conv]["mean"] <= 1
 
 
 def test_score_of_the_ground_truth_itself_is_perfect(synth_videos, tmp_path, capsys):
@@ -103,6 +106,9 @@ def test_score_of_the_ground_truth_itself_is_perfect(synth_videos, tmp_path, cap
     res = json.loads((tmp_path / "results.json").read_text())
     assert res["overall"]["all"]["mean"] == 1.0 and res["overall"]["all"]["recall"] == 1.0
     assert res["overall"]["all"]["decay"] == 0.0
+    for conv in ("all", "drop-first-last"):
+        assert res["overall_F"][conv]["mean"] == 1.0 and res["overall_F"][conv]["decay"] == 0.0
+        assert res["overall_J&F"][conv] == 1.0
     assert "overall (drop-first-last)" in cap.out
 
 
@@ -265,7 +271,9 @@ def test_official_convention_counts_void_as_background(tmp_path, capsys):
     assert obj1["drop-first-last"]["mean"] == pytest.approx(np.mean(inner))
 
 
-def test_a_failed_run_leaves_the_earlier_outputs_whole(tiny_model, synth_videos, tmp_path, capsys):
+def test_a_failed_run_leaves_the_earlier_outputs_whole(tiny_model, synth_videos, tmp_path, capsys, monkeypatch):
+    import slopekp.video.online as online
+
     name = (synth_videos / "DAVIS" / "ImageSets" / "2017" / "train.txt").read_text().split()[0]
     out = tmp_path / "out"
     base = ["video", "--checkpoint", str(tiny_model.checkpoint), "--data", str(synth_videos), "--split", "train",
@@ -273,16 +281,41 @@ def test_a_failed_run_leaves_the_earlier_outputs_whole(tiny_model, synth_videos,
     assert _run([*base, "--boxes", "gt"], capsys)[0] == 0
     video = (out / "videos" / f"{name}.mp4").read_bytes()
     masks = {p.name: p.read_bytes() for p in (out / "masks" / name).iterdir()}
+    results = (out / "results.json").read_bytes()
+
+    def whole():
+        assert (out / "videos" / f"{name}.mp4").read_bytes() == video
+        assert {p.name: p.read_bytes() for p in (out / "masks" / name).iterdir()} == masks
+        assert (out / "results.json").read_bytes() == results
+        assert not [p for p in out.rglob("*") if ".part" in p.name]
+
+    # a mask folder whose frame 3 holds an unknown id fails part-way in a new folder ...
     bad = tmp_path / "bad"
     shutil.copytree(synth_videos / "DAVIS" / "Annotations" / "480p", bad)
     lab = np.array(Image.open(bad / name / "00003.png"))
     lab[0, 0] = 99
     save_label_png(bad / name / "00003.png", lab)
-    code, cap = _run([*base, "--boxes", f"masks:{bad}"], capsys)
+    fresh = [*base[:-3], "--out", str(tmp_path / "fresh"), "--quiet"]
+    code, cap = _run([*fresh, "--boxes", f"masks:{bad}"], capsys)
     assert code == 2 and "unknown object id(s) [99]" in cap.err
-    assert (out / "videos" / f"{name}.mp4").read_bytes() == video
-    assert {p.name: p.read_bytes() for p in (out / "masks" / name).iterdir()} == masks
-    assert not [p for p in out.rglob("*") if ".part" in p.name]
+    assert not (tmp_path / "fresh" / "results.json").exists()
+    # ... and is refused before any work in the folder of a run with other boxes
+    code, cap = _run([*base, "--boxes", f"masks:{bad}"], capsys)
+    assert code == 2 and "holds a run of `slopekp video`" in cap.err and "video.boxes" in cap.err
+    whole()
+    # a run with the same settings that fails part-way (here: scoring frame 3 raises) leaves the earlier run whole
+    real, calls = online.score_frame, []
+
+    def failing(gt, labels):
+        calls.append(1)
+        if len(calls) == 4:
+            raise ValueError("scoring failed on purpose")
+        return real(gt, labels)
+
+    monkeypatch.setattr(online, "score_frame", failing)
+    code, cap = _run([*base, "--boxes", "gt"], capsys)
+    assert code == 2 and "scoring failed on purpose" in cap.err and len(calls) == 4
+    whole()
     # and the predicted masks of a run are never read from the folder it writes them to
     code, cap = _run([*base, "--boxes", f"masks:{out / 'masks'}"], capsys)
     assert code == 2 and "would be overwritten" in cap.err

@@ -1,9 +1,10 @@
-"""``slopekp video``: reconstruct the objects of videos online and score them with DAVIS J (METHOD §9.2,
+"""``slopekp video``: reconstruct the objects of videos online and score them with DAVIS J and F (METHOD §9.2,
 Table 2); ``slopekp video score``: score any folder of predicted DAVIS masks.
 
 * ``slopekp video --checkpoint CKPT --data DIR --out OUT [--boxes tracker|tracker:kcf|masks:DIR|gt]
-  [--smooth 0.5] [--sequences ...]``
-* ``slopekp video score --gt DIR --pred MASKS_DIR [--sequences ...] [--drop-first-last]``
+  [--smooth 0.5] [--sequences ...] [--overwrite | --force-new]``
+* ``slopekp video score --gt DIR --pred MASKS_DIR [--sequences ...] [--drop-first-last] [--out FOLDER]
+  [--overwrite]``
 
 DIR is a DAVIS folder (``JPEGImages/480p``, ``Annotations/480p``, ``ImageSets``; ``--split val`` by default) or a
 YouTube-VOS one (``<split>/meta.json``; ``--split train``, the split with every frame annotated).
@@ -11,7 +12,15 @@ YouTube-VOS one (``<split>/meta.json``; ``--split train``, the split with every 
 
 ``OUT/`` receives ``masks/<sequence>/<frame>.png`` (DAVIS format), ``videos/<sequence>.mp4`` (the frame with
 the textured reconstructions overlaid, beside the crops), ``results.json`` and ``results.md`` (J-Mean, J-Recall,
-J-Decay per object and overall, all frames and first/last dropped, beside the paper's Table 2).
+J-Decay, F-Mean, F-Recall, F-Decay and J&F-Mean per object and overall, all frames and first/last dropped, beside
+the paper's Table 2) and ``manifest.json`` (what the run was made from).
+
+Output folders: ``slopekp video`` writes into OUT only when it is missing or empty, or when ``slopekp video`` made
+it from the same checkpoint, data, sequences, boxes and smoothing (its ``manifest.json`` says so; the run is then
+redone in place). Anything else is refused, naming the folder: ``--overwrite`` deletes its contents first,
+``--force-new`` moves it aside to ``OUT.old-<time>``, or choose another ``--out``. ``slopekp video score`` writes
+``results.json`` and ``results.md`` into ``--out`` (default: the PRED folder) and never replaces an existing file
+of those names (one of ``slopekp video``'s, or of an earlier score) unless given ``--overwrite``.
 """
 
 from __future__ import annotations
@@ -20,19 +29,21 @@ import argparse
 import sys
 from pathlib import Path
 
+from slopekp.commands import add_output_dir_args
+
 
 def register(sub) -> None:
     p = sub.add_parser(
         "video",
-        help="online reconstruction of the birds of videos, scored with DAVIS J (Table 2); `video score` scores "
-        "any folder of DAVIS masks",
+        help="online reconstruction of the birds of videos, scored with DAVIS J and F (Table 2); `video score` "
+        "scores any folder of DAVIS masks",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.set_defaults(func=_video, group_parser=p)
     p.add_argument("--checkpoint", help="a trained model (Stage III OUT/checkpoints/last.pt)")
     p.add_argument("--data", help="a DAVIS or YouTube-VOS folder")
-    p.add_argument("--out", help="output folder")
+    p.add_argument("--out", help="output folder (missing, empty, or made by `slopekp video` with the same settings)")
     p.add_argument("--split", default=None, help="the data's split (default: val for DAVIS, train for YouTube-VOS)")
     p.add_argument("--boxes", default="tracker",
                    help="where boxes come from: tracker (CSRT), tracker:kcf, masks:DIR (DAVIS-format masks, e.g. "
@@ -43,8 +54,9 @@ def register(sub) -> None:
     p.add_argument("--no-video", action="store_true", help="do not write videos/<sequence>.mp4")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_output_dir_args(p)
     s = p.add_subparsers(dest="video_command", metavar="SUBCOMMAND")
-    sc = s.add_parser("score", help="score predicted DAVIS-format masks against ground truth (J per object)",
+    sc = s.add_parser("score", help="score predicted DAVIS-format masks against ground truth (J and F per object)",
                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     sc.add_argument("--gt", required=True, help="DAVIS or YouTube-VOS folder with the ground truth")
     sc.add_argument("--pred", required=True, help="predicted masks: PRED/<sequence>/<frame>.png palette PNGs")
@@ -55,27 +67,90 @@ def register(sub) -> None:
                          "void counted as background) instead of all frames with void excluded; results.json and "
                          "results.md hold both")  # fmt: skip
     sc.add_argument("--out", default=None, help="where results.json and results.md go (default: PRED)")
+    sc.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace results.json and results.md when --out already holds them (refused otherwise)",
+    )
     sc.set_defaults(func=_score)
 
 
+def _stats_cells(s: dict | None) -> str:
+    if s is None:
+        return f"{'–':>8s} {'–':>9s} {'–':>8s}"
+    return f"{s['mean']:8.3f} {s['recall']:9.3f} {s['decay']:+8.3f}"
+
+
+def _mean_cell(v: float | None) -> str:
+    return f"{'–':>9s}" if v is None else f"{v:9.3f}"
+
+
 def _print_summary(summary: dict, convention: str) -> None:
-    print(f"{'sequence':24s} {'object':>6s} {'J-Mean':>8s} {'J-Recall':>9s} {'J-Decay':>8s}")
+    print(f"{'sequence':24s} {'object':>6s} {'J-Mean':>8s} {'J-Recall':>9s} {'J-Decay':>8s} {'F-Mean':>8s} "
+          f"{'F-Recall':>9s} {'F-Decay':>8s} {'J&F-Mean':>9s}")  # fmt: skip
     for row in summary["objects"]:
         s = row[convention]
         if s is None:
             print(f"{row['sequence']:24s} {row['object']:6d} {'(too few annotated frames)':>27s}")
             continue
-        print(f"{row['sequence']:24s} {row['object']:6d} {s['mean']:8.3f} {s['recall']:9.3f} {s['decay']:+8.3f}")
+        f = (row.get("F") or {}).get(convention)
+        jf = (row.get("J&F") or {}).get(convention)
+        print(f"{row['sequence']:24s} {row['object']:6d} {_stats_cells(s)} {_stats_cells(f)} {_mean_cell(jf)}")
     if summary.get("not_scored"):
         print(f"note: not scored (not annotated in every frame): {', '.join(summary['not_scored'])}")
     o = summary["overall"][convention]
     if o is not None:
-        print(f"{'overall (' + convention + ')':31s} {o['mean']:8.3f} {o['recall']:9.3f} {o['decay']:+8.3f}")
+        f = (summary.get("overall_F") or {}).get(convention)
+        jf = (summary.get("overall_J&F") or {}).get(convention)
+        print(f"{'overall (' + convention + ')':31s} {_stats_cells(o)} {_stats_cells(f)} {_mean_cell(jf)}")
+
+
+def _digest_files(h, tag: str, paths, content: bool) -> None:
+    """Feed ``tag/<file name>`` and the size of each file, and its bytes when ``content``, into the hash ``h`` (the
+    names only, so that a moved or copied folder keeps its fingerprint)."""
+    from slopekp.manifest import file_digest
+
+    for path in paths:
+        path = Path(path)
+        h.update(f"{tag}/{path.name}\t{path.stat().st_size}\n".encode())
+        if content:
+            file_digest(path, h)
+
+
+def _video_manifest(args: argparse.Namespace, rec, dataset, sequences, names: list[str], kind: str, arg: str):
+    """The run manifest of ``slopekp video`` (:mod:`slopekp.manifest`): the checkpoint (its bytes), the data (its
+    split, the frames' names and sizes and the annotations' bytes of the chosen sequences) and, for
+    ``--boxes masks:DIR``, the chosen sequences' mask PNGs (their bytes); settings: head, boxes, smoothing,
+    split, sequences. Device, --no-video and --quiet change no result and are left out."""
+    import hashlib
+
+    from slopekp.manifest import Manifest, file_digest
+
+    h = hashlib.sha256(f"split={dataset.split}\n".encode())
+    for seq in sequences:
+        _digest_files(h, f"frames/{seq.name}", seq.image_paths, content=False)
+        _digest_files(h, f"annotations/{seq.name}", [a for a in seq.annotation_paths if a is not None], content=True)
+    inputs = {
+        "checkpoint": {"fingerprint": file_digest(args.checkpoint).hexdigest()[:16],
+                       "path": str(Path(args.checkpoint).resolve())},
+        "data": {"fingerprint": h.hexdigest()[:16], "path": str(Path(args.data).resolve()), "split": dataset.split},
+    }  # fmt: skip
+    if kind == "masks":
+        hm = hashlib.sha256()
+        folder = Path(arg)
+        for seq in sequences:
+            _digest_files(hm, seq.name, [folder / seq.name / f"{n}.png" for n in seq.frame_names], content=True)
+        inputs["box_masks"] = {"fingerprint": hm.hexdigest()[:16], "path": str(folder.resolve())}
+    boxes = "masks" if kind == "masks" else f"{kind}:{arg}" if arg else kind  # the masks' folder is an input
+    settings = {"video.head": rec.head, "video.boxes": boxes, "video.smoothing": float(args.smooth),
+                "video.split": dataset.split, "video.sequences": list(names)}  # fmt: skip
+    return Manifest("video", inputs=inputs, settings=settings)
 
 
 def _video(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
+    from slopekp.manifest import prepare_output_dir
     from slopekp.predict import Reconstructor
     from slopekp.utils import check_device_name
     from slopekp.video.boxes import open_boxes, parse_box_spec
@@ -103,7 +178,11 @@ def _video(args: argparse.Namespace) -> int:
         if len(seq) < 2:
             raise ValueError(f"sequence {seq.name!r}: a video needs at least 2 frames, got {len(seq)}")
         open_boxes(args.boxes, seq)
-    out.mkdir(parents=True, exist_ok=True)
+    manifest = _video_manifest(args, rec, dataset, sequences, names, kind, arg)
+    # the output-folder gate (slopekp.manifest), after every check of the input and before anything is written
+    inputs = [args.data, args.checkpoint] + ([arg] if kind == "masks" else [])
+    prepare_output_dir(out, manifest, overwrite=args.overwrite, force_new=args.force_new, resumable=False,
+                       results=("results.json",), inputs=inputs)  # fmt: skip
     bar = tqdm(total=sum(len(s) for s in sequences), unit="frame", desc="video", disable=args.quiet,
                dynamic_ncols=True)  # fmt: skip
     results = []
@@ -123,19 +202,40 @@ def _video(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_score_outputs(paths: list[Path], overwrite: bool) -> None:
+    """Refuse, before any work, to replace an existing ``results.json`` / ``results.md`` without ``overwrite``."""
+    from slopekp.manifest import OutputExistsError, prepare_output_file
+
+    for path in paths:
+        if path.exists():  # a folder, or a file without --overwrite: refused before anything is created
+            try:
+                prepare_output_file(path, overwrite=overwrite)
+            except OutputExistsError as e:
+                raise OutputExistsError(
+                    f"{e} (`slopekp video score` writes results.json and results.md into --out, by default the "
+                    "--pred folder)"
+                ) from e
+
+
 def _score(args: argparse.Namespace) -> int:
+    from slopekp.manifest import prepare_output_file
     from slopekp.video.report import open_video_dataset, score_mask_folder, summarise, write_tables
 
     pred = Path(args.pred)
     if not pred.is_dir():
         raise ValueError(f"--pred {pred}: not a folder")
+    out = Path(args.out) if args.out else pred
+    targets = [out / "results.json", out / "results.md"]
+    _check_score_outputs(targets, args.overwrite)
     dataset = open_video_dataset(args.gt, args.split)
     results = score_mask_folder(dataset, pred, args.sequences, progress=sys.stderr.isatty())
     summary = summarise(results)
     summary["fps"] = None
-    out = Path(args.out) if args.out else pred
-    meta = {"title": f"J scores of {pred}", "predictions": str(pred), "data": str(args.gt),
-            "sequences": [r.name for r in results]}  # fmt: skip
+    meta = {"title": f"J and F scores of {pred}", "command": "video score", "predictions": str(pred),
+            "data": str(args.gt), "sequences": [r.name for r in results]}  # fmt: skip
+    _check_score_outputs(targets, args.overwrite)  # again: nothing may have appeared while scoring
+    for t in targets:
+        prepare_output_file(t, overwrite=True)  # checked above; creates --out
     jpath, mpath = write_tables(out, summary, meta)
     _print_summary(summary, "drop-first-last" if args.drop_first_last else "all")
     print(f"wrote {jpath} and {mpath}")

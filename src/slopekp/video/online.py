@@ -13,8 +13,9 @@ without a box in a frame (absent, or lost by the tracker) gets an empty mask the
 * ``videos/<sequence>.mp4``: the frame with the textured reconstructions overlaid and their boxes, beside the crops
   the network saw (the first three; the paper's online figure), written only when complete;
 
-and returns each object's per-frame J against the ground truth (:mod:`slopekp.eval.video_metrics`), with void
-pixels excluded and, for the official 2017 convention, counted as background. A sequence that is not annotated in
+and returns each object's per-frame J and F against the ground truth (:mod:`slopekp.eval.video_metrics`), with
+void pixels excluded (J: from the counts; F: removed from both masks before their boundaries are taken) and, for the
+official 2017 convention, counted as background. A sequence that is not annotated in
 every frame (YouTube-VOS valid: a frame's PNG holds only the objects that start there) is not scored.
 
 **Temporal smoothing** (``smoothing = a`` in ``[0, 1)``, 0 = off, as in the paper): not in the paper. Each object's
@@ -36,7 +37,7 @@ import torch
 
 from slopekp.data.synthetic_video import label_image
 from slopekp.data.video import VideoSequence
-from slopekp.eval.video_metrics import JStats, region_similarity, sequence_statistics
+from slopekp.eval.video_metrics import JStats, boundary_measure, region_similarity, sequence_statistics
 from slopekp.viz.figures import save_image
 
 __all__ = ["ObjectResult", "SequenceResult", "Smoother", "run_sequence", "score_frame"]
@@ -53,32 +54,50 @@ class ObjectResult:
     """``(T,)`` bool: the object had a box (and so a reconstruction) in that frame."""
     j_void_as_background: np.ndarray | None = None
     """``(T,)`` J per frame with void pixels counted as background (the official 2017 semi-supervised rule)."""
+    f: np.ndarray | None = None
+    """``(T,)`` F per frame, void pixels removed from both masks (None: F was not computed)."""
+    f_void_as_background: np.ndarray | None = None
+    """``(T,)`` F per frame with void pixels counted as background (the official 2017 semi-supervised rule)."""
 
     @property
     def scored(self) -> bool:
         return bool(np.isfinite(self.j).all())
 
-    def statistics(self, convention: str = "all") -> JStats | None:
-        """J-Mean / Recall / Decay under ``convention``: ``all`` frames with void excluded, or ``drop-first-last``
-        with void counted as background, as the official DAVIS 2017 semi-supervised evaluation does. None when the
-        sequence is not scored or has too few frames."""
-        v = self.j if convention == "all" or self.j_void_as_background is None else self.j_void_as_background
-        if not self.scored:
+    def statistics(self, convention: str = "all", measure: str = "J") -> JStats | None:
+        """Mean / Recall / Decay of ``measure`` (``J`` or ``F``) under ``convention``: ``all`` frames with void
+        excluded, or ``drop-first-last`` with void counted as background, as the official DAVIS 2017
+        semi-supervised evaluation does. None when the sequence is not scored, has too few frames, or (F) F was
+        not computed."""
+        if measure == "J":
+            v, v_bg = self.j, self.j_void_as_background
+        elif measure == "F":
+            v, v_bg = self.f, self.f_void_as_background
+        else:
+            raise ValueError(f"unknown measure {measure!r}; choose J or F")
+        if v is None or not self.scored:
             return None
+        if convention != "all" and v_bg is not None:
+            v = v_bg
         try:
             return sequence_statistics(v, convention)
         except ValueError:
             return None
 
 
-def score_frame(gt, labels: np.ndarray) -> dict[int, tuple[float, float]]:
-    """Each object's J in one frame: ``gt`` a :class:`slopekp.data.video.FrameMasks`, ``labels`` the predicted
-    ``(H, W)`` ids → ``{id: (J with void excluded, J with void as background)}``."""
+def score_frame(gt, labels: np.ndarray) -> dict[int, tuple[float, float, float, float]]:
+    """Each object's J and F in one frame: ``gt`` a :class:`slopekp.data.video.FrameMasks`, ``labels`` the predicted
+    ``(H, W)`` ids → ``{id: (J with void excluded, J with void as background, F with void excluded, F with void as
+    background)}`` (:mod:`slopekp.eval.video_metrics`)."""
     void = gt.void.numpy()
+    has_void = bool(void.any())
     out = {}
     for k, i in enumerate(gt.object_ids):
         g, p = gt.masks[k].numpy() > 0.5, labels == i
-        out[i] = (region_similarity(g, p, void), region_similarity(g, p))
+        j_bg, f_bg = region_similarity(g, p), boundary_measure(g, p)
+        if has_void:
+            out[i] = (region_similarity(g, p, void), j_bg, boundary_measure(g, p, void), f_bg)
+        else:  # without void pixels both conventions score the same masks
+            out[i] = (j_bg, j_bg, f_bg, f_bg)
     return out
 
 
@@ -211,7 +230,7 @@ def run_sequence(
     smoother = Smoother(smoothing)
     ids = sequence.object_ids
     T = len(sequence)
-    j = {i: np.full((2, T), np.nan) for i in ids}
+    j = {i: np.full((4, T), np.nan) for i in ids}  # J, J with void as background, F, F with void as background
     scored = all(sequence.annotated)  # a partly annotated split (YouTube-VOS valid) cannot be scored
     boxed = {i: np.zeros(T, bool) for i in ids}
     out = Path(out_dir) if out_dir is not None else None
@@ -256,8 +275,8 @@ def run_sequence(
             if out is not None:
                 save_image(part_masks / f"{sequence.frame_names[t]}.png", label_image(labels))
             if scored:
-                for i, both in score_frame(sequence.load_masks(t), labels).items():
-                    j[i][:, t] = both
+                for i, scores in score_frame(sequence.load_masks(t), labels).items():
+                    j[i][:, t] = scores
             if writer is not None:
                 writer.write(_figure_frame(frame, overlays, [found[i] for i in present],
                                            [c.image for c in crops], video_height))  # fmt: skip
@@ -273,4 +292,4 @@ def run_sequence(
         if out is not None and not done:
             shutil.rmtree(part_masks, ignore_errors=True)
     seconds = time.perf_counter() - t0
-    return SequenceResult(sequence.name, T, [ObjectResult(i, j[i][0], boxed[i], j[i][1]) for i in ids], seconds)
+    return SequenceResult(sequence.name, T, [ObjectResult(i, j[i][0], boxed[i], *j[i][1:]) for i in ids], seconds)
