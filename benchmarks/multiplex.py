@@ -56,7 +56,7 @@ def _run_case(name: str, args: argparse.Namespace, queue) -> None:
     from slopekp.geometry.rotations import azelcr_to_quat, quat_about_axis
     from slopekp.mesh import load_template
     from slopekp.render import Renderer, RenderSettings
-    from slopekp.train.multiplex import OffsetSettings, hypothesis_cameras_from_config
+    from slopekp.train.hypotheses import OffsetSettings, hypothesis_cameras_from_config
     from slopekp.train.stage1 import fit_hypotheses
 
     if args.threads > 0:

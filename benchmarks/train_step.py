@@ -39,10 +39,11 @@ def _run_case(name: str, args: argparse.Namespace, queue) -> None:
     import torch
 
     from slopekp.config import load_config
-    from slopekp.mesh import load_template
+    from slopekp.mesh import load_template, template_fingerprint
     from slopekp.models.reconstructor import build_model
     from slopekp.render import Renderer, RenderSettings
-    from slopekp.train.multiplex import CameraMultiplex, OffsetSettings, hypothesis_cameras, template_fingerprint
+    from slopekp.train.hypotheses import OffsetSettings, hypothesis_cameras
+    from slopekp.train.multiplex import CameraMultiplex
     from slopekp.train.stage2 import build_renderer, stage2_losses
     from slopekp.train.stage3 import set_train_modes, stage3_loss
 
@@ -73,7 +74,7 @@ def _run_case(name: str, args: argparse.Namespace, queue) -> None:
         opt = torch.optim.Adam(params, lr=1e-4)
 
         def step():
-            net, cam, lk, q, logs, _ = stage2_losses(model, store, renderer, template, batch, cfg)
+            net, cam, lk, q, logs, _, _ = stage2_losses(model, store, renderer, template, batch, cfg)
             opt.zero_grad(set_to_none=True)
             net.backward(inputs=params, retain_graph=True)
             opt.step()

@@ -35,7 +35,8 @@ def _run_case(name: str, args: argparse.Namespace, queue) -> None:
     import torch
 
     from slopekp.config import load_config
-    from slopekp.data.synthetic_video import VideoSynthSettings, generate_synth_videos
+    from slopekp.data.synth.video import VideoSynthSettings
+    from slopekp.data.synth.video_writer import generate_synth_videos
     from slopekp.data.video import DavisDataset
     from slopekp.mesh import load_template
     from slopekp.models.reconstructor import build_model

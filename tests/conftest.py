@@ -113,7 +113,7 @@ def train_tiny(root: Path, head: str, *, size: int, seed: int):
     (:data:`SMOKE_OVERRIDES`; Stage II one step, Stage III two with ``head``). Returns ``(data, stage3 result)``;
     the stages' folders are ``root/s1``, ``root/s2`` and ``root/s3``."""
     from slopekp.config import load_config
-    from slopekp.data.synthetic import generate_synthbirds
+    from slopekp.data.synth.writer import generate_synthbirds
     from slopekp.train.stage1 import run_stage1
     from slopekp.train.stage2 import run_stage2
     from slopekp.train.stage3 import run_stage3

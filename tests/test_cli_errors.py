@@ -160,7 +160,7 @@ def test_out_of_range_config_value_names_the_key(capsys):
 
 # ---------------------------------------------------------------------------------------------------- sizes
 def test_synth_size_bound(tmp_path, capsys):
-    from slopekp.data.synthetic import generate_synthbirds
+    from slopekp.data.synth.writer import generate_synthbirds
     from slopekp.utils import MAX_SYNTH_SIZE
 
     assert MAX_SYNTH_SIZE == 2048
@@ -177,7 +177,7 @@ def test_synth_count_bound(tmp_path, capsys):
 
 
 def test_synth_video_height_bound(tmp_path, capsys):
-    from slopekp.data.synthetic_video import VideoSynthSettings
+    from slopekp.data.synth.video import VideoSynthSettings
 
     with pytest.raises(ValueError, match=r"^height must be <= 2160 pixels, got 100000$"):
         VideoSynthSettings(height=100000)

@@ -24,7 +24,7 @@ def test_bad_overrides_are_errors(override, match):
 
 
 def test_yaml_roundtrip_and_unknown_key_in_file(tmp_path):
-    cfg = load_config(overrides=["multiplex.num_az=4", "data.root=/tmp/x"])
+    cfg = load_config(overrides=["multiplex.num_az=4", "data.split=val"])
     save_config(cfg, tmp_path / "config.yaml")
     assert load_config(tmp_path / "config.yaml") == cfg
     bad = tmp_path / "bad.yaml"
@@ -91,9 +91,9 @@ def test_every_numeric_field_has_exactly_one_rule():
         ("seed=-1", "seed must be in [0, 2**32 - 1], got -1"),
         ("seed=4294967296", "seed must be in [0, 2**32 - 1], got 4294967296"),
         ("threads=-2", "threads must be >= 0, got -2"),
-        ("render.image_size=4", "render.image_size must be in [8, 1024], got 4"),
+        ("train.render_size=4", "train.render_size must be in [8, 1024], got 4"),
         ("multiplex.image_size=100000", "multiplex.image_size must be in [8, 1024], got 100000"),
-        ("data.img_size=0", "data.img_size must be in [8, 1024], got 0"),
+        ("model.image_size=0", "model.image_size must be in [64, 1024], got 0"),
         ("multiplex.steps=-1", "multiplex.steps must be >= 0, got -1"),
         ("multiplex.batch_size=0", "multiplex.batch_size must be >= 1, got 0"),
         ("multiplex.num_el=0", "multiplex.num_el must be >= 1, got 0"),
@@ -227,3 +227,35 @@ def test_a_huge_config_file_is_too_large_not_invalid(tmp_path, capsys):
     assert main(["config", "show", "--config", str(many)]) == 2
     err = capsys.readouterr().err
     assert f"{many}: too many YAML nodes for a config file" in err and "not valid YAML" not in err
+
+
+def test_settings_of_an_earlier_release_still_load_and_resume(tmp_path):
+    """Issue 21: render.image_size, data.img_size and data.root were read by nothing and are gone. A config file of
+    an earlier release that sets them loads with a warning naming the key, a checkpoint's copy silently, and a
+    manifest that recorded them still resumes (no difference reported)."""
+    import warnings
+
+    from slopekp.config import REMOVED_SETTINGS, ConfigWarning, config_from_yaml
+    from slopekp.manifest import Manifest
+
+    old = tmp_path / "old.yaml"
+    old.write_text("render:\n  image_size: 64\n  sigma: 2.0e-4\ndata:\n  root: outputs/synthbirds\n  img_size: 256\n")
+    with pytest.warns(ConfigWarning) as caught:
+        cfg = load_config(old)
+    said = sorted(str(w.message).split(": ")[1].removesuffix("; ignored") for w in caught)
+    assert said == ["data.img_size is no longer read (the data folder is --data; render sizes come from each stage)",
+                    "data.root is no longer read (the data folder is --data; render sizes come from each stage)",
+                    "render.image_size is no longer read (the data folder is --data; render sizes come from each "
+                    "stage)"]  # fmt: skip
+    assert cfg.render.sigma == 2e-4
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert config_from_yaml(old.read_text(), "ckpt").render.sigma == 2e-4
+    with pytest.raises(ConfigError, match="render.image_size"):  # an override is a mistake of today: refused
+        load_config(overrides=["render.image_size=64"])
+    settings = flat_config(Config())
+    recorded = {**settings, "render.image_size": 64, "data.img_size": 256, "data.root": "outputs/synthbirds"}
+    assert set(REMOVED_SETTINGS) <= set(recorded) and not set(REMOVED_SETTINGS) & set(settings)
+    assert Manifest("quickstart", settings=recorded).differences(Manifest("quickstart", settings=settings)) == []
+    changed = Manifest("quickstart", settings={**recorded, "seed": 9})
+    assert changed.differences(Manifest("quickstart", settings=settings))

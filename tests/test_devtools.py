@@ -10,7 +10,7 @@ from slopekp.devtools import host_syncs
 from slopekp.mesh import icosphere
 from slopekp.render import Renderer, RenderSettings
 from slopekp.render.fused import triton_available
-from slopekp.train.multiplex import OffsetSettings, hypothesis_cameras
+from slopekp.train.hypotheses import OffsetSettings, hypothesis_cameras
 from slopekp.train.stage1 import fit_hypotheses
 
 
@@ -70,4 +70,4 @@ def test_the_stage1_step_waits_for_nothing_on_the_fused_path(triton_device, monk
     assert len(one) == len(three) and len(one) <= 2, three  # check_masks and hypothesis_scores' finite check
     plain_one, plain_three = _stage1_syncs(1, "never", triton_device), _stage1_syncs(3, "never", triton_device)
     assert len(plain_three) > len(plain_one)
-    assert any(s.where.startswith("rasterize.py") for s in plain_three)
+    assert any(s.where.startswith("plan.py") for s in plain_three)

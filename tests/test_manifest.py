@@ -123,7 +123,7 @@ def test_manifest_roundtrip_and_bad_files(tmp_path):
 # ------------------------------------------------------------------------------------ data fingerprints
 @pytest.fixture(scope="module")
 def tiny_synth(tmp_path_factory):
-    from slopekp.data.synthetic import generate_synthbirds
+    from slopekp.data.synth.writer import generate_synthbirds
 
     root = tmp_path_factory.mktemp("fp")
     kw = dict(n_train=3, n_test=1, size=32, deform=0.0, progress=False)
@@ -183,6 +183,35 @@ def test_data_synth_never_clobbers(tmp_path, capsys):
     assert main([*SYNTH, "--out", str(out), "--n-train", "2", "--overwrite"]) == 0
     assert not stale.exists()
     assert len(list((out / "images").rglob("*.jpg"))) == 3  # 2 train + 1 test, nothing left of the first run
+
+
+def test_a_synth_folder_of_the_previous_release_is_the_same_run(tmp_path, capsys):
+    """A ``data synth`` folder made before the generator's settings became one ``SynthOptions``
+    (``tests/data/synth_manifest_0.1.0.json``, written by slopekp 0.1.0 for the options below) is the same run for
+    today's code: the settings' keys and values are unchanged, so the gate resumes it and the command regenerates
+    it in place instead of refusing it."""
+    from pathlib import Path
+
+    from slopekp.commands.data_images import synth_manifest
+    from slopekp.data.synth.options import SynthOptions
+
+    fixture = Path(__file__).parent / "data" / "synth_manifest_0.1.0.json"
+    old = Manifest.from_dict(json.loads(fixture.read_text()), str(fixture))
+    now = synth_manifest(SynthOptions(n_train=3, n_test=1, size=32, seed=2, deform=0.5, occlusion_prob=0.3))
+    assert json.dumps(now.settings) == json.dumps(old.settings)  # same keys, order, values and types
+    assert old.differences(now) == [] and now.command == old.command
+    out = tmp_path / "sb"
+    out.mkdir()
+    shutil.copy(fixture, out / MANIFEST_NAME)
+    (out / "meta.json").write_text("{}")  # a finished run (its result file)
+    assert prepare_output_dir(out, now, log=lambda s: None) == "resume"
+    # through the command: other options are refused, the same ones regenerate the folder in place
+    argv = [*SYNTH, "--out", str(out), "--seed", "2", "--deform", "0.5", "--occlusion-prob", "0.3"]
+    assert main([*argv, "--size", "48"]) == 2
+    assert "synth.size: 32 in the folder, 48 now" in capsys.readouterr().err
+    assert main(argv) == 0
+    assert Manifest.load(out).settings == old.settings
+    assert len(list((out / "images").rglob("*.jpg"))) == 4
 
 
 def test_data_synth_refuses_a_real_cmr_folder(tmp_path, capsys):

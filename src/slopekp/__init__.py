@@ -13,7 +13,7 @@ import os as _os
 # OMP_WAIT_POLICY=ACTIVE from the user wins.
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-__version__ = "0.1.0"
+from slopekp.version import __version__ as __version__  # noqa: E402 (after the environment default above)
 
 
 def __getattr__(name: str):

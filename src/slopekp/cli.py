@@ -16,7 +16,7 @@ import argparse
 import importlib
 import sys
 
-from slopekp import __version__
+from slopekp.version import __version__
 
 #: Sub-command groups, in ``--help`` order: module name under ``slopekp.commands``.
 COMMAND_GROUPS = ("quickstart", "config", "data", "multiplex", "train", "eval", "predict", "viewer", "video", "mesh")

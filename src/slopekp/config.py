@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import io
 import math
+import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,8 +49,6 @@ class TemplateConfig:
 
 @dataclass
 class RenderConfig:
-    image_size: int = 64
-    """Side of the square rendered image in pixels."""
     sigma: float = 1e-4
     """SoftRas silhouette sharpness (squared NDC distance scale)."""
     gamma: float = 1e-4
@@ -65,10 +65,10 @@ class RenderConfig:
 
 @dataclass
 class DataConfig:
-    root: str = "outputs/synthbirds"
-    """Dataset folder in CMR layout (``images/``, ``<split>_cub_cleaned.mat``, ``anno_<split>.mat``)."""
+    """The dataset's layout and augmentation; the folder itself is the command's ``--data`` (CMR layout:
+    ``images/``, ``<split>_cub_cleaned.mat``, ``anno_<split>.mat``)."""
+
     split: str = "train"
-    img_size: int = 256
     padding_frac: float = 0.05
     jitter_frac: float = 0.05
     flip: bool = True
@@ -81,8 +81,16 @@ class DataConfig:
     """Use only the first ``max_items`` samples (0 = all)."""
 
 
+MIN_SYNTH_SIZE = 16
+"""Smallest side in pixels of a SynthBirds image (``synth.size``); the largest is
+:data:`slopekp.utils.MAX_SYNTH_SIZE`."""
+
+
 @dataclass
 class SynthConfig:
+    """The SynthBirds image generator's section; :class:`slopekp.data.synth.options.SynthOptions` extends it with the
+    seed and the generator-only options, and checks the values where the generator is called."""
+
     n_train: int = 200
     n_test: int = 100
     size: int = 128
@@ -289,19 +297,17 @@ RULES: dict[str, Range] = {
     "seed": Range(0, 2**32 - 1, hi_text="2**32 - 1"),
     "threads": _NON_NEGATIVE,
     "template.symmetry_tol": _POSITIVE,
-    "render.image_size": _IMAGE_SIDE,
     "render.sigma": _POSITIVE,
     "render.gamma": _POSITIVE,
     "render.z_offset": _POSITIVE,
     "render.near": _FINITE,
     "render.far": _FINITE,
-    "data.img_size": _IMAGE_SIDE,
     "data.padding_frac": _FRACTION,
     "data.jitter_frac": _FRACTION,
     "data.max_items": _NON_NEGATIVE,
     "synth.n_train": Range(0, MAX_SYNTH_COUNT),
     "synth.n_test": Range(0, MAX_SYNTH_COUNT),
-    "synth.size": Range(16, MAX_SYNTH_SIZE),
+    "synth.size": Range(MIN_SYNTH_SIZE, MAX_SYNTH_SIZE),
     "synth.deform": _NON_NEGATIVE,
     "synth.workers": _NON_NEGATIVE,
     "synth.occlusion_prob": _PROBABILITY,
@@ -368,6 +374,10 @@ them in step with the code that reads them)."""
 ORDERED: tuple[tuple[str, str], ...] = (("render.near", "render.far"),)
 """Pairs of keys whose values must satisfy ``first < second``."""
 
+REMOVED_SETTINGS: tuple[str, ...] = ("render.image_size", "data.img_size", "data.root")
+"""Keys of earlier releases that nothing read (the renderers' sizes come from the stage, the data folder from
+``--data``): a config file that sets one is read with a warning, a checkpoint's or a manifest's copy silently."""
+
 
 def _get(cfg: Config, key: str) -> Any:
     obj: Any = cfg
@@ -429,6 +439,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             raise ConfigError(f"{path}: not valid YAML: {e}") from e
         if not isinstance(file_cfg, DictConfig):
             raise ConfigError(f"{path}: top level must be a mapping of sections, got {_kind(file_cfg)}")
+        _drop_removed(file_cfg, path)
         try:
             base = OmegaConf.merge(base, file_cfg)
         except OmegaConfBaseException as e:
@@ -447,16 +458,32 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     return cfg
 
 
+class ConfigWarning(UserWarning):
+    """A config file sets a key that an earlier release had and that nothing reads any more."""
+
+
+def _drop_removed(file_cfg: DictConfig, path: Path) -> None:
+    """Remove the :data:`REMOVED_SETTINGS` from a loaded file, with a :class:`ConfigWarning` each."""
+    for key in REMOVED_SETTINGS:
+        section, name = key.split(".")
+        node = file_cfg.get(section)
+        if isinstance(node, DictConfig) and name in node:
+            del node[name]
+            warnings.warn(f"{path}: {key} is no longer read (the data folder is --data; render sizes come from each "
+                          "stage); ignored", ConfigWarning, stacklevel=3)  # fmt: skip
+
+
 def config_from_yaml(text: str, source: str = "<string>") -> Config:
     """A :class:`Config` from YAML text (e.g. the copy a checkpoint carries), validated like :func:`load_config`;
     errors name ``source``."""
-    import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:  # one reader for files and text: load_config's
         p = Path(tmp) / "config.yaml"
         p.write_text(text, encoding="utf-8")
         try:
-            return load_config(p)
+            with warnings.catch_warnings():  # a checkpoint of an earlier release carries the removed keys
+                warnings.simplefilter("ignore", ConfigWarning)
+                return load_config(p)
         except ConfigError as e:
             msg = str(e).replace(str(p), source)
             raise ConfigError(msg if source in msg else f"{source}: {msg}") from e

@@ -2,7 +2,6 @@
 
 A command that writes a folder which a later command resumes or reads (``slopekp data synth``, Stage I's
 ``multiplex init``, ``quickstart``; the training checkpoints next) writes ``manifest.json`` into it:
-
 * ``command``: which command made the folder (``"multiplex init"``);
 * ``inputs``: fingerprints of what it read (the data folder: its annotation files and image list; the
   template mesh), each with the path it was read from;
@@ -12,7 +11,6 @@ A command that writes a folder which a later command resumes or reads (``slopekp
 * provenance that is recorded but never compared: the package version, the command line, the time.
 
 :func:`prepare_output_dir` is the one gate every such command goes through before it writes:
-
 =================================================  =====================================================
 the folder                                          what happens
 =================================================  =====================================================
@@ -40,12 +38,13 @@ import os
 import shutil
 import sys
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from slopekp import __version__
+from slopekp.config import REMOVED_SETTINGS, Config
 from slopekp.utils import atomic_save_json
+from slopekp.version import __version__
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "slopekp.run_manifest/1"
@@ -136,6 +135,8 @@ class Manifest:
                 )
         defaults = config_defaults()
         for key in sorted(set(self.settings) | set(other.settings)):
+            if key in REMOVED_SETTINGS:
+                continue  # a setting that an earlier release recorded and nothing read: it changed no result
             a, b = self.settings.get(key, "<unset>"), other.settings.get(key, "<unset>")
             if key not in self.settings and key in defaults and _norm(b) == _norm(defaults[key]):
                 continue  # a setting added by a later slopekp, asked for at its default: the run it made is the same
@@ -147,7 +148,6 @@ class Manifest:
 def flat_config(cfg: Any) -> dict[str, Any]:
     """``dotted.key -> value`` of every field of a :class:`~slopekp.config.Config` (sections flattened one level,
     top-level fields such as ``seed`` as they are)."""
-    from dataclasses import fields, is_dataclass
 
     out: dict[str, Any] = {}
     for f in fields(cfg):
@@ -158,7 +158,6 @@ def flat_config(cfg: Any) -> dict[str, Any]:
 
 def config_defaults() -> dict[str, Any]:
     """:func:`flat_config` of the default :class:`~slopekp.config.Config`."""
-    from slopekp.config import Config
 
     return flat_config(Config())
 
@@ -245,7 +244,6 @@ def cmr_data_fingerprint(
 
 def flat_settings(section: Any, prefix: str, exclude: Iterable[str] = ()) -> dict[str, Any]:
     """``{"prefix.field": value}`` of a config dataclass section (one level), minus ``exclude`` field names."""
-    from dataclasses import fields, is_dataclass
 
     if not is_dataclass(section):
         raise TypeError(f"expected a config dataclass, got {type(section).__name__}")

@@ -30,8 +30,8 @@ import torch
 # allocated, so that a typo is a clear error instead of an OOM kill.
 # ------------------------------------------------------------------------------------------------------------
 MAX_IMAGE_SIZE = 1024
-"""Largest side in pixels of a rendered or cropped square image (``render.image_size``,
-``multiplex.image_size``, ``data.img_size``): Stage I renders ``batch_size × P`` silhouettes of this size per
+"""Largest side in pixels of a rendered or cropped square image (``train.render_size``,
+``multiplex.image_size``, ``model.image_size``): Stage I renders ``batch_size × P`` silhouettes of this size per
 step, so 1024 is already far beyond the paper's 64 (Stage I) and 256 (training)."""
 
 MAX_SYNTH_SIZE = 2048
@@ -246,20 +246,34 @@ def to_device(t: torch.Tensor, device: torch.device | str) -> torch.Tensor:
     return t.to(device, non_blocking=t.device.type == "cpu" and device.type != "cpu")
 
 
-def check_finite(name: str, t: torch.Tensor) -> None:
-    """Raise ``ValueError`` naming ``name`` if ``t`` holds NaN or infinite values."""
-    if not torch.isfinite(t).all():
-        bad = (~torch.isfinite(t)).sum().item()
-        raise ValueError(f"{name} contains {bad} non-finite value(s) (NaN or inf)")
+def check_finite(name: str, t: torch.Tensor | np.ndarray) -> None:
+    """Raise ``ValueError`` naming ``name`` if ``t`` (a tensor or a NumPy array) holds NaN or infinite values."""
+    finite = np.isfinite(t) if isinstance(t, np.ndarray) else torch.isfinite(t)
+    if not finite.all():
+        raise ValueError(f"{name} contains {int((~finite).sum())} non-finite value(s) (NaN or inf)")
 
 
-def check_shape(name: str, t: torch.Tensor, shape: tuple[int | str | None, ...]) -> None:
-    """Check ``t.shape`` against ``shape`` where ints must match and str/None are wildcards.
+def check_shape(name: str, t: torch.Tensor | np.ndarray, shape: tuple[Any, ...]) -> None:
+    """Check ``t.shape`` (a tensor or a NumPy array) against ``shape``: ints must match, a str or None matches any
+    one size, and a leading ``...`` any number of leading dimensions (none included).
 
     Raises ``ValueError`` naming the argument, the expected and the actual shape.
 
     >>> check_shape("verts", torch.zeros(2, 5, 3), ("B", "V", 3))
+    >>> check_shape("q", torch.zeros(4), (..., 4))
     """
-    if t.dim() != len(shape) or any(isinstance(e, int) and e != a for e, a in zip(shape, t.shape)):
-        want = "(" + ", ".join(str(e) for e in shape) + ")"
-        raise ValueError(f"{name} must have shape {want}, got {tuple(t.shape)}")
+    got = tuple(t.shape)
+    if shape and shape[0] is Ellipsis:
+        tail, skip = shape[1:], len(got) - len(shape) + 1  # skip: the leading dimensions ``...`` stands for
+        ok = skip >= 0
+    else:
+        tail, skip = shape, 0
+        ok = len(got) == len(shape)
+    if ok:  # a plain loop: this runs on the hot paths (rotations), where a generator costs more than the check
+        for e, a in zip(tail, got[skip:]):
+            if isinstance(e, int) and e != a:
+                ok = False
+                break
+    if not ok:
+        want = "(" + ", ".join("..." if e is Ellipsis else str(e) for e in shape) + ")"
+        raise ValueError(f"{name} must have shape {want}, got {got}")

@@ -329,7 +329,7 @@ def test_real_sfm_anno_with_fake_cleaned_file(sfm_dir, tmp_path):
 # ---------------------------------------------------------------------------------------------- SynthBirds
 @pytest.fixture(scope="module")
 def synth_root(tmp_path_factory):
-    from slopekp.data.synthetic import generate_synthbirds
+    from slopekp.data.synth.writer import generate_synthbirds
 
     root = tmp_path_factory.mktemp("synth")
     generate_synthbirds(
@@ -345,7 +345,9 @@ def _iou(a: torch.Tensor, b: torch.Tensor) -> float:
 def test_synthbirds_read_back_agrees_with_rerender(synth_root):
     """Masks, keypoints and cameras read by the loader agree with a re-render of the generating shape."""
     from slopekp.data.matfiles import read_cub_cleaned
-    from slopekp.data.synthetic import SynthOptions, _prepare, keypoint_vertices
+    from slopekp.data.synth.bird import keypoint_vertices
+    from slopekp.data.synth.options import SynthOptions
+    from slopekp.data.synth.writer import _prepare
     from slopekp.geometry.camera import recrop_camera
     from slopekp.mesh import load_template
     from slopekp.render import Renderer, RenderSettings
@@ -358,13 +360,13 @@ def test_synthbirds_read_back_agrees_with_rerender(synth_root):
         synth_root, "train", img_size=size, padding_frac=0, jitter_frac=0, flip=False, return_gt_camera=True
     )
     recs = read_cub_cleaned(synth_root / "train_cub_cleaned.mat")
-    opts = SynthOptions(size=size, occlusion_prob=0.0, truncation_prob=0.0)
+    opts = SynthOptions(size=size, occlusion_prob=0.0, truncation_prob=0.0, seed=11)
     full = torch.tensor([2.0 / size, -1.0, -1.0], dtype=torch.float64)  # the whole original image
     # the renderer samples pixel centres x = (2u + 1)/W − 1; the data convention is x = 2u/W − 1
     centre = torch.tensor([0, 1.0 / size, 1.0 / size, 0, 0, 0, 0])
     for i in range(len(ds)):
         s = ds[i]
-        verts = _prepare(template, 11, "train", i, opts).bird.verts  # the generating (deformed) shape
+        verts = _prepare(template, "train", i, opts).bird.verts  # the generating (deformed) shape
         cam_full = recrop_camera(s.gt_camera.double(), s.crop.double(), full).float() + centre
         alpha = renderer(verts[None], template.faces, cam_full[None], mode="hard").alpha[0] > 0.5
         assert _iou(alpha, torch.from_numpy(recs[i].mask > 0)) >= 0.99
@@ -382,7 +384,7 @@ def test_synthbirds_read_back_agrees_with_rerender(synth_root):
 
 def test_synthbirds_anno_S_is_template_keypoints(synth_root):
     from slopekp.data.matfiles import read_sfm_anno
-    from slopekp.data.synthetic import keypoint_vertices
+    from slopekp.data.synth.bird import keypoint_vertices
     from slopekp.mesh import load_template
 
     t = load_template("procedural")

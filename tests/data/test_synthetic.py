@@ -10,8 +10,13 @@ import torch
 from PIL import Image
 from scipy.spatial.transform import Rotation
 
-from slopekp.data import synthetic as syn
 from slopekp.data import viewpoints as vp
+from slopekp.data.synth.background import random_background
+from slopekp.data.synth.bird import keypoint_vertices, sample_bird
+from slopekp.data.synth.options import SynthOptions
+from slopekp.data.synth.scene import keypoint_visibility, render_bird
+from slopekp.data.synth.texture import TEXTURE_HW, random_texture, texel_directions
+from slopekp.data.synth.writer import CLASS_NAMES, GENERATOR_VERSION, _make_batch, _prepare, generate_synthbirds
 from slopekp.mesh import load_template
 
 
@@ -103,7 +108,7 @@ def test_sample_viewpoint_deterministic():
 
 # ------------------------------------------------------------------------------------------- bird pieces
 def test_keypoints_semantic_and_mirror_consistent(template):
-    kp = syn.keypoint_vertices(template)
+    kp = keypoint_vertices(template)
     v = template.verts[kp].numpy()
     centre = [0, 1, 2, 3, 4, 5, 9, 13, 14]
     assert np.abs(v[centre, 0]).max() < 1e-6
@@ -118,9 +123,9 @@ def test_keypoints_semantic_and_mirror_consistent(template):
 
 
 def test_sample_bird_deform_zero_is_template_and_symmetric(template):
-    b0 = syn.sample_bird(np.random.default_rng(0), template, deform=0.0)
+    b0 = sample_bird(np.random.default_rng(0), template, deform=0.0)
     assert torch.equal(b0.verts, template.verts)
-    b = syn.sample_bird(np.random.default_rng(0), template, deform=1.0)
+    b = sample_bird(np.random.default_rng(0), template, deform=1.0)
     sym = template.symmetry()
     mirrored = b.verts[sym.left] * torch.tensor([-1.0, 1, 1])
     torch.testing.assert_close(b.verts[sym.right], mirrored, atol=0, rtol=0)
@@ -134,17 +139,17 @@ def test_sample_bird_deform_zero_is_template_and_symmetric(template):
     assert (d[e[:, 0]] - d[e[:, 1]]).norm(dim=1).mean() < 0.3 * d.norm(dim=1).mean()
     # same texture whatever the deformation scale (the RNG draws do not depend on it)
     torch.testing.assert_close(b0.uv_image, b.uv_image)
-    assert b.uv_image.shape == (3, *syn.TEXTURE_HW) and 0 <= b.uv_image.min() and b.uv_image.max() <= 1
+    assert b.uv_image.shape == (3, *TEXTURE_HW) and 0 <= b.uv_image.min() and b.uv_image.max() <= 1
     assert b.uv_image.std() > 0.02
     with pytest.raises(ValueError, match="deform must be a finite number >= 0"):
-        syn.sample_bird(np.random.default_rng(0), template, deform=-1)
+        sample_bird(np.random.default_rng(0), template, deform=-1)
 
 
 def test_texture_is_mirror_symmetric():
     """Texels whose sphere directions are mirror images (x -> −x) get the same colour."""
     eyes = np.array([[0.3, -0.9, 0.2], [-0.3, -0.9, 0.2]])
-    tex, _ = syn.random_texture(np.random.default_rng(4), eye_dirs=eyes)
-    d = syn.texel_directions(*syn.TEXTURE_HW).reshape(-1, 3)
+    tex, _ = random_texture(np.random.default_rng(4), eye_dirs=eyes)
+    d = texel_directions(*TEXTURE_HW).reshape(-1, 3)
     flat = tex.reshape(3, -1).T
     idx = np.random.default_rng(0).integers(0, len(d), 300)
     mirrored = d[idx] * [-1, 1, 1]
@@ -155,28 +160,28 @@ def test_texture_is_mirror_symmetric():
 
 
 def test_random_background_cluttered_deterministic():
-    a = syn.random_background(np.random.default_rng(5), 48, 64)
-    b = syn.random_background(np.random.default_rng(5), 48, 64)
+    a = random_background(np.random.default_rng(5), 48, 64)
+    b = random_background(np.random.default_rng(5), 48, 64)
     assert a.shape == (48, 64, 3) and a.dtype == np.float32
     np.testing.assert_array_equal(a, b)
     assert 0 <= a.min() and a.max() <= 1
     for s in range(10):
-        bg = syn.random_background(np.random.default_rng(s), 64, 64)
+        bg = random_background(np.random.default_rng(s), 64, 64)
         assert bg.mean() > 0.08  # never black
         assert bg.std() > 0.01  # not flat
     with pytest.raises(ValueError, match="background size must be positive"):
-        syn.random_background(np.random.default_rng(0), 0, 5)
+        random_background(np.random.default_rng(0), 0, 5)
 
 
 def _visibility(template, renderer, azelcr) -> np.ndarray:
     from slopekp.geometry.camera import project_points
 
-    kp = syn.keypoint_vertices(template)
+    kp = keypoint_vertices(template)
     q = vp.viewpoint_to_quat(np.array([azelcr]))[0]
     cam = torch.tensor([0.8, 0, 0, *q], dtype=torch.float32)
     out = renderer(template.verts[None], template.faces, cam[None], mode="hard")
     pts = project_points(template.verts[kp].double(), cam.double()).numpy()
-    return syn.keypoint_visibility(pts, out.depth[0].numpy(), out.face_index[0].numpy(), tol=0.04)
+    return keypoint_visibility(pts, out.depth[0].numpy(), out.face_index[0].numpy(), tol=0.04)
 
 
 def test_keypoint_visibility_z_buffer(template):
@@ -196,10 +201,10 @@ def test_render_bird_public_api(template):
     from slopekp.render import Renderer, RenderSettings
 
     rng = np.random.default_rng(2)
-    bird = syn.sample_bird(rng, template)
-    q = syn.sample_viewpoint(rng, 1)[0]
+    bird = sample_bird(rng, template)
+    q = vp.sample_viewpoint(rng, 1)[0]
     cam = torch.tensor([0.7, 0.0, 0.0, *q])
-    out = syn.render_bird(Renderer(RenderSettings(image_size=48)), template, bird, cam, rng)
+    out = render_bird(Renderer(RenderSettings(image_size=48)), template, bird, cam, rng)
     assert out.rgb.shape == (3, 48, 48) and out.alpha.shape == (48, 48) and out.face_index.shape == (48, 48)
     assert ((out.face_index >= 0) == (out.alpha > 0.5)).all()
     assert out.alpha.sum() > 100 and out.rgb[:, out.alpha > 0.5].mean() > 0.02
@@ -212,7 +217,7 @@ SMALL = {"size": 64, "occlusion_prob": 0.5, "truncation_prob": 0.3}
 @pytest.fixture(scope="module")
 def small_dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("sb")
-    syn.generate_synthbirds(root, n_train=5, n_test=3, seed=4, progress=False, **SMALL)
+    generate_synthbirds(root, n_train=5, n_test=3, seed=4, progress=False, **SMALL)
     return root
 
 
@@ -222,14 +227,14 @@ def test_dataset_layout_and_meta(small_dataset):
     root = small_dataset
     meta = json.loads((root / "meta.json").read_text())
     assert meta["template"] == "procedural" and meta["options"]["deform"] == 1.0 and meta["seed"] == 4
-    assert meta["generator_version"] == syn.GENERATOR_VERSION and meta["splits"]["train"]["n"] == 5
+    assert meta["generator_version"] == GENERATOR_VERSION and meta["splits"]["train"]["n"] == 5
     train = read_cub_cleaned(root / "train_cub_cleaned.mat")
     test = read_cub_cleaned(root / "test_cub_cleaned.mat")
     assert [r.id for r in train] == [1, 2, 3, 4, 5] and [r.id for r in test] == [6, 7, 8]
     assert all(r.train == 1 and r.test == 0 for r in train) and all(r.test == 1 for r in test)
     for r in train + test:
         img = Image.open(root / "images" / r.rel_path)
-        assert img.size == (64, 64) and img.mode == "RGB" and r.rel_path.split("/")[0] in syn.CLASS_NAMES
+        assert img.size == (64, 64) and img.mode == "RGB" and r.rel_path.split("/")[0] in CLASS_NAMES
         assert r.mask.shape == (64, 64) and r.mask.sum() > 20
         x1, y1, x2, y2 = r.bbox  # 1-based, inside the image
         assert 1 <= x1 <= x2 <= 64 and 1 <= y1 <= y2 <= 64
@@ -245,8 +250,8 @@ def test_dataset_layout_and_meta(small_dataset):
     # the stored camera (1-based pixels) maps the generating shape's keypoints onto the stored parts
     t = load_template("procedural")
     for i, r in enumerate(train):
-        verts = syn._prepare(t, 4, "train", i, syn.SynthOptions(**SMALL)).bird.verts
-        X = verts[syn.keypoint_vertices(t)].double().numpy()
+        verts = _prepare(t, "train", i, SynthOptions(seed=4, **SMALL)).bird.verts
+        X = verts[keypoint_vertices(t)].double().numpy()
         uv = anno.scale[i] * (X @ anno.rot[i].T)[:, :2] + anno.trans[i]
         vis = r.parts[2] > 0
         np.testing.assert_allclose(uv[vis].T, r.parts[:2, vis], atol=1e-6)
@@ -255,7 +260,7 @@ def test_dataset_layout_and_meta(small_dataset):
 def test_occlusion_and_truncation(tmp_path):
     from slopekp.data.matfiles import read_cub_cleaned
 
-    root = syn.generate_synthbirds(
+    root = generate_synthbirds(
         tmp_path,
         n_train=6,
         n_test=0,
@@ -278,11 +283,11 @@ def test_deterministic_and_batch_independent(tmp_path, template):
     """The same (seed, split, index) gives the same instance whatever batch it is rendered in."""
     from slopekp.render import Renderer, RenderSettings
 
-    opts = syn.SynthOptions(size=48)
+    opts = SynthOptions(size=48, seed=3)
     r = Renderer(RenderSettings(image_size=48))
-    kp = torch.as_tensor(syn.keypoint_vertices(template))
-    many = syn._make_batch(template, r, kp, 3, [("train", i) for i in range(4)], opts, tmp_path / "a")
-    one = syn._make_batch(template, r, kp, 3, [("train", 2)], opts, tmp_path / "b")[0]
+    kp = torch.as_tensor(keypoint_vertices(template))
+    many = _make_batch(template, r, kp, [("train", i) for i in range(4)], opts, tmp_path / "a")
+    one = _make_batch(template, r, kp, [("train", 2)], opts, tmp_path / "b")[0]
     np.testing.assert_array_equal(many[2].record.mask, one.record.mask)
     np.testing.assert_array_equal(many[2].record.parts, one.record.parts)
     np.testing.assert_array_equal(many[2].rot, one.rot)
@@ -295,8 +300,8 @@ def test_deterministic_and_batch_independent(tmp_path, template):
 def test_workers_give_identical_output(tmp_path):
     from slopekp.data.matfiles import read_cub_cleaned
 
-    a = syn.generate_synthbirds(tmp_path / "a", 10, 2, size=48, seed=2, workers=0, progress=False)
-    b = syn.generate_synthbirds(tmp_path / "b", 10, 2, size=48, seed=2, workers=2, progress=False)
+    a = generate_synthbirds(tmp_path / "a", 10, 2, size=48, seed=2, workers=0, progress=False)
+    b = generate_synthbirds(tmp_path / "b", 10, 2, size=48, seed=2, workers=2, progress=False)
     for p in sorted((a / "images").rglob("*.jpg")):
         assert p.read_bytes() == (b / p.relative_to(a)).read_bytes()
     ra_all = read_cub_cleaned(a / "train_cub_cleaned.mat")
@@ -308,11 +313,49 @@ def test_workers_give_identical_output(tmp_path):
 
 def test_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="n_train and n_test must be >= 0"):
-        syn.generate_synthbirds(tmp_path, -1, 2, progress=False)
+        generate_synthbirds(tmp_path, -1, 2, progress=False)
     with pytest.raises(ValueError, match="size must be >= 16"):
-        syn.generate_synthbirds(tmp_path, 1, 1, size=8, progress=False)
+        generate_synthbirds(tmp_path, 1, 1, size=8, progress=False)
     with pytest.raises(ValueError, match="occlusion_prob/truncation_prob must be in"):
-        syn.generate_synthbirds(tmp_path, 1, 1, occlusion_prob=2, progress=False)
+        generate_synthbirds(tmp_path, 1, 1, occlusion_prob=2, progress=False)
+    with pytest.raises(TypeError, match="needs options= or both n_train and n_test"):
+        generate_synthbirds(tmp_path, 1, progress=False)
+    with pytest.raises(TypeError, match="not both"):
+        generate_synthbirds(tmp_path, 1, 1, options=SynthOptions(), progress=False)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'colour'"):
+        generate_synthbirds(tmp_path, 1, 1, colour="red", progress=False)
+    assert not any(tmp_path.iterdir())  # all refused before anything was written
+
+
+def test_options_are_the_config_section_plus_the_generator_s_own():
+    """One set of defaults: the ``synth`` section's (``SynthConfig``), the seed and the generator-only options;
+    every value checked when the options are built; the manifest settings keep the keys of earlier releases."""
+    from dataclasses import asdict, fields
+
+    from slopekp.config import SynthConfig, load_config
+
+    section = SynthConfig()
+    opts = SynthOptions()
+    assert {k: getattr(opts, k) for k in asdict(section)} == asdict(section)
+    assert [f.name for f in fields(opts)] == [*asdict(section), "seed", "supersample", "fill_min", "fill_max"]
+    cfg = load_config(None, ["synth.n_train=5", "synth.deform=0", "synth.workers=2", "seed=9"])
+    built = SynthOptions.from_config(cfg.synth, seed=cfg.seed)
+    assert (built.n_train, built.deform, built.workers, built.seed) == (5, 0.0, 2, 9)
+    assert isinstance(built.deform, float) and built.n_test == section.n_test
+    assert built.instance_options() == {
+        "size": 128, "deform": 0.0, "occlusion_prob": 0.2, "truncation_prob": 0.1, "supersample": 1,
+        "fill_min": 0.5, "fill_max": 0.85,
+    }  # fmt: skip
+    assert sorted(built.result_settings()) == [
+        "deform", "n_test", "n_train", "occlusion_prob", "seed", "size", "truncation_prob"
+    ]  # fmt: skip
+    assert SynthOptions(supersample=2).result_settings()["supersample"] == 2  # recorded once it changes files
+    with pytest.raises(ValueError, match="need 0 < fill_min <= fill_max <= 1, got 0.9, 0.5"):
+        SynthOptions(fill_min=0.9, fill_max=0.5)
+    with pytest.raises(ValueError, match="supersample must be >= 1, got 0"):
+        SynthOptions(supersample=0)
+    with pytest.raises(ValueError, match=r"seed must be an integer in \[0, 2\*\*32 - 1\], got -1"):
+        SynthOptions(seed=-1)
 
 
 def test_cli_synth_and_contact_sheet(tmp_path):

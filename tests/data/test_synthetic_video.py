@@ -9,15 +9,10 @@ import torch
 from PIL import Image
 
 from slopekp import cli
-from slopekp.data.synthetic_video import (
-    VideoSynthSettings,
-    generate_synth_videos,
-    split_names,
-    voc_palette,
-    ytvos_frame_names,
-)
+from slopekp.data.synth.video import VideoSynthSettings
+from slopekp.data.synth.video_writer import generate_synth_videos, split_names, ytvos_frame_names
 from slopekp.data.verify import verify_dataset
-from slopekp.data.video import DavisDataset, YouTubeVOSDataset
+from slopekp.data.video import DavisDataset, YouTubeVOSDataset, voc_palette
 from slopekp.geometry.camera import project_points
 from slopekp.geometry.rotations import quat_geodesic_angle
 

@@ -114,7 +114,7 @@ def test_cli_exit_status(tmp_path, capsys):
 
 def test_cmr_folder_synthbirds_and_its_problems(tmp_path, capsys):
     from slopekp.data.matfiles import read_cub_cleaned, read_sfm_anno, write_cub_cleaned, write_sfm_anno
-    from slopekp.data.synthetic import generate_synthbirds
+    from slopekp.data.synth.writer import generate_synthbirds
 
     root = generate_synthbirds(tmp_path / "sb", n_train=4, n_test=2, size=32, progress=False)
     assert detect_kind(root) == "cmr"  # not youtubevos, although SynthBirds writes a meta.json
@@ -159,7 +159,7 @@ def truncate_image(path) -> None:
 
 @pytest.fixture(scope="module")
 def synthbirds(tmp_path_factory):
-    from slopekp.data.synthetic import generate_synthbirds
+    from slopekp.data.synth.writer import generate_synthbirds
 
     return generate_synthbirds(tmp_path_factory.mktemp("sb") / "sb", n_train=4, n_test=2, size=32, progress=False)
 

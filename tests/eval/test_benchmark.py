@@ -13,8 +13,8 @@ from slopekp.cli import main
 
 
 def test_benchmark_runs_every_head_and_seed_and_reports_them(tmp_path, capsys, smoke_overrides):
-    from slopekp.data.synthetic import generate_synthbirds
-    from slopekp.eval.benchmark import summarise, verdict
+    from slopekp.data.synth.writer import generate_synthbirds
+    from slopekp.eval.table1 import summarise, verdict
 
     data = generate_synthbirds(tmp_path / "sb", n_train=4, n_test=3, size=32, seed=2, progress=False)
     out = tmp_path / "bench"
@@ -48,7 +48,7 @@ def test_benchmark_runs_every_head_and_seed_and_reports_them(tmp_path, capsys, s
 
 
 def test_verdict_names_the_leader_and_calls_a_tie():
-    from slopekp.eval.benchmark import verdict
+    from slopekp.eval.table1 import verdict
 
     def entry(mean, std):
         return {"mean": mean, "std": std, "n": 3}
@@ -64,7 +64,7 @@ def test_verdict_names_the_leader_and_calls_a_tie():
 
 
 def test_one_seed_reports_values_without_a_spread():
-    from slopekp.eval.benchmark import _fmt, verdict
+    from slopekp.eval.table1 import _fmt, verdict
 
     one = {"mean": 0.5, "std": 0.0, "n": 1}
     assert _fmt(one) == "0.500" and _fmt({**one, "n": 3}) == "0.500 ± 0.000"
@@ -76,7 +76,7 @@ def test_one_seed_reports_values_without_a_spread():
 def test_benchmark_refuses_a_folder_it_did_not_make(tmp_path, capsys):
     """Issue 20: a non-empty folder that the benchmark did not make (one holding thesis.txt) is refused before Stage I
     starts, and nothing in it changes."""
-    from slopekp.data.synthetic import generate_synthbirds
+    from slopekp.data.synth.writer import generate_synthbirds
 
     data = generate_synthbirds(tmp_path / "sb", n_train=2, n_test=1, size=32, seed=2, progress=False)
     out = tmp_path / "mine"
@@ -89,8 +89,8 @@ def test_benchmark_refuses_a_folder_it_did_not_make(tmp_path, capsys):
 
 
 def test_benchmark_folder_gate_takes_its_own_and_older_folders(tmp_path):
-    from slopekp.data.synthetic import generate_synthbirds
-    from slopekp.eval.benchmark import prepare_benchmark_dir
+    from slopekp.benchmark import prepare_benchmark_dir
+    from slopekp.data.synth.writer import generate_synthbirds
     from slopekp.manifest import Manifest, OutputExistsError, RunMismatchError
 
     data = generate_synthbirds(tmp_path / "sb", n_train=2, n_test=1, size=32, seed=2, progress=False)

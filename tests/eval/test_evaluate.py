@@ -28,7 +28,7 @@ class FixedCamera(torch.nn.Module):
 
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory):
-    from slopekp.data.synthetic import generate_synthbirds
+    from slopekp.data.synth.writer import generate_synthbirds
 
     return generate_synthbirds(tmp_path_factory.mktemp("ev") / "sb", n_train=1, n_test=5, size=64, seed=2,
                                deform=0.0, progress=False)  # fmt: skip

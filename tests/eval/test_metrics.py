@@ -58,7 +58,7 @@ def test_rotation_error_of_composed_rotations_and_the_180_fold():
 
 
 def test_error_up_to_mirror_is_never_larger_and_zero_for_the_mirror():
-    from slopekp.train.multiplex import depth_mirror_cameras
+    from slopekp.geometry.camera import depth_mirror_cameras
 
     gt = torch.stack([_cam(Rotation.from_euler("xyz", [30, 40, 50], degrees=True))])
     mirror = depth_mirror_cameras(gt)

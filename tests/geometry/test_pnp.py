@@ -15,6 +15,7 @@ import torch
 from scipy.spatial.transform import Rotation
 
 from slopekp.geometry import pnp
+from slopekp.geometry.pnp.ransac import _RANSAC_DEFAULTS
 
 F64 = torch.float64
 
@@ -107,6 +108,8 @@ def _outlier_problem(kind, n, sigma, frac, seed, template=None):
 def test_module_docstring_example():
     result = doctest.testmod(pnp, extraglobs={"torch": torch})
     assert result.attempted > 0 and result.failed == 0
+    for module in (pnp.theta, pnp.refine, pnp.ransac, pnp.solve):  # examples the package's modules may hold
+        assert doctest.testmod(module, extraglobs={"torch": torch}).failed == 0
 
 
 def test_theta_to_camera_matches_scipy_quaternion():
@@ -341,7 +344,7 @@ def test_batched_init_in_solve_pnp_equals_per_sample_ransac_init():
             assert torch.equal(res.inliers[i], one.inliers) and bool(res.init_ok[i]) == one.ok
     # solve_pnp's defaults are ransac_init's defaults
     sig = inspect.signature(pnp.ransac_init).parameters
-    assert {k: sig[k].default for k in pnp._RANSAC_DEFAULTS} == pnp._RANSAC_DEFAULTS
+    assert {k: sig[k].default for k in _RANSAC_DEFAULTS} == _RANSAC_DEFAULTS
 
 
 def test_inlier_filtering_zeroes_outlier_weights():

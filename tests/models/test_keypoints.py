@@ -15,7 +15,7 @@ from torch import nn
 
 from slopekp.geometry.camera import project_points
 from slopekp.geometry.rotations import quat_geodesic_angle, random_quat
-from slopekp.mesh.template import farthest_point_sampling, load_template
+from slopekp.mesh import farthest_point_sampling, load_template
 from slopekp.models import keypoints
 from slopekp.models.base import EncoderOutput
 from slopekp.models.keypoints import (

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from slopekp.geometry.rotations import quat_geodesic_angle, random_quat
-from slopekp.mesh.template import load_template
+from slopekp.mesh import load_template
 from slopekp.models.base import EncoderOutput
 from slopekp.models.pose import (
     POSE_HEADS,

@@ -28,8 +28,8 @@ def reconstructor(tiny_model, device) -> Reconstructor:
 
 
 def test_the_checkpoint_carries_its_template_and_model_card(tiny_model, reconstructor):
+    from slopekp.checkpoint import load_checkpoint
     from slopekp.mesh import load_template
-    from slopekp.train.checkpoint import load_checkpoint
 
     ck = load_checkpoint(tiny_model.checkpoint)
     tpl = load_template(reconstructor.cfg.template.path)
@@ -49,8 +49,8 @@ def test_the_checkpoint_carries_its_template_and_model_card(tiny_model, reconstr
 
 def test_the_model_loads_without_its_template_file(tiny_model, tmp_path, monkeypatch):
     # the checkpoint's config names a template path that does not exist here: the embedded mesh is used
+    from slopekp.checkpoint import load_checkpoint
     from slopekp.config import config_from_yaml, config_to_yaml
-    from slopekp.train.checkpoint import load_checkpoint
 
     ck = load_checkpoint(tiny_model.checkpoint)
     cfg = config_from_yaml(ck["config"], "ck")
@@ -164,7 +164,7 @@ def test_a_whole_photo_is_read_with_a_warning(reconstructor, tiny_model):
 
 
 def test_bad_checkpoints_are_refused_with_the_file_named(tiny_model, tmp_path):
-    from slopekp.train.checkpoint import CheckpointError
+    from slopekp.checkpoint import CheckpointError
 
     with pytest.raises(CheckpointError, match=r"last.pt: a 'stage2' checkpoint has no trained pose head"):
         Reconstructor.from_checkpoint(tiny_model.stage2, device="cpu")

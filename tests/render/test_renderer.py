@@ -267,3 +267,22 @@ def test_value_checks_off_an_accelerator_check_a_mesh_once_and_again_after_a_cha
     monkeypatch.setenv("SLOPEKP_CHECK_VALUES", "1")
     with pytest.raises(ValueError, match="verts contains 1 non-finite"):
         r(bad, faces.clamp(max=3), cams(IDENTITY))
+
+
+def test_render_settings_follow_the_config_section():
+    """One set of defaults (issue 21): every ``render.*`` field is a RenderSettings field, the defaults agree, and
+    ``from_config`` carries each field at the stage's own size."""
+    import dataclasses
+
+    from slopekp.config import RenderConfig
+
+    names = {f.name for f in dataclasses.fields(RenderConfig)}
+    assert names <= {f.name for f in dataclasses.fields(RenderSettings)}
+    default = RenderSettings()
+    assert all(getattr(default, n) == getattr(RenderConfig(), n) for n in names)
+    cfg = RenderConfig(sigma=3e-4, gamma=2e-3, z_offset=7.0, near=0.5, far=50.0, fused="auto")
+    got = RenderSettings.from_config(cfg, 32, max_pairs=1000)
+    assert got.image_size == 32 and got.max_pairs == 1000
+    assert all(getattr(got, n) == getattr(cfg, n) for n in names)
+    with pytest.raises(ValueError, match="fused must be one of never, auto, always, got 'yes'"):
+        RenderSettings.from_config(RenderConfig(fused="yes"), 32)

@@ -335,7 +335,7 @@ def test_rgb_gradients_stay_finite_with_edge_on_faces():
     rendered, and their gradients must be 0, not 0·inf = NaN (a NaN here once reached every Stage II weight)."""
     from slopekp.mesh import load_template
     from slopekp.render import Renderer, RenderSettings
-    from slopekp.train.multiplex import hypothesis_cameras
+    from slopekp.train.hypotheses import hypothesis_cameras
 
     bird = load_template("procedural")
     cams = hypothesis_cameras(4, 1)[None].clone().requires_grad_(True)  # az 0, 90, 180, 270 at el 0

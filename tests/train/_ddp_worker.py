@@ -17,9 +17,12 @@ from pathlib import Path
 
 import torch
 
+from slopekp.data.cub import FLIP_ID_BASE
 from slopekp.train import distributed as D
-from slopekp.train.multiplex import FLIP_ID_BASE, CameraMultiplex, OffsetSettings, hypothesis_scores
-from slopekp.train.run import epoch_order
+from slopekp.train.distributed import epoch_order
+from slopekp.train.hypotheses import OffsetSettings
+from slopekp.train.multiplex import CameraMultiplex
+from slopekp.train.scores import hypothesis_scores
 
 N, P, BATCH, EPOCHS, SEED = 9, 4, 2, 2, 3  # 9 = 2·(2·2) + 1: the last step pads rank 1 (shard_indices)
 NET_LR, CAM_LR = 0.05, 0.1

@@ -9,12 +9,11 @@ import pytest
 import torch
 
 from slopekp.eval.metrics import rotation_error
-from slopekp.geometry.camera import reflect_camera
+from slopekp.geometry.camera import depth_mirror_cameras, reflect_camera
 from slopekp.geometry.rotations import quat_normalize, quat_to_rotmat
 from slopekp.mesh import load_template
 from slopekp.render import Renderer, RenderSettings
 from slopekp.train.appearance import fit_mirror_choice, pair_statistics, surface_basis
-from slopekp.train.multiplex import depth_mirror_cameras
 
 SIZE = 32
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from slopekp.train.checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from slopekp.checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from slopekp.train.multiplex import CameraMultiplex
 
 

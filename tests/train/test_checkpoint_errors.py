@@ -10,10 +10,10 @@ import shutil
 import pytest
 import torch
 
+from slopekp import checkpoint as C
+from slopekp.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from slopekp.cli import main
 from slopekp.manifest import Manifest
-from slopekp.train import checkpoint as C
-from slopekp.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
 
 def _checkpoint(path, step: int = 7, manifest: Manifest | None = None):
@@ -228,7 +228,7 @@ def test_resume_from_a_corrupt_last_pt_without_a_usable_temporary_names_force_ne
 @pytest.fixture(scope="module")
 def stage1(tmp_path_factory, smoke_overrides):
     from slopekp.config import load_config
-    from slopekp.data.synthetic import generate_synthbirds
+    from slopekp.data.synth.writer import generate_synthbirds
     from slopekp.train.stage1 import run_stage1
 
     root = tmp_path_factory.mktemp("ckpt_errors")

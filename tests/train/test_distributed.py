@@ -121,7 +121,7 @@ def test_shard_indices_layout_and_padding():
 
 
 def test_shard_loader_for_one_process_gives_consecutive_slices():
-    from slopekp.train.run import epoch_order
+    from slopekp.train.distributed import epoch_order
 
     class Items(list):
         epoch = -1

@@ -9,8 +9,8 @@ import torch
 
 from slopekp.eval.metrics import mask_iou
 from slopekp.geometry.camera import project_points
+from slopekp.train.hypotheses import hypothesis_cameras, positive_scale_cameras
 from slopekp.train.losses import mask_loss
-from slopekp.train.multiplex import hypothesis_cameras, positive_scale_cameras
 from slopekp.train.report import MultiplexEvaluation, multiplex_metrics
 
 

@@ -9,7 +9,8 @@ import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
-from slopekp.train.losses import camera_loss, heatmap_loss, hypothesis_weights, texture_loss
+from slopekp.models.pose_losses import camera_loss, heatmap_loss
+from slopekp.train.losses import hypothesis_weights, texture_loss
 
 
 def _cam(q_xyzw, s=1.0, t=(0.0, 0.0)):

@@ -9,24 +9,14 @@ import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
+from slopekp.data.cub import FLIP_ID_BASE
 from slopekp.geometry.camera import project_points
 from slopekp.geometry.rotations import quat_to_rotmat
-from slopekp.train.multiplex import (
-    FLIP_ID_BASE,
-    CameraMultiplex,
-    MissingImageError,
-    OffsetSettings,
-    adam_update,
-    apply_offsets,
-    best_hypothesis,
-    hypothesis_cameras,
-    hypothesis_rotation_errors,
-    hypothesis_scores,
-    minmax_rescale,
-    split_image_ids,
-    suppress_gradient_noise,
-    template_fingerprint,
-)
+from slopekp.mesh import template_fingerprint
+from slopekp.train.camera_adam import adam_update, suppress_gradient_noise
+from slopekp.train.hypotheses import OffsetSettings, apply_offsets, hypothesis_cameras
+from slopekp.train.multiplex import CameraMultiplex, MissingImageError, split_image_ids
+from slopekp.train.scores import best_hypothesis, hypothesis_rotation_errors, hypothesis_scores, minmax_rescale
 
 
 def _rot(axis: str, deg: float) -> Rotation:

@@ -17,27 +17,23 @@ from scipy.ndimage import distance_transform_edt
 
 from slopekp.cli import main
 from slopekp.config import load_config
+from slopekp.data.cub import FLIP_ID_BASE
 from slopekp.eval.metrics import mask_iou
 from slopekp.geometry.camera import (
     affine_camera,
     camera_from_sfm,
     crop_from_box,
+    depth_mirror_cameras,
     project_points,
     reflect_camera,
 )
 from slopekp.geometry.rotations import azelcr_to_quat, quat_geodesic_angle
-from slopekp.mesh import load_template
+from slopekp.manifest import Manifest
+from slopekp.mesh import load_template, template_fingerprint
 from slopekp.render import Renderer, RenderSettings
-from slopekp.train.multiplex import (
-    FLIP_ID_BASE,
-    CameraMultiplex,
-    OffsetSettings,
-    best_hypothesis,
-    depth_mirror_cameras,
-    hypothesis_cameras,
-    hypothesis_rotation_errors,
-    template_fingerprint,
-)
+from slopekp.train.hypotheses import OffsetSettings, hypothesis_cameras
+from slopekp.train.multiplex import CameraMultiplex
+from slopekp.train.scores import best_hypothesis, hypothesis_rotation_errors
 from slopekp.train.stage1 import STORE_NAME, _fit_dataset, fit_hypotheses, run_stage1
 
 
@@ -173,7 +169,7 @@ TINY = [
 
 @pytest.fixture(scope="module")
 def synth_dir(tmp_path_factory):
-    from slopekp.data.synthetic import generate_synthbirds
+    from slopekp.data.synth.writer import generate_synthbirds
 
     out = tmp_path_factory.mktemp("synth")
     return generate_synthbirds(out / "sb", n_train=4, n_test=0, size=32, seed=1, deform=0.0, progress=False)
@@ -194,9 +190,9 @@ def test_run_stage1_writes_store_config_report_and_resumes(synth_dir, tmp_path):
         "report/rotation_error_hist.png",
     ):
         assert (out / name).is_file(), name
-    # config.yaml is the config really used: with the data and output folders of the call
+    # config.yaml is the config really used, with the output folder of the call; the manifest names the data folder
     saved = load_config(out / "config.yaml")
-    assert saved.data.root == str(synth_dir) and saved.out_dir == str(out)
+    assert Manifest.load(out).inputs["data"]["path"] == str(synth_dir.resolve()) and saved.out_dir == str(out)
     assert saved.multiplex == cfg.multiplex and saved.render == cfg.render and saved.seed == cfg.seed
     assert list((out / "tb").glob("events.out.tfevents.*"))  # TensorBoard scalars
     metrics = json.loads((out / "report/metrics.json").read_text())
@@ -373,7 +369,7 @@ def test_stage1_on_real_template_and_sfm_cameras(sfm_dir, ucmr_template_path):
 # ------------------------------------------------------------------------------------- batch invariance
 def _fit_in_batches(synth_dir, sizes: list[int], batch_invariant: bool = True, steps: int = 15):
     from slopekp.data.cub import collate_samples
-    from slopekp.train.multiplex import hypothesis_cameras_from_config
+    from slopekp.train.hypotheses import hypothesis_cameras_from_config
     from slopekp.train.stage1 import build_stage1_dataset, build_stage1_renderer
 
     over = ["multiplex.image_size=32", "multiplex.num_az=4", "multiplex.num_el=3", "data.flip=false"]
@@ -444,7 +440,7 @@ def test_kill_9_then_resume_gives_the_uninterrupted_store(synth_dir, tmp_path):
 
 
 def test_an_empty_training_split_is_refused_before_anything_is_written(tmp_path, capsys):
-    from slopekp.data.synthetic import generate_synthbirds
+    from slopekp.data.synth.writer import generate_synthbirds
 
     data = generate_synthbirds(tmp_path / "sb", n_train=0, n_test=2, size=32, seed=1, progress=False)
     out = tmp_path / "s1"

@@ -13,13 +13,14 @@ import torch
 from PIL import Image
 
 from slopekp.cli import main
-from slopekp.data.synthetic_video import save_label_png
+from slopekp.data.video import save_label_png
 
 
 @pytest.fixture(scope="module")
 def synth_videos(tmp_path_factory):
     """Two small SynthBirds videos (DAVIS layout, both in the train list here)."""
-    from slopekp.data.synthetic_video import VideoSynthSettings, generate_synth_videos
+    from slopekp.data.synth.video import VideoSynthSettings
+    from slopekp.data.synth.video_writer import generate_synth_videos
 
     root = tmp_path_factory.mktemp("videos")
     s = VideoSynthSettings(height=96, min_frames=6, max_frames=8, max_birds=2, val_fraction=0.0)
@@ -229,7 +230,8 @@ def test_the_tracker_follows_the_birds(synth_videos):
 
 
 def test_youtubevos_layout_train_and_first_frame_only_valid(tiny_model, tmp_path, capsys):
-    from slopekp.data.synthetic_video import VideoSynthSettings, generate_synth_videos
+    from slopekp.data.synth.video import VideoSynthSettings
+    from slopekp.data.synth.video_writer import generate_synth_videos
 
     s = VideoSynthSettings(height=64, min_frames=4, max_frames=5, max_birds=3, val_fraction=0.5)
     root = generate_synth_videos(tmp_path / "yt", 2, seed=2, layout="youtubevos", settings=s, progress=False)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from slopekp.data.synthetic_video import save_label_png
+from slopekp.data.video import save_label_png
 
 
 def reference_boundary(mask: np.ndarray) -> np.ndarray:

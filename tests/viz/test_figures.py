@@ -90,7 +90,7 @@ def test_save_png_roundtrip(tmp_path):
 
 
 def test_contact_sheet_on_synthbirds(tmp_path):
-    from slopekp.data.synthetic import generate_synthbirds
+    from slopekp.data.synth.writer import generate_synthbirds
 
     root = generate_synthbirds(tmp_path / "ds", n_train=3, n_test=0, size=32, seed=0, progress=False)
     sheet = F.contact_sheet(root, n=3, ncols=3)

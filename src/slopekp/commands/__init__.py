@@ -26,6 +26,12 @@ def config_from_args(args: argparse.Namespace) -> Config:
     return load_config(args.config, list(args.overrides))
 
 
+def add_command(sub, name: str, help: str, doc: str) -> argparse.ArgumentParser:
+    """Add the sub-command ``name`` with a one-line ``help`` and its module's docstring ``doc`` as the description,
+    kept as written (its lines and lists)."""
+    return sub.add_parser(name, help=help, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
 def add_group(sub, name: str, help: str):
     """Add a command group (``slopekp <name> <sub-command>``); returns its sub-parsers object."""
     p = sub.add_parser(name, help=help, description=help)

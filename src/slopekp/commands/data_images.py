@@ -1,7 +1,7 @@
 """Sub-commands of ``slopekp data`` for image datasets (see :mod:`slopekp.commands.data`).
 
 - ``synth``: write a SynthBirds image dataset in CMR format
-  (:func:`slopekp.data.synthetic.generate_synthbirds`).
+  (:func:`slopekp.data.synth.writer.generate_synthbirds`).
 - ``contact-sheet``: a PNG grid of a CMR-format dataset's images with mask outlines and keypoints.
 """
 
@@ -11,13 +11,13 @@ import argparse
 import time
 
 from slopekp.commands import add_output_dir_args
-from slopekp.config import SynthConfig
+from slopekp.data.synth.options import SynthOptions
 from slopekp.manifest import Manifest, prepare_output_dir, prepare_output_file
 
 
 def register(g) -> None:
     """Add the ``synth`` and ``contact-sheet`` sub-parsers to the ``data`` group."""
-    d = SynthConfig()
+    d = SynthOptions()
     p = g.add_parser(
         "synth",
         help="generate a SynthBirds image dataset in CMR format",
@@ -30,7 +30,7 @@ def register(g) -> None:
                    "made by `data synth` with the same options, unless --overwrite)")
     p.add_argument("--n-train", type=int, default=d.n_train, help=f"train images (default {d.n_train})")
     p.add_argument("--n-test", type=int, default=d.n_test, help=f"test images (default {d.n_test})")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--size", type=int, default=d.size, help=f"image side in pixels (default {d.size})")
     p.add_argument("--deform", type=float, default=d.deform, help="shape deformation scale (0 = template)")
     p.add_argument("--occlusion-prob", type=float, default=d.occlusion_prob)
@@ -58,27 +58,31 @@ def register(g) -> None:
 SYNTH_COMMAND = "data synth"
 
 
-def synth_manifest(options: dict) -> Manifest:
-    """The run manifest of a SynthBirds folder: the generator options that change its files (``workers`` does
-    not: the output is byte-identical for any number)."""
-    return Manifest(SYNTH_COMMAND, settings={f"synth.{k}": v for k, v in sorted(options.items()) if k != "workers"})
+def synth_manifest(options: SynthOptions) -> Manifest:
+    """The run manifest of a SynthBirds folder: the generator options that change its files
+    (:meth:`SynthOptions.result_settings <slopekp.data.synth.options.SynthOptions.result_settings>`, as
+    ``synth.<name>``; ``workers`` is not one: the output is byte-identical for any number)."""
+    return Manifest(SYNTH_COMMAND, settings={f"synth.{k}": v for k, v in sorted(options.result_settings().items())})
 
 
-def write_synthbirds(out, options: dict, *, overwrite: bool = False, force_new: bool = False, progress: bool = True):
+def write_synthbirds(
+    out, options: SynthOptions, *, overwrite: bool = False, force_new: bool = False, progress: bool = True
+):
     """Generate SynthBirds into ``out`` behind the output-folder gate (:func:`slopekp.manifest.prepare_output_dir`):
     a folder of the same options is regenerated in place (identically), any other non-empty folder is refused
-    unless ``overwrite`` (emptied first, so no stale image stays) or ``force_new`` (moved aside)."""
-    from slopekp.data.synthetic import check_synth_options, generate_synthbirds
+    unless ``overwrite`` (emptied first, so no stale image stays) or ``force_new`` (moved aside). ``options`` were
+    checked when they were built, before the output folder is touched."""
+    # heavy (torch, OpenCV, the renderer): imported when the command runs, so that the CLI starts fast
+    from slopekp.data.synth.writer import generate_synthbirds
 
-    check_synth_options(**options)  # before the output folder is touched
     prepare_output_dir(out, synth_manifest(options), overwrite=overwrite, force_new=force_new, resumable=False,
                        results=("meta.json",))  # fmt: skip
-    return generate_synthbirds(out, progress=progress, **options)
+    return generate_synthbirds(out, options=options, progress=progress)
 
 
 def _synth(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
-    options = dict(
+    options = SynthOptions(  # checks every value before the output folder is touched
         n_train=args.n_train,
         n_test=args.n_test,
         size=args.size,

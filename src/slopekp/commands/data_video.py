@@ -1,7 +1,7 @@
 """Sub-commands of ``slopekp data`` for videos and downloads (see :mod:`slopekp.commands.data`).
 
 - ``synth-video``: SynthBirds videos in the DAVIS 2017 and/or YouTube-VOS layout
-  (:mod:`slopekp.data.synthetic_video`).
+  (:mod:`slopekp.data.synth.video_writer`).
 - ``fetch``: resumable, checksum-verified download and atomic extraction of CUB, the U-CMR annotations or
   DAVIS 2017 (:mod:`slopekp.data.download`).
 - ``verify``: check a dataset folder (decoding every image unless ``--quick``) and list what is missing or
@@ -91,7 +91,8 @@ def register(g) -> None:
 def _synth_video(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from slopekp.data.synthetic_video import VideoSynthSettings, check_video_options, generate_synth_videos
+    from slopekp.data.synth.video import VideoSynthSettings
+    from slopekp.data.synth.video_writer import check_video_options, generate_synth_videos
     from slopekp.manifest import Manifest, prepare_output_dir
 
     settings = VideoSynthSettings(

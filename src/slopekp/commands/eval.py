@@ -1,7 +1,7 @@
 """``slopekp eval``: score a Stage III checkpoint on a CMR-format split (METHOD §9.1) and write metrics, a
 per-image CSV, plots and a gallery of the worst cases (:mod:`slopekp.eval.report`).
 ``slopekp benchmark``: Stage I once, Stage II per seed, Stage III per head and seed, each evaluated, and a Table 1
-with mean ± std over seeds (:mod:`slopekp.eval.benchmark`).
+with mean ± std over seeds (:mod:`slopekp.benchmark`).
 
 * ``slopekp eval --checkpoint RUN/checkpoints/last.pt --data DIR [--split test] [--out OUT]``
 * ``slopekp benchmark --data DIR --out OUT [--heads quaternion gramschmidt svd keypoints] [--seeds 3]``
@@ -12,15 +12,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from slopekp.commands import add_config_args, add_output_dir_args, config_from_args, data_dir_arg
+from slopekp.commands import add_command, add_config_args, add_output_dir_args, config_from_args, data_dir_arg
 
 
 def register(sub) -> None:
-    p = sub.add_parser(
-        "eval",
+    p = add_command(
+        sub, "eval", doc=__doc__,
         help="evaluate a trained model (Stage III checkpoint) on a split: metrics.json, per_image.csv, plots",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--checkpoint", required=True, help="a Stage III checkpoint (OUT/checkpoints/last.pt)")
     p.add_argument("--data", required=True,
@@ -38,13 +36,11 @@ def register(sub) -> None:
     add_output_dir_args(p)
     p.set_defaults(func=_eval)
 
-    from slopekp.eval.benchmark import HEADS
+    from slopekp.eval.table1 import HEADS
 
-    b = sub.add_parser(
-        "benchmark",
+    b = add_command(
+        sub, "benchmark", doc=__doc__,
         help="Table 1: every pose head trained and evaluated the same way over several seeds (resumable)",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     b.add_argument("--data", required=True, help="CMR-format data folder with train and test splits")
     b.add_argument("--out", required=True, help="output folder (stages resume inside it)")
@@ -61,7 +57,7 @@ def register(sub) -> None:
 def _benchmark(args: argparse.Namespace) -> int:
     import shlex
 
-    from slopekp.eval.benchmark import prepare_benchmark_dir, run_benchmark
+    from slopekp.benchmark import prepare_benchmark_dir, run_benchmark
 
     # `--heads a b key=value`: argparse hands the trailing overrides to --heads; give them back
     args.overrides = [*(h for h in args.heads if "=" in h), *args.overrides]

@@ -24,18 +24,16 @@ import sys
 import warnings
 from pathlib import Path
 
-from slopekp.commands import add_output_dir_args
+from slopekp.commands import add_command, add_output_dir_args
 
 #: Suffixes of the images taken from a folder given as IMAGE.
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
 def register(sub) -> None:
-    p = sub.add_parser(
-        "predict",
+    p = add_command(
+        sub, "predict", doc=__doc__,
         help="reconstruct photos with a trained model: textured OBJ/GLB, camera, mask, figure and turntable per photo",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("images", nargs="+", metavar="IMAGE", help="photos, or folders of photos")
     p.add_argument("--checkpoint", required=True, help="a trained model (Stage III OUT/checkpoints/last.pt)")
@@ -56,8 +54,10 @@ def register(sub) -> None:
     add_output_dir_args(p)
     p.set_defaults(func=_predict)
 
-    i = sub.add_parser("info", help="print a checkpoint's model card: head, template, training data, metrics",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    i = add_command(
+        sub, "info", doc=__doc__,
+        help="print a checkpoint's model card: head, template, training data, metrics",
+    )
     i.add_argument("checkpoint", metavar="CKPT", help="a slopekp checkpoint (Stage II or III)")
     i.add_argument("--json", action="store_true", help="print the card as JSON")
     i.set_defaults(func=_info)
@@ -193,7 +193,7 @@ def _predict(args: argparse.Namespace) -> int:
 
 def format_card(card: dict, path: str) -> str:
     """The model card as lines for a person."""
-    from slopekp.mesh.template import TEMPLATE_NAMES
+    from slopekp.mesh.load import TEMPLATE_NAMES
 
     kind = card.get("kind")
     usable = "yes" if kind == "stage3" else "no (a Stage II model has no trained pose head)"
@@ -227,7 +227,7 @@ def format_card(card: dict, path: str) -> str:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from slopekp.train.checkpoint import load_checkpoint, model_card
+    from slopekp.checkpoint import load_checkpoint, model_card
 
     card = model_card(load_checkpoint(args.checkpoint, map_location="cpu"))
     if args.json:

@@ -8,7 +8,7 @@
    (``train.pose_targets=stage1``, ``train.mirror_by_appearance=true``; docs/training.md);
 5. evaluates both on the test split and writes the comparison (``report.md``, figures per head).
 
-This is :func:`slopekp.eval.benchmark.run_benchmark` with two heads and one seed on a set sized for about
+This is :func:`slopekp.benchmark.run_benchmark` with two heads and one seed on a set sized for about
 10 minutes on a 2-core laptop CPU. ``--full`` runs the complete benchmark instead: 2,000 + 400 SynthBirds images
 of random shapes, all four heads, three seeds, the settings of ``configs/synthbirds_train.yaml`` (hours on a
 laptop CPU; every stage resumes).
@@ -20,13 +20,12 @@ rerunning with the same settings resumes; with other settings (``seed=5``) the p
 
 from __future__ import annotations
 
-import argparse
 import shlex
 import time
 from pathlib import Path
 
-from slopekp.commands import add_config_args
-from slopekp.eval.benchmark import HEADS
+from slopekp.commands import add_command, add_config_args
+from slopekp.eval.table1 import HEADS
 
 #: Overrides applied before the user's own: a 2-core laptop CPU runs the whole method in about 10 minutes.
 QUICKSTART_DEFAULTS = (
@@ -83,7 +82,7 @@ FULL_SEEDS = 3
 
 QUICKSTART_COMMAND = "quickstart"
 #: Settings that do not change the results (speed, where the output goes).
-_NOT_RESULT_SETTINGS = ("device", "threads", "out_dir", "data.root", "synth.workers", "multiplex.save_every",
+_NOT_RESULT_SETTINGS = ("device", "threads", "out_dir", "synth.workers", "multiplex.save_every",
                         "train.checkpoint_every", "train.image_every", "train.num_workers", "render.fused")  # fmt: skip
 
 #: the quickstart's side-by-side summary: label -> (report metric, format)
@@ -99,11 +98,9 @@ _SUMMARY_ROWS = (
 
 
 def register(sub) -> None:
-    p = sub.add_parser(
-        "quickstart",
+    p = add_command(
+        sub, "quickstart", doc=__doc__,
         help="the whole method on a small SynthBirds set: Stage I, II, III for two pose heads, evaluation, report",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
         "--full",
@@ -148,10 +145,10 @@ def summary_table(summary: dict, heads: tuple[str, ...]) -> str:
 
 
 def _run(args) -> int:
+    from slopekp.benchmark import run_benchmark
     from slopekp.commands.data_images import write_synthbirds
     from slopekp.config import load_config
-    from slopekp.data.synthetic import check_synth_options
-    from slopekp.eval.benchmark import run_benchmark
+    from slopekp.data.synth.options import SynthOptions
     from slopekp.manifest import prepare_output_dir
     from slopekp.utils import resolve_device
 
@@ -167,17 +164,7 @@ def _run(args) -> int:
     if s.n_train < 1 or s.n_test < 1:
         raise ValueError(f"quickstart trains and evaluates: it needs synth.n_train >= 1 and synth.n_test >= 1, got "
                          f"{s.n_train} and {s.n_test}")  # fmt: skip
-    options = dict(
-        n_train=s.n_train,
-        n_test=s.n_test,
-        size=s.size,
-        seed=cfg.seed,
-        deform=s.deform,
-        workers=s.workers,
-        occlusion_prob=s.occlusion_prob,
-        truncation_prob=s.truncation_prob,
-    )
-    check_synth_options(**options)  # before anything is written
+    options = SynthOptions.from_config(s, seed=cfg.seed)  # checked here, before anything is written
     prepare_output_dir(out, quickstart_manifest(cfg, heads, seeds), overwrite=args.overwrite,
                        restart_on_mismatch=True)  # fmt: skip
     print(f"[1/2] SynthBirds: {s.n_train} train + {s.n_test} test images -> {data_dir}", flush=True)

@@ -14,17 +14,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from slopekp.commands import add_config_args, add_output_dir_args, config_from_args, data_dir_arg
+from slopekp.commands import add_command, add_config_args, add_output_dir_args, config_from_args, data_dir_arg
 
 HEADS = ("keypoints", "quaternion", "gramschmidt", "svd")
 
 
 def register(sub) -> None:
-    p = sub.add_parser(
-        "train",
+    p = add_command(
+        sub, "train", doc=__doc__,
         help="Stage II (shape + texture with the live multiplex) or Stage III (a pose head); resumable",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--stage", type=int, choices=(2, 3), required=True)
     p.add_argument("--data", required=True, help="CMR-format data folder (e.g. made by `slopekp data synth`)")

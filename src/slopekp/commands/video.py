@@ -29,16 +29,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from slopekp.commands import add_output_dir_args
+from slopekp.commands import add_command, add_output_dir_args
 
 
 def register(sub) -> None:
-    p = sub.add_parser(
-        "video",
-        help="online reconstruction of the birds of videos, scored with DAVIS J and F (Table 2); `video score` "
-        "scores any folder of DAVIS masks",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = add_command(
+        sub, "video", doc=__doc__,
+        help="online reconstruction of the birds of videos, scored with DAVIS J and F (Table 2); `video score` scores "
+             "any folder of DAVIS masks",
     )
     p.set_defaults(func=_video, group_parser=p)
     p.add_argument("--checkpoint", help="a trained model (Stage III OUT/checkpoints/last.pt)")
@@ -56,8 +54,10 @@ def register(sub) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_output_dir_args(p)
     s = p.add_subparsers(dest="video_command", metavar="SUBCOMMAND")
-    sc = s.add_parser("score", help="score predicted DAVIS-format masks against ground truth (J and F per object)",
-                      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    sc = add_command(
+        s, "score", doc=__doc__,
+        help="score predicted DAVIS-format masks against ground truth (J and F per object)",
+    )
     sc.add_argument("--gt", required=True, help="DAVIS or YouTube-VOS folder with the ground truth")
     sc.add_argument("--pred", required=True, help="predicted masks: PRED/<sequence>/<frame>.png palette PNGs")
     sc.add_argument("--split", default=None, help="the ground truth's split (default: val / train)")

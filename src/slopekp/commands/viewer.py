@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import argparse
 
+from slopekp.commands import add_command
+
 
 def register(sub) -> None:
-    p = sub.add_parser("viewer", help="show the meshes of `slopekp predict --out DIR` in a local web page",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p = add_command(
+        sub, "viewer", doc=__doc__,
+        help="show the meshes of `slopekp predict --out DIR` in a local web page",
+    )
     p.add_argument("folder", metavar="DIR", help="an output folder of `slopekp predict`")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")

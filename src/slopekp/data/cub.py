@@ -48,8 +48,10 @@ from slopekp.data.matfiles import (
     read_sfm_anno,
     sfm_anno_problems,
 )
+from slopekp.geometry.camera import affine_camera, camera_from_sfm, px_to_ndc_camera, reflect_camera_px
 from slopekp.utils import to_device
 
+#: A mirrored sample of dataset index ``i`` has id ``FLIP_ID_BASE − i`` (METHOD §0).
 FLIP_ID_BASE = 10**6
 
 
@@ -178,8 +180,6 @@ def parts_to_keypoints(parts: np.ndarray) -> np.ndarray:
 
 def sfm_camera_px(anno: SfmAnnotations, i: int) -> Tensor:
     """The (7,) float64 pixel camera of entry ``i`` in **0-based** original-image pixels (``trans − 1``)."""
-    from slopekp.geometry.camera import camera_from_sfm
-
     rot = torch.as_tensor(anno.rot[i], dtype=torch.float64)
     scale = torch.as_tensor(anno.scale[i], dtype=torch.float64)
     trans = torch.as_tensor(anno.trans[i] - 1.0, dtype=torch.float64)
@@ -321,8 +321,6 @@ class CubDataset(torch.utils.data.Dataset):
 
         gt_camera = None
         if self.return_gt_camera:
-            from slopekp.geometry.camera import affine_camera, px_to_ndc_camera, reflect_camera_px
-
             assert self.sfm is not None  # checked in __init__
             cam = affine_camera(
                 sfm_camera_px(self.sfm, i),

@@ -37,6 +37,7 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
+from slopekp.data.matfiles import cub_record_problems, read_cub_cleaned, read_sfm_anno, sfm_anno_problems
 from slopekp.data.video import (
     DAVIS_BIRD_SEQUENCES,
     YTVOS_BIRD_CATEGORIES,
@@ -203,8 +204,6 @@ def _progress(total: int, desc: str, enabled: bool) -> tqdm:
 def _verify_cmr(
     root: Path, images_dir: Path, problems: list[str], notes: list[str], quick: bool, progress: bool
 ) -> None:
-    from slopekp.data.matfiles import cub_record_problems, read_cub_cleaned, read_sfm_anno, sfm_anno_problems
-
     splits = sorted(p.name[: -len("_cub_cleaned.mat")] for p in root.glob("*_cub_cleaned.mat"))
     if not splits:
         problems.append(f"no <split>_cub_cleaned.mat in {root}")

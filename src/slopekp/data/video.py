@@ -5,6 +5,9 @@ and the objects of one video. Nothing is decoded until asked for (:meth:`VideoSe
 :meth:`VideoSequence.load_masks`), so opening a dataset only lists folders and reads one annotation per
 sequence.
 
+Annotations are read with :func:`read_label_png` and written with :func:`save_label_png` (:func:`label_image`:
+the ids as a palette image with DAVIS's VOC colours, :func:`voc_palette`).
+
 Conventions
 -----------
 - Images are RGB ``(3, H, W)`` float32 in [0, 1] (the package convention; grayscale JPEGs become RGB).
@@ -32,7 +35,7 @@ from __future__ import annotations
 
 import abc
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -228,6 +231,34 @@ def read_label_png(path: str | Path, expected_size: tuple[int, int] | None = Non
         return np.array(im, dtype=np.uint8)
 
 
+def voc_palette() -> list[int]:
+    """The PASCAL VOC colour map of DAVIS annotations: 768 ints, RGB of ids 0..255 (255 → (224, 224, 192))."""
+    pal = []
+    for i in range(256):
+        r = g = b = 0
+        c = i
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        pal += [r, g, b]
+    return pal
+
+
+def label_image(labels: np.ndarray) -> Image.Image:
+    """``(H, W)`` uint8 object ids as a palette ('P') image with the VOC colours of DAVIS annotations (what
+    :func:`read_label_png` reads back)."""
+    im = Image.fromarray(np.ascontiguousarray(labels, dtype=np.uint8), mode="P")
+    im.putpalette(voc_palette())
+    return im
+
+
+def save_label_png(path: Path, labels: np.ndarray) -> None:
+    """Write ``(H, W)`` uint8 ``labels`` as a palette PNG (VOC colours)."""
+    label_image(labels).save(path, format="PNG")
+
+
 def _list_stems(folder: Path, suffixes: Sequence[str]) -> dict[str, Path]:
     """``{stem: path}`` of the files in ``folder`` with a suffix in ``suffixes`` (any case), sorted."""
     files = sorted(
@@ -254,6 +285,28 @@ def _read_list(path: Path) -> list[str]:
         raise ValueError(f"sequence list not found: {path}")
     names = [ln.strip() for ln in path.read_text().splitlines()]
     return [n for n in names if n]
+
+
+def _sequence_files(
+    img_dir: Path, ann_dir: Path, check: Callable[[dict[str, Path], dict[str, Path]], None]
+) -> tuple[tuple[str, ...], tuple[Path, ...], tuple[Path | None, ...]]:
+    """The frames of one sequence: names, JPEG paths and PNG annotation paths (``None`` where a frame has none).
+
+    Refuses a folder without JPEG frames, then runs the reader's own ``check(frames, annotations)`` (``{stem:
+    path}`` each), then refuses an annotation without a matching frame.
+    """
+    frames = _list_stems(img_dir, (".jpg", ".jpeg"))
+    anns = _list_stems(ann_dir, (".png",))
+    if not frames:
+        raise ValueError(f"{img_dir}: no JPEG frames")
+    check(frames, anns)
+    extra = sorted(set(anns) - set(frames))
+    if extra:
+        raise ValueError(
+            f"{ann_dir / (extra[0] + '.png')}: annotation without a matching frame in {img_dir}"
+        )
+    names = tuple(frames)
+    return names, tuple(frames.values()), tuple(anns.get(n) for n in names)
 
 
 def davis_object_ids(first_labels: np.ndarray) -> tuple[int, ...]:
@@ -331,26 +384,19 @@ class DavisDataset(_SequenceCollection):
         """Build the :class:`VideoSequence` of ``name`` (see the class docstring for the checks)."""
         img_dir = _require_dir(self.image_root / name, f"frames of DAVIS sequence {name!r}")
         ann_dir = _require_dir(self.annotation_root / name, f"annotations of DAVIS sequence {name!r}")
-        frames = _list_stems(img_dir, (".jpg", ".jpeg"))
-        anns = _list_stems(ann_dir, (".png",))
-        if not frames:
-            raise ValueError(f"{img_dir}: no JPEG frames")
-        if not anns:
-            raise ValueError(f"{ann_dir}: no PNG annotations")
-        if self.require_all_annotations and len(frames) != len(anns):
-            raise ValueError(
-                f"{ann_dir}: {len(anns)} annotations for {len(frames)} frames in {img_dir} "
-                "(DAVIS trainval annotates every frame; pass require_all_annotations=False for test-dev)"
-            )
-        extra = sorted(set(anns) - set(frames))
-        if extra:
-            raise ValueError(
-                f"{ann_dir / (extra[0] + '.png')}: annotation without a matching frame in {img_dir}"
-            )
-        names = tuple(frames)
-        ann_paths = tuple(anns.get(n) for n in names)
+
+        def check(frames: dict[str, Path], anns: dict[str, Path]) -> None:
+            if not anns:
+                raise ValueError(f"{ann_dir}: no PNG annotations")
+            if self.require_all_annotations and len(frames) != len(anns):
+                raise ValueError(
+                    f"{ann_dir}: {len(anns)} annotations for {len(frames)} frames in {img_dir} "
+                    "(DAVIS trainval annotates every frame; pass require_all_annotations=False for test-dev)"
+                )
+
+        names, image_paths, ann_paths = _sequence_files(img_dir, ann_dir, check)
         first = next(i for i, p in enumerate(ann_paths) if p is not None)
-        seq = VideoSequence(name, names, tuple(frames.values()), ann_paths, ())
+        seq = VideoSequence(name, names, image_paths, ann_paths, ())
         ids = davis_object_ids(seq.load_labels(first))
         # first_frame: the first annotated frame, where DAVIS defines every object (its mask may be empty)
         objects = tuple(VideoObject(i, None, first) for i in ids)
@@ -402,18 +448,12 @@ class YouTubeVOSDataset(_SequenceCollection):
             raise ValueError(f"{self.split_dir / 'meta.json'}: no video {name!r}")
         img_dir = _require_dir(self.image_root / name, f"frames of YouTube-VOS video {name!r}")
         ann_dir = _require_dir(self.annotation_root / name, f"annotations of YouTube-VOS video {name!r}")
-        frames = _list_stems(img_dir, (".jpg", ".jpeg"))
-        anns = _list_stems(ann_dir, (".png",))
-        if not frames:
-            raise ValueError(f"{img_dir}: no JPEG frames")
-        names = tuple(frames)
-        for n, p in frames.items():
-            _frame_number(n, p)
-        extra = sorted(set(anns) - set(frames))
-        if extra:
-            raise ValueError(
-                f"{ann_dir / (extra[0] + '.png')}: annotation without a matching frame in {img_dir}"
-            )
+
+        def check(frames: dict[str, Path], anns: dict[str, Path]) -> None:
+            for n, p in frames.items():
+                _frame_number(n, p)
+
+        names, image_paths, ann_paths = _sequence_files(img_dir, ann_dir, check)
         index = {n: i for i, n in enumerate(names)}
         objects = []
         for oid, (category, obj_frames) in sorted(self.meta[name].items()):
@@ -425,15 +465,13 @@ class YouTubeVOSDataset(_SequenceCollection):
                         f"{self.split_dir / 'meta.json'}: video {name!r} object {oid} starts at frame "
                         f"{f0!r}, which is not in {img_dir}"
                     )
-                if f0 not in anns:
+                if ann_paths[index[f0]] is None:
                     raise ValueError(
                         f"{ann_dir}: no annotation {f0}.png for the first frame of object {oid} (meta.json)"
                     )
                 first = index[f0]
             objects.append(VideoObject(oid, category, first))
-        return VideoSequence(
-            name, names, tuple(frames.values()), tuple(anns.get(n) for n in names), tuple(objects)
-        )
+        return VideoSequence(name, names, image_paths, ann_paths, tuple(objects))
 
 
 def read_ytvos_meta(path: str | Path) -> dict[str, dict[int, tuple[str, tuple[str, ...]]]]:

@@ -13,7 +13,9 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.utils.data import DataLoader
 
+from slopekp.data.cub import CubDataset, collate_samples
 from slopekp.eval.metrics import (
     mask_bbox_side,
     mask_iou,
@@ -22,6 +24,8 @@ from slopekp.eval.metrics import (
     rotation_error_stats,
     rotation_error_up_to_mirror,
 )
+from slopekp.models.encoder import normalize_image
+from slopekp.render import Renderer, RenderSettings
 
 
 @dataclass
@@ -37,7 +41,6 @@ class Evaluation:
 
 def benchmark_dataset(data_dir, split: str, img_size: int, *, images_dir=None, sfm_dir=None, max_items: int = 0):
     """The U-CMR benchmark view of a CMR-format split: padding and jitter 0, no flips, ground-truth cameras."""
-    from slopekp.data.cub import CubDataset
 
     return CubDataset(data_dir, split=split, img_size=img_size, padding_frac=0.0, jitter_frac=0.0, flip=False,
                       jitter=False, return_gt_camera=True, max_items=max_items, images_dir=images_dir,
@@ -55,11 +58,7 @@ def evaluate_model(model, dataset, faces: Tensor, *, batch_size: int = 16, devic
     Raises:
         ValueError: the data set has no ground-truth cameras, or is empty.
     """
-    from torch.utils.data import DataLoader
 
-    from slopekp.data.cub import collate_samples
-    from slopekp.models.encoder import normalize_image
-    from slopekp.render import Renderer, RenderSettings
 
     if len(dataset) == 0:
         raise ValueError("the evaluation split is empty")

@@ -17,6 +17,7 @@ import math
 import torch
 from torch import Tensor
 
+from slopekp.geometry.camera import depth_mirror_cameras, split_camera
 from slopekp.geometry.rotations import quat_geodesic_angle
 
 #: Thresholds (degrees) of the "% under" rotation statistics.
@@ -59,8 +60,8 @@ def rotation_error(pred: Tensor, target: Tensor) -> Tensor:
     Args:
         pred, target: ``(..., 7)`` cameras ``[s, tx, ty, q]`` or ``(..., 4)`` quaternions ``[w, x, y, z]``.
     """
-    q1 = pred[..., 3:] if pred.shape[-1] == 7 else pred
-    q2 = target[..., 3:] if target.shape[-1] == 7 else target
+    q1 = split_camera(pred).q if pred.shape[-1] == 7 else pred
+    q2 = split_camera(target).q if target.shape[-1] == 7 else target
     if q1.shape[-1] != 4 or q2.shape[-1] != 4:
         raise ValueError(
             f"expected (..., 7) cameras or (..., 4) quaternions, got {tuple(pred.shape)}, {tuple(target.shape)}"
@@ -70,7 +71,6 @@ def rotation_error(pred: Tensor, target: Tensor) -> Tensor:
 
 def rotation_error_up_to_mirror(pred: Tensor, target: Tensor) -> Tensor:
     """``min(error to target, error to its depth mirror)`` for ``(..., 7)`` cameras (METHOD §2.3), radians."""
-    from slopekp.train.multiplex import depth_mirror_cameras
 
     return torch.minimum(rotation_error(pred, target), rotation_error(pred, depth_mirror_cameras(target)))
 

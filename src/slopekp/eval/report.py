@@ -2,7 +2,6 @@
 looks at (METHOD §9.1 protocol: no padding, jitter or flip).
 
 ``OUT/`` receives:
-
 * ``metrics.json``: mask IoU soft and at 0.5, rotation error (mean, median, % under 15°, 30°, 45°) and the same
   up to the depth mirror beside it, keypoint-transfer PCK@0.1 over random image pairs
   (:mod:`slopekp.eval.transfer`), plus what was evaluated (checkpoint, head, data, split);
@@ -31,6 +30,19 @@ from typing import Any
 import numpy as np
 import torch
 
+from slopekp.checkpoint import CheckpointError, load_checkpoint, model_card, template_from_payload
+from slopekp.config import ConfigError, config_from_yaml
+from slopekp.data.cub import collate_samples
+from slopekp.data.viewpoints import rotations_to_azelcr
+from slopekp.eval.evaluate import benchmark_dataset, evaluate_model
+from slopekp.eval.transfer import pck_over_pairs
+from slopekp.geometry.camera import split_camera, turn_camera
+from slopekp.geometry.rotations import quat_normalize, quat_to_rotmat
+from slopekp.manifest import Manifest, cmr_data_fingerprint, file_digest, prepare_output_dir
+from slopekp.mesh import load_template, template_fingerprint
+from slopekp.models.encoder import normalize_image
+from slopekp.models.reconstructor import build_model
+from slopekp.render import Lighting, Renderer, RenderSettings
 from slopekp.utils import atomic_save_json, atomic_write, first_line
 from slopekp.viz.figures import pyplot, save_figure
 
@@ -51,7 +63,7 @@ class TrainedModel:
     targets: str = ""
     """What its pose head was trained on (the checkpoint's ``targets``: self-supervised, supervised, ...)."""
     card: dict | None = None
-    """The checkpoint's model card (:func:`slopekp.train.checkpoint.model_card`)."""
+    """The checkpoint's model card (:func:`slopekp.checkpoint.model_card`)."""
 
 
 def load_trained_model(checkpoint: str | os.PathLike, *, template: str | None = None, device="cpu") -> TrainedModel:
@@ -66,11 +78,6 @@ def load_trained_model(checkpoint: str | os.PathLike, *, template: str | None = 
             no trained pose head).
         ValueError: the template is not the one the model was trained with.
     """
-    from slopekp.config import ConfigError, config_from_yaml
-    from slopekp.mesh import load_template
-    from slopekp.models.reconstructor import build_model
-    from slopekp.train.checkpoint import CheckpointError, load_checkpoint, model_card, template_from_payload
-    from slopekp.train.multiplex import template_fingerprint
 
     path = Path(checkpoint)
     ck = load_checkpoint(path, map_location="cpu")
@@ -136,8 +143,6 @@ def evaluate_checkpoint(
             truth (``anno_<split>.mat``), an empty split, or a checkpoint / template problem
             (:func:`load_trained_model`).
     """
-    from slopekp.eval.evaluate import benchmark_dataset, evaluate_model
-    from slopekp.manifest import Manifest, cmr_data_fingerprint, file_digest, prepare_output_dir
 
     data_dir, out_dir, checkpoint = Path(data_dir), Path(out_dir), Path(checkpoint)
     if batch_size < 1:
@@ -180,8 +185,6 @@ def evaluate_checkpoint(
                      [float(pi["rotation_error_deg"][i]) for i in rows], [float(pi["iou"][i]) for i in rows], title)
     transfer = None
     if want_pck:
-        from slopekp.eval.transfer import pck_over_pairs
-
         faces = tm.template.faces.cpu()
         transfer = pck_over_pairs(pi["verts"], pi["pred_camera"], pi["kp"], pi["mask_side"], faces,
                                   dataset.img_size, num_pairs=pck_pairs, z_offset=tm.cfg.render.z_offset)  # fmt: skip
@@ -202,12 +205,10 @@ def evaluate_checkpoint(
 def _viewpoints_deg(cameras: torch.Tensor) -> np.ndarray:
     """``(N, 7)`` cameras -> ``(N, 3)`` azimuth, elevation, cyclo-rotation in degrees (SynthBirds' convention,
     :func:`slopekp.data.viewpoints.rotations_to_azelcr`)."""
-    from slopekp.data.viewpoints import rotations_to_azelcr
-    from slopekp.geometry.rotations import quat_normalize, quat_to_rotmat
 
     if cameras.shape[0] == 0:
         return np.zeros((0, 3))
-    rot = quat_to_rotmat(quat_normalize(cameras[:, 3:].double())).numpy()
+    rot = quat_to_rotmat(quat_normalize(split_camera(cameras.double()).q)).numpy()
     return np.degrees(rotations_to_azelcr(rot))
 
 
@@ -259,10 +260,6 @@ def _gallery(path: Path, tm: TrainedModel, dataset, indices: list[int], errors: 
              title: str) -> None:  # fmt: skip
     """Rows of input | silhouette against mask | mesh under the GT camera | under the predicted camera | textured
     under the predicted camera | textured, turned 90° (a novel view)."""
-    from slopekp.data.cub import collate_samples
-    from slopekp.geometry.camera import turn_camera
-    from slopekp.models.encoder import normalize_image
-    from slopekp.render import Lighting, Renderer, RenderSettings
 
     plt = pyplot()
     device = tm.template.faces.device

@@ -15,6 +15,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from slopekp.geometry.camera import project_points
+from slopekp.render import Renderer, RenderSettings
+
 __all__ = ["lift_to_surface", "pck", "pck_over_pairs", "transfer_keypoints"]
 
 
@@ -51,7 +54,6 @@ def transfer_keypoints(points_a: Tensor, render_a, verts_b: Tensor, cam_b: Tenso
                        z_offset: float) -> Tensor:  # fmt: skip
     """Carry NDC points ``(K, 2)`` of image ``a`` (its hard render ``render_a``: ``face_index (H, W)``, ``bary (H,
     W, 3)``) onto ``verts_b (V, 3)`` and project them with ``cam_b (7,)``: ``(K, 2)`` NDC points in ``b``."""
-    from slopekp.geometry.camera import project_points
 
     face, bary, _ = lift_to_surface(points_a, *render_a)
     p = (verts_b[faces[face]] * bary.unsqueeze(-1).to(verts_b.dtype)).sum(1)  # (K, 3)
@@ -77,7 +79,6 @@ def pck_over_pairs(
     (:func:`~slopekp.eval.metrics.mask_bbox_side`); e.g. the ``per_image`` of
     :func:`~slopekp.eval.evaluate.evaluate_model` with ``keep_predictions=True``. Returns ``{"pck", "alpha",
     "num_pairs", "num_keypoints"}``."""
-    from slopekp.render import Renderer, RenderSettings
 
     n = verts.shape[0]
     if n < 2:

@@ -4,7 +4,6 @@ davis2017-evaluation toolkit's definitions, without its limits).
 * :func:`region_similarity`: ``J = |gt ∧ pred ∧ ¬void| / |(gt ∨ pred) ∧ ¬void|`` per frame; **both empty → 1**, one
   empty → 0.
 * :func:`boundary_measure`: F per frame, the toolkit's ``f_measure``:
-
   - the boundary map of a mask (:func:`boundary_map`, the toolkit's ``seg2bmap`` at the mask's own size): a pixel,
     foreground or background, is on the boundary when it differs from one of its right, lower and lower-right
     neighbours that lie in the image. So the boundary sits on both sides of the outline: for a solid ``h × w``
@@ -24,7 +23,6 @@ davis2017-evaluation toolkit's definitions, without its limits).
     can then be a boundary of both masks.
 
 * :func:`sequence_statistics`: over one object's per-frame J (or F) vector ``v`` (length ``N``):
-
   - Mean ``M = nanmean(v)``;
   - Recall ``O = mean(v > 0.5)``: strict (0.5 is not recalled), NaN counts as a miss;
   - Decay ``D = nanmean(bin₀) − nanmean(bin₃)`` with ``ids = round_half_up(linspace(1, N, 5)) − 1`` and
@@ -46,6 +44,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
+import cv2
 import numpy as np
 
 __all__ = ["BOUNDARY_TOLERANCE", "FRAME_CONVENTIONS", "JStats", "aggregate", "boundary_map", "boundary_measure",
@@ -136,7 +135,6 @@ def disk(radius: int) -> np.ndarray:
 
 def _dilate(mask: np.ndarray, kernel: np.ndarray) -> np.ndarray:
     """``mask`` (bool) dilated by the symmetric ``kernel``; pixels outside the array count as background."""
-    import cv2
 
     # OpenCV's default border for dilation is the smallest value, so nothing outside the array is foreground
     return cv2.dilate(np.ascontiguousarray(mask, dtype=np.uint8), kernel).astype(bool)

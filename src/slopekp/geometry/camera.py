@@ -28,6 +28,7 @@ from typing import NamedTuple
 import torch
 
 from slopekp.geometry.rotations import check_rotmat, quat_about_axis, quat_multiply, quat_to_rotmat, rotmat_to_quat
+from slopekp.utils import check_shape, device_constant
 
 __all__ = [
     "CameraParts",
@@ -35,6 +36,7 @@ __all__ = [
     "camera_from_sfm",
     "check_camera",
     "crop_from_box",
+    "depth_mirror_cameras",
     "join_camera",
     "ndc_to_px",
     "ndc_to_px_camera",
@@ -81,11 +83,6 @@ def _as_like(name: str, x: float | torch.Tensor, ref: torch.Tensor) -> torch.Ten
     return t
 
 
-def _check_last(name: str, t: torch.Tensor, size: int) -> None:
-    if t.dim() < 1 or t.shape[-1] != size:
-        raise ValueError(f"{name} must have shape (..., {size}), got {tuple(t.shape)}")
-
-
 # ----------------------------------------------------------------------------------------------------
 # packing and validation
 # ----------------------------------------------------------------------------------------------------
@@ -102,10 +99,10 @@ def join_camera(s: torch.Tensor, t: torch.Tensor, q: torch.Tensor) -> torch.Tens
     """
     if not isinstance(q, torch.Tensor):
         raise ValueError(f"q must be a torch.Tensor of shape (..., 4), got {type(q).__name__}")
-    _check_last("q", q, 4)
+    check_shape("q", q, (..., 4))
     s = _as_like("s", s, q)
     t = _as_like("t", t, q)
-    _check_last("t", t, 2)
+    check_shape("t", t, (..., 2))
     lead = torch.broadcast_shapes(s.shape, t.shape[:-1], q.shape[:-1])
     return torch.cat(
         (s.expand(lead)[..., None], t.expand(lead + (2,)), q.expand(lead + (4,))),
@@ -213,7 +210,7 @@ def affine_camera(
     off = _as_like("offset", offset, cam)
     if off.dim() == 0:
         off = off.expand(2)
-    _check_last("offset", off, 2)
+    check_shape("offset", off, (..., 2))
     s, t, q = split_camera(cam)
     return join_camera(k * s, k[..., None] * t + off, q)
 
@@ -240,13 +237,13 @@ def px_to_ndc(points_px: torch.Tensor, size: float | torch.Tensor) -> torch.Tens
 
     ``points_px (..., 2) -> (..., 2)``; ``size`` a number or a tensor broadcastable against ``points_px``.
     """
-    _check_last("points_px", points_px, 2)
+    check_shape("points_px", points_px, (..., 2))
     return 2 * points_px / _as_like("size", size, points_px) - 1
 
 
 def ndc_to_px(points_ndc: torch.Tensor, size: float | torch.Tensor) -> torch.Tensor:
     """Inverse of :func:`px_to_ndc`: ``(p + 1)·size/2``. ``(..., 2) -> (..., 2)``."""
-    _check_last("points_ndc", points_ndc, 2)
+    check_shape("points_ndc", points_ndc, (..., 2))
     return (points_ndc + 1) * _as_like("size", size, points_ndc) / 2
 
 
@@ -296,7 +293,7 @@ def recrop_camera(cam: torch.Tensor, crop_from: torch.Tensor, crop_to: torch.Ten
     for name, c in (("crop_from", crop_from), ("crop_to", crop_to)):
         if not isinstance(c, torch.Tensor):
             raise ValueError(f"{name} must be a (..., 3) tensor [a, bx, by], got {type(c).__name__}")
-        _check_last(name, c, 3)
+        check_shape(name, c, (..., 3))
     k = crop_to[..., 0] / crop_from[..., 0]
     s, t, q = split_camera(cam)
     return join_camera(s * k, (t - crop_from[..., 1:]) * k[..., None] + crop_to[..., 1:], q)
@@ -351,7 +348,27 @@ def camera_from_sfm(rot: torch.Tensor, scale: torch.Tensor, trans: torch.Tensor)
     check_rotmat(rot, name="rot")
     scale = _as_like("scale", scale, rot)
     trans = _as_like("trans", trans, rot)
-    _check_last("trans", trans, 2)
+    check_shape("trans", trans, (..., 2))
     if bool((scale <= 0).any()) or not bool(torch.isfinite(scale).all()):
         raise ValueError("scale must be finite and > 0")
     return join_camera(scale, trans, rotmat_to_quat(rot))
+
+
+def depth_mirror_cameras(cameras: torch.Tensor) -> torch.Tensor:
+    """The silhouette-equivalent "depth-mirrored" cameras of a mirror-symmetric object (METHOD §2.3).
+
+    For an object symmetric about x = 0 (``D·X`` is on the object when ``X`` is, ``D = diag(−1, 1, 1)``),
+    ``R' = Z·R·D`` with ``Z = diag(1, 1, −1)`` projects the object to the same image points as ``R`` under
+    weak perspective, only with depth reversed: the ambiguity a silhouette cannot resolve.
+    ``Z·R·D = R_y(π)·(D·R·D)``, i.e. ``q' = q_y(π) ⊗ (w, x, −y, −z)``; scale and translation are unchanged.
+
+    Args:
+        cameras: ``(..., 7)``.
+
+    Returns:
+        ``(..., 7)``.
+    """
+    s, t, q = split_camera(cameras)
+    q = q * device_constant((1.0, 1.0, -1.0, -1.0), q.dtype, q.device)
+    half_turn_y = device_constant((0.0, 0.0, 1.0, 0.0), q.dtype, q.device).expand_as(q)
+    return join_camera(s, t, quat_multiply(half_turn_y, q))

@@ -26,7 +26,7 @@ from typing import NamedTuple
 import roma
 import torch
 
-from slopekp.utils import checks_values
+from slopekp.utils import check_shape, checks_values
 
 __all__ = [
     "axis_angle_to_quat",
@@ -60,20 +60,12 @@ _AXES = {"x": 0, "y": 1, "z": 2}
 # ----------------------------------------------------------------------------------------------------
 # small private helpers
 # ----------------------------------------------------------------------------------------------------
-def _check_last_dim(name: str, t: torch.Tensor, size: int) -> None:
+def _check_float_tensor(name: str, t: torch.Tensor, shape: tuple) -> None:
+    """Raise ``ValueError`` naming ``name`` unless ``t`` is a floating-point tensor of ``shape`` (as in
+    :func:`slopekp.utils.check_shape`, e.g. ``(..., 4)`` or ``(..., 3, 3)``)."""
     if not isinstance(t, torch.Tensor):
         raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.dim() < 1 or t.shape[-1] != size:
-        raise ValueError(f"{name} must have shape (..., {size}), got {tuple(t.shape)}")
-    if not t.is_floating_point():
-        raise ValueError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
-
-
-def _check_mat3(name: str, t: torch.Tensor) -> None:
-    if not isinstance(t, torch.Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.dim() < 2 or t.shape[-2:] != (3, 3):
-        raise ValueError(f"{name} must have shape (..., 3, 3), got {tuple(t.shape)}")
+    check_shape(name, t, shape)
     if not t.is_floating_point():
         raise ValueError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
 
@@ -103,7 +95,7 @@ def quat_normalize(q: torch.Tensor) -> torch.Tensor:
         ValueError: if ``q`` has the wrong shape or any quaternion has zero (or non-finite) norm (the values are
             checked where :func:`slopekp.utils.checks_values` says; elsewhere such a quaternion gives NaN).
     """
-    _check_last_dim("q", q, 4)
+    _check_float_tensor("q", q, (..., 4))
     n = torch.linalg.vector_norm(q, dim=-1, keepdim=True)
     bad = ~(torch.isfinite(n) & (n > 0)) if checks_values(q) else None  # off an accelerator's hot path
     if bad is not None and bool(bad.any()):
@@ -122,8 +114,8 @@ def quat_multiply(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     Returns:
         ``(..., 4)`` product (not renormalised).
     """
-    _check_last_dim("a", a, 4)
-    _check_last_dim("b", b, 4)
+    _check_float_tensor("a", a, (..., 4))
+    _check_float_tensor("b", b, (..., 4))
     aw, ax, ay, az = a.unbind(-1)
     bw, bx, by, bz = b.unbind(-1)
     return torch.stack(
@@ -142,7 +134,7 @@ def quat_conjugate(q: torch.Tensor) -> torch.Tensor:
 
     ``q: (..., 4) -> (..., 4)``.
     """
-    _check_last_dim("q", q, 4)
+    _check_float_tensor("q", q, (..., 4))
     return q * q.new_tensor([1.0, -1.0, -1.0, -1.0])
 
 
@@ -154,7 +146,7 @@ def quat_inverse(q: torch.Tensor) -> torch.Tensor:
     Raises:
         ValueError: if any quaternion has zero norm.
     """
-    _check_last_dim("q", q, 4)
+    _check_float_tensor("q", q, (..., 4))
     n2 = (q * q).sum(-1, keepdim=True)
     if bool((n2 == 0).any()):
         raise ValueError("q contains a zero quaternion, which has no inverse")
@@ -168,7 +160,7 @@ def quat_canonical(q: torch.Tensor) -> torch.Tensor:
 
     Quaternions with ``w == 0`` exactly (180° rotations) are returned unchanged.
     """
-    _check_last_dim("q", q, 4)
+    _check_float_tensor("q", q, (..., 4))
     return torch.where(q[..., :1] < 0, -q, q)
 
 
@@ -214,7 +206,7 @@ def rotmat_to_quat(R: torch.Tensor) -> torch.Tensor:
     Returns:
         ``(..., 4)`` unit quaternions ``(w, x, y, z)`` with ``w >= 0``.
     """
-    _check_mat3("R", R)
+    _check_float_tensor("R", R, (..., 3, 3))
     r00, r01, r02 = R[..., 0, 0], R[..., 0, 1], R[..., 0, 2]
     r10, r11, r12 = R[..., 1, 0], R[..., 1, 1], R[..., 1, 2]
     r20, r21, r22 = R[..., 2, 0], R[..., 2, 1], R[..., 2, 2]
@@ -252,7 +244,7 @@ def axis_angle_to_quat(r: torch.Tensor) -> torch.Tensor:
     Returns:
         ``(..., 4)`` unit quaternions ``(w, x, y, z)`` (``w >= 0`` when ``θ <= π``).
     """
-    _check_last_dim("r", r, 3)
+    _check_float_tensor("r", r, (..., 3))
     t2 = (r * r).sum(-1, keepdim=True)  # θ²
     small = t2 < 1e-4
     t = torch.sqrt(torch.where(small, torch.ones_like(t2), t2))
@@ -312,7 +304,7 @@ def rot6d_to_rotmat(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     Returns:
         ``(..., 3, 3)`` rotation matrices.
     """
-    _check_last_dim("x", x, 6)
+    _check_float_tensor("x", x, (..., 6))
     m = x.reshape(x.shape[:-1] + (3, 2))
     a1, a2 = m[..., 0], m[..., 1]
     b1 = a1 / torch.linalg.vector_norm(a1, dim=-1, keepdim=True).clamp_min(eps)
@@ -324,7 +316,7 @@ def rot6d_to_rotmat(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
 
 def rotmat_to_rot6d(R: torch.Tensor) -> torch.Tensor:
     """The 6D representation: first two columns of ``R``, row-major. ``(..., 3, 3) -> (..., 6)``."""
-    _check_mat3("R", R)
+    _check_float_tensor("R", R, (..., 3, 3))
     return R[..., :, :2].reshape(R.shape[:-2] + (6,))
 
 
@@ -357,7 +349,7 @@ def rot9d_to_rotmat(x: torch.Tensor, gradient_eps: float = 1e-5) -> torch.Tensor
 
 def rotmat_to_rot9d(R: torch.Tensor) -> torch.Tensor:
     """The 9D representation: ``R`` flattened row-major. ``(..., 3, 3) -> (..., 9)``."""
-    _check_mat3("R", R)
+    _check_float_tensor("R", R, (..., 3, 3))
     return R.reshape(R.shape[:-2] + (9,))
 
 
@@ -483,8 +475,8 @@ def rotmat_geodesic_angle(R1: torch.Tensor, R2: torch.Tensor) -> torch.Tensor:
     Returns:
         ``(...)`` angles in radians.
     """
-    _check_mat3("R1", R1)
-    _check_mat3("R2", R2)
+    _check_float_tensor("R1", R1, (..., 3, 3))
+    _check_float_tensor("R2", R2, (..., 3, 3))
     R = R1.transpose(-1, -2) @ R2
     cos = (R[..., 0, 0] + R[..., 1, 1] + R[..., 2, 2] - 1) / 2
     vee = torch.stack(
@@ -500,12 +492,7 @@ def check_rotmat(R: torch.Tensor, atol: float = 1e-4, name: str = "R") -> None:
     Checks the shape ``(..., 3, 3)``, finiteness, ``max |RᵀR − I| <= atol`` and
     ``|det R − 1| <= atol``.
     """
-    if not isinstance(R, torch.Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor, got {type(R).__name__}")
-    if R.dim() < 2 or R.shape[-2:] != (3, 3):
-        raise ValueError(f"{name} must have shape (..., 3, 3), got {tuple(R.shape)}")
-    if not R.is_floating_point():
-        raise ValueError(f"{name} must be a floating-point tensor, got dtype {R.dtype}")
+    _check_float_tensor(name, R, (..., 3, 3))
     if not bool(torch.isfinite(R).all()):
         raise ValueError(f"{name} contains non-finite values (NaN or inf); expected rotation matrices")
     if R.numel() == 0:

@@ -6,6 +6,7 @@ from outside (``docs/conventions.md``).
 """
 
 from slopekp.mesh.io import EXPORT_FORMATS, MeshData, export_mesh, load_mesh, uv_to_texcoords
+from slopekp.mesh.load import TEMPLATE_NAMES, load_template
 from slopekp.mesh.procedural import icosphere, procedural_bird
 from slopekp.mesh.regularizers import (
     cotangent_laplacian,
@@ -17,14 +18,7 @@ from slopekp.mesh.regularizers import (
     uniform_laplacian,
 )
 from slopekp.mesh.symmetry import Symmetry, find_symmetry
-from slopekp.mesh.template import (
-    TEMPLATE_NAMES,
-    Template,
-    direction_uv,
-    farthest_point_sampling,
-    load_template,
-    sphere_uv,
-)
+from slopekp.mesh.template import Template, direction_uv, farthest_point_sampling, sphere_uv, template_fingerprint
 from slopekp.mesh.topology import (
     check_faces,
     edges,
@@ -65,6 +59,7 @@ __all__ = [
     "procedural_bird",
     "signed_volume",
     "sphere_uv",
+    "template_fingerprint",
     "uniform_laplacian",
     "uv_to_texcoords",
     "vertex_neighbors",

@@ -25,7 +25,7 @@ from PIL import Image
 from torch import Tensor
 
 from slopekp.mesh.topology import check_faces
-from slopekp.utils import atomic_write
+from slopekp.utils import atomic_write, check_shape
 
 __all__ = ["MeshData", "export_mesh", "load_mesh", "textured_trimesh", "uv_to_texcoords", "EXPORT_FORMATS"]
 
@@ -87,8 +87,7 @@ def _seam_split(st: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarr
 
 def _to_numpy(name: str, t, shape_tail: tuple[int, ...], dtype) -> np.ndarray:
     a = t.detach().cpu().numpy() if isinstance(t, Tensor) else np.asarray(t)
-    if a.ndim != len(shape_tail) + 1 or a.shape[1:] != shape_tail:
-        raise ValueError(f"{name} must have shape (N, {', '.join(map(str, shape_tail))}), got {a.shape}")
+    check_shape(name, a, ("N", *shape_tail))
     return a.astype(dtype)
 
 
@@ -168,7 +167,7 @@ def export_mesh(
         raise ValueError(f"{path}: PLY export stores no UVs or texture; use .obj or .glb")
     if fmt == ".glb" and st is not None and img is None:
         raise ValueError(f"{path}: GLB export stores UVs only together with a texture; use .obj for bare UVs")
-    import trimesh
+    import trimesh  # heavy (~0.8 s to import), needed only for non-OBJ files and textured_trimesh
 
     if img is not None and st is not None:
         mesh = _textured(v, f, st, img)
@@ -184,7 +183,7 @@ def export_mesh(
 
 
 def _textured(v: np.ndarray, f: np.ndarray, st: np.ndarray, img: Image.Image):
-    import trimesh
+    import trimesh  # heavy (~0.8 s to import), needed only for non-OBJ files and textured_trimesh
 
     texcoords, corner_tc = _seam_split(st, f)
     # one UV per vertex (GLB, trimesh): duplicate the seam vertices (the copies get the shifted texcoords)
@@ -287,7 +286,7 @@ def load_mesh(path: str | os.PathLike) -> MeshData:
     if path.suffix.lower() == ".obj":
         data = _read_obj(path)
     else:
-        import trimesh
+        import trimesh  # heavy (~0.8 s to import), needed only for non-OBJ files and textured_trimesh
 
         try:
             m = trimesh.load(path, process=False, force="mesh")

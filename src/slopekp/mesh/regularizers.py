@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from slopekp.mesh.topology import edges
+from slopekp.utils import check_shape
 
 __all__ = [
     "uniform_laplacian",
@@ -96,8 +97,7 @@ def cotangent_weights(verts: Tensor, faces: Tensor) -> tuple[Tensor, Tensor]:
         ``edges (E, 2)`` int64 (as :func:`~slopekp.mesh.topology.edges`) and ``weights (E,)`` in the dtype
         of ``verts``. Weights can be negative for obtuse triangles.
     """
-    if verts.dim() != 2 or verts.shape[-1] != 3:
-        raise ValueError(f"verts must have shape (V, 3), got {tuple(verts.shape)}")
+    check_shape("verts", verts, ("V", 3))
     e = edges(faces)
     key_base = verts.shape[0]
     half = torch.zeros(e.shape[0], dtype=verts.dtype, device=verts.device)
@@ -163,8 +163,7 @@ def edge_length_loss(verts: Tensor, faces: Tensor, ref_verts: Tensor) -> Tensor:
         Scalar tensor.
     """
     v = _batched(verts)
-    if ref_verts.shape != v.shape[1:]:
-        raise ValueError(f"ref_verts must have shape {tuple(v.shape[1:])}, got {tuple(ref_verts.shape)}")
+    check_shape("ref_verts", ref_verts, tuple(v.shape[1:]))
     e = edges(faces).to(v.device)
     eps = 1e-12
     ell = (v[:, e[:, 0]] - v[:, e[:, 1]]).norm(dim=-1).clamp_min(eps)

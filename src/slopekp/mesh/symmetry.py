@@ -15,7 +15,7 @@ import torch
 from scipy.spatial import cKDTree
 from torch import Tensor
 
-from slopekp.utils import device_constant
+from slopekp.utils import check_shape, device_constant
 
 __all__ = ["Symmetry", "find_symmetry"]
 
@@ -79,8 +79,7 @@ class Symmetry:
         Returns:
             ``(..., V, 3)`` in vertex order; differentiable w.r.t. ``rows``.
         """
-        if rows.shape[-2:] != (self.num_rows, 3):
-            raise ValueError(f"rows must have shape (..., {self.num_rows}, 3), got {tuple(rows.shape)}")
+        check_shape("rows", rows, (..., self.num_rows, 3))
         n_i = self.indep.numel()
         left = rows[..., n_i:, :]
         flip = device_constant((-1.0, 1.0, 1.0), rows.dtype, rows.device)
@@ -99,8 +98,7 @@ class Symmetry:
         Returns:
             ``(..., I + L, 3)``.
         """
-        if verts.shape[-2:] != (self.num_verts, 3):
-            raise ValueError(f"verts must have shape (..., {self.num_verts}, 3), got {tuple(verts.shape)}")
+        check_shape("verts", verts, (..., self.num_verts, 3))
         idx = torch.cat([self.indep, self.left]).to(verts.device)
         return verts.index_select(-2, idx)
 

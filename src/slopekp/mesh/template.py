@@ -10,30 +10,25 @@ Sphere UV (METHOD §3.4): for the direction ``(sinθ cosφ, sinθ sinφ, cosθ)`
 
 from __future__ import annotations
 
-import io
+import hashlib
 import math
-import pickle
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from slopekp.mesh.symmetry import Symmetry, find_symmetry
-from slopekp.mesh.topology import check_faces, orient_outward
+from slopekp.mesh.topology import check_faces
+from slopekp.utils import check_shape
 
 __all__ = [
-    "TEMPLATE_NAMES",
     "Template",
     "direction_uv",
     "farthest_point_sampling",
-    "load_template",
     "sphere_uv",
+    "template_fingerprint",
 ]
-
-#: Built-in template names accepted by :func:`load_template`.
-TEMPLATE_NAMES = ("procedural", "icosphere")
 
 
 def direction_uv(dirs: Tensor, eps: float = 1e-12) -> Tensor:
@@ -62,8 +57,7 @@ def sphere_uv(verts: Tensor) -> Tensor:
         ``(V, 2)`` float in ``[−1, 1]``; see :func:`direction_uv`. The azimuth seam ``u = ±1`` lies on the
         ``−x`` side of the centroid.
     """
-    if verts.dim() != 2 or verts.shape[-1] != 3:
-        raise ValueError(f"verts must have shape (V, 3), got {tuple(verts.shape)}")
+    check_shape("verts", verts, ("V", 3))
     return direction_uv(verts - verts.mean(dim=0, keepdim=True))
 
 
@@ -82,8 +76,7 @@ def farthest_point_sampling(verts: Tensor, k: int, start: int = 0) -> Tensor:
     Returns:
         ``(k,)`` int64 on ``verts.device``, distinct indices in selection order.
     """
-    if verts.dim() != 2 or verts.shape[1] != 3:
-        raise ValueError(f"verts must have shape (V, 3), got {tuple(verts.shape)}")
+    check_shape("verts", verts, ("V", 3))
     n = verts.shape[0]
     if not 1 <= int(k) <= n:
         raise ValueError(f"k must be in [1, {n}] (the number of vertices), got {k}")
@@ -124,10 +117,7 @@ class Template:
         for attr in ("verts", "faces", "verts_uv"):
             if not isinstance(getattr(self, attr), Tensor):
                 setattr(self, attr, torch.as_tensor(np.asarray(getattr(self, attr))))
-        if self.verts.dim() != 2 or self.verts.shape[1] != 3:
-            raise ValueError(
-                f"template {self.name!r}: verts must have shape (V, 3), got {tuple(self.verts.shape)}"
-            )
+        check_shape(f"template {self.name!r}: verts", self.verts, ("V", 3))
         if self.verts.shape[0] < 4:
             raise ValueError(f"template {self.name!r}: needs at least 4 vertices, got {self.verts.shape[0]}")
         if not self.verts.dtype.is_floating_point:
@@ -138,11 +128,7 @@ class Template:
             raise ValueError(f"template {self.name!r}: verts contains NaN or Inf (first at vertex {bad})")
         check_faces(self.faces, self.verts.shape[0], name=f"template {self.name!r}: faces")
         self.faces = self.faces.to(torch.int64)
-        if self.verts_uv.shape != (self.verts.shape[0], 2):
-            raise ValueError(
-                f"template {self.name!r}: verts_uv must have shape ({self.verts.shape[0]}, 2), "
-                f"got {tuple(self.verts_uv.shape)}"
-            )
+        check_shape(f"template {self.name!r}: verts_uv", self.verts_uv, (self.verts.shape[0], 2))
         self.verts_uv = self.verts_uv.to(torch.float32)
         if not bool(torch.isfinite(self.verts_uv).all()):
             raise ValueError(f"template {self.name!r}: verts_uv contains NaN or Inf")
@@ -176,149 +162,17 @@ class Template:
         return self._sym_cache[key]
 
 
-# ----------------------------------------------------------------------------------------------- loaders
-
-
-class _ArrayOnlyUnpickler(pickle.Unpickler):
-    """Unpickler that can rebuild numpy arrays, dtypes and plain containers, and nothing else.
-
-    Any other global (``os.system``, ``builtins.eval``, ...) raises ``pickle.UnpicklingError``, so a
-    malicious file cannot run code.
-    """
-
-    _ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy.core.multiarray", "scalar"),
-        ("numpy._core.multiarray", "scalar"),
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-        ("builtins", "dict"),
-        ("__builtin__", "dict"),
-        ("collections", "OrderedDict"),
-        ("_codecs", "encode"),
-    }
-
-    def find_class(self, module: str, name: str):
-        if (module, name) in self._ALLOWED:
-            if module.startswith("numpy.core.") and hasattr(np, "_core"):  # NumPy 2 renamed numpy.core
-                module = "numpy._core." + module[len("numpy.core.") :]
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refusing to load global {module}.{name}")
-
-
-def _load_npy_dict(path: Path) -> dict:
-    """Read a ``.npy`` holding a pickled object (U-CMR's dict) with the restricted unpickler."""
-    with open(path, "rb") as f:
-        try:
-            version = np.lib.format.read_magic(f)
-            if version == (1, 0):
-                shape, _, dtype = np.lib.format.read_array_header_1_0(f)
-            else:
-                shape, _, dtype = np.lib.format.read_array_header_2_0(f)
-        except ValueError as e:
-            raise ValueError(f"{path}: not a valid .npy file ({e})") from e
-        payload = f.read()
-    if dtype.hasobject:
-        try:
-            obj = _ArrayOnlyUnpickler(io.BytesIO(payload), encoding="latin1").load()
-        except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, TypeError) as e:
-            raise ValueError(f"{path}: unsafe or corrupt pickled .npy ({e})") from e
-        if isinstance(obj, np.ndarray) and obj.dtype == object and obj.shape == ():
-            obj = obj.item()
-    else:
-        raise ValueError(
-            f"{path}: expected a pickled dict with verts/faces, found a plain {dtype} array of {shape}"
-        )
-    if not isinstance(obj, dict):
-        raise ValueError(
-            f"{path}: expected a dict with keys verts, faces, verts_uv; got {type(obj).__name__}"
-        )
-    return obj
-
-
-def _arrays_from_file(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    suffix = path.suffix.lower()
-    if suffix == ".npz":
-        with np.load(path, allow_pickle=False) as z:
-            missing = [k for k in ("verts", "faces") if k not in z.files]
-            if missing:
-                raise ValueError(f"{path}: missing key(s) {missing} (has {sorted(z.files)})")
-            try:
-                verts, faces = z["verts"], z["faces"]
-                uv = z["verts_uv"] if "verts_uv" in z.files else None
-            except ValueError as e:  # object arrays need pickle
-                raise ValueError(f"{path}: arrays must be plain numeric arrays ({e})") from e
-        return verts, faces, uv
-    if suffix == ".npy":
-        d = _load_npy_dict(path)
-        missing = [k for k in ("verts", "faces") if k not in d]
-        if missing:
-            raise ValueError(f"{path}: missing key(s) {missing} (has {sorted(map(str, d))})")
-        return np.asarray(d["verts"]), np.asarray(d["faces"]), (
-            np.asarray(d["verts_uv"]) if "verts_uv" in d else None
-        )
-    if suffix in (".obj", ".ply", ".glb", ".off", ".stl"):
-        from slopekp.mesh.io import load_mesh
-
-        m = load_mesh(path)
-        return m.verts.numpy(), m.faces.numpy(), None
-    raise ValueError(f"{path}: unsupported template format {suffix!r} (use .npz, .npy, .obj, .ply or .glb)")
-
-
-def load_template(path_or_name: str | Path, mean_centre: bool = True, reorient: bool = True) -> Template:
-    """Load a template mesh by built-in name or from a file.
-
-    Names: ``"procedural"`` (:func:`~slopekp.mesh.procedural.procedural_bird`) and ``"icosphere"`` (level
-    3, 642 vertices). Files: ``.npz`` (arrays ``verts``, ``faces``, optional ``verts_uv``; no pickle),
-    ``.npy`` (U-CMR's pickled dict, read with a restricted unpickler that only rebuilds numpy arrays, so
-    an untrusted file cannot run code), and ``.obj`` / ``.ply`` / ``.glb`` via trimesh. Missing
-    ``verts_uv`` is computed with :func:`sphere_uv` (before centring).
-
-    Faces read from a file are re-wound consistently outward with
-    :func:`~slopekp.mesh.topology.orient_outward`. This matters for U-CMR's ``bird_template.npy``, whose
-    x > 0 half is wound inward; after loading, its signed volume is +0.696.
+def template_fingerprint(verts: Tensor, faces: Tensor) -> str:
+    """A short hash identifying a template mesh (its vertices to 1e-6 and its faces): 16 hex digits. Stores,
+    checkpoints and manifests carry it, so that cameras and models are never used with another mesh.
 
     Args:
-        path_or_name: a built-in name or a file path.
-        mean_centre: subtract the vertex mean in y and z only (x is left alone so the symmetry plane
-            stays at x = 0), as U-CMR and SLOPE-KP do (METHOD §3.1).
-        reorient: re-wind file faces with ``orient_outward`` (turn off only to inspect a file as stored).
-
-    Returns:
-        :class:`Template` on the CPU.
-
-    Raises:
-        ValueError: unknown name, missing file, unsupported format, missing key, unsafe pickle or
-            invalid mesh.
+        verts: ``(V, 3)`` template vertices.
+        faces: ``(F, 3)`` integer faces.
     """
-    s = str(path_or_name)
-    if s in TEMPLATE_NAMES:
-        from slopekp.mesh import procedural
-
-        t = procedural.procedural_bird() if s == "procedural" else procedural.icosphere(3)
-        verts, faces, uv, name = t.verts, t.faces, t.verts_uv, s
-    else:
-        path = Path(s).expanduser()
-        if not path.is_file():
-            raise ValueError(
-                f"template {s!r} is neither a built-in name {TEMPLATE_NAMES} nor an existing file"
-            )
-        v_np, f_np, uv_np = _arrays_from_file(path)
-        name = str(path)
-        if v_np.ndim != 2 or v_np.shape[-1] != 3:
-            raise ValueError(f"{path}: verts must have shape (V, 3), got {v_np.shape}")
-        if not np.issubdtype(f_np.dtype, np.integer):
-            raise ValueError(f"{path}: faces must be integers, got dtype {f_np.dtype}")
-        verts = torch.as_tensor(v_np.astype(np.float32))
-        faces = torch.as_tensor(f_np.astype(np.int64))
-        check_faces(faces, verts.shape[0], name=f"{path}: faces")
-        if not bool(torch.isfinite(verts).all()):
-            raise ValueError(f"{path}: verts contains NaN or Inf")
-        if reorient:
-            faces = orient_outward(verts, faces)
-        uv = sphere_uv(verts) if uv_np is None else torch.as_tensor(np.asarray(uv_np, dtype=np.float32))
-    if mean_centre:
-        mean = verts.mean(dim=0)
-        verts = verts - torch.stack([torch.zeros_like(mean[0]), mean[1], mean[2]])
-    return Template(verts=verts.clone(), faces=faces.clone(), verts_uv=uv.clone(), name=name)
+    v = np.round(verts.detach().to("cpu", torch.float64).numpy(), 6).astype("<f8")
+    f = faces.detach().to("cpu", torch.int64).numpy().astype("<i8")
+    h = hashlib.sha256()
+    h.update(np.asarray(v.shape, dtype="<i8").tobytes() + v.tobytes())
+    h.update(np.asarray(f.shape, dtype="<i8").tobytes() + f.tobytes())
+    return h.hexdigest()[:16]

@@ -7,7 +7,7 @@ weak-perspective ``[s, tx, ty, qw, qx, qy, qz]`` of ``docs/conventions.md`` in t
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from torch import Tensor
 
@@ -31,6 +31,29 @@ class PoseOutput(NamedTuple):
     extras: dict[str, Tensor]
     """Head-specific tensors, e.g. for the keypoint head ``heatmaps (B, K, H, W)``, ``points2d (B, K, 2)`` (NDC),
     ``confidence (B, K)`` and ``init_camera (B, 7)``; empty for the regression heads."""
+
+
+class PoseLoss(NamedTuple):
+    """A pose head's training loss on a batch (:meth:`slopekp.models.pose.PoseHead.loss`)."""
+
+    loss: Tensor
+    """Scalar, the weighted sum of the head's terms."""
+    logs: dict[str, Tensor]
+    """0-dim detached tensors on the device, by name (``camera``, ``heatmap``, ``visible_keypoints``)."""
+
+
+@dataclass(frozen=True)
+class PoseLossContext:
+    """What a pose head's loss needs beside its input and the target cameras (Stage III builds it once)."""
+
+    faces: Tensor
+    """``(F, 3)`` the template's faces (the keypoint head renders keypoint visibility under the target camera)."""
+    hard_renderer: Any
+    """A hard (z-buffer) :class:`slopekp.render.Renderer` of side :meth:`~slopekp.models.pose.PoseHead.target_size`."""
+    camera_weight: float
+    """Weight of the camera loss (``train.camera_weight``)."""
+    heatmap_weight: float
+    """Weight of the heatmap loss (``train.heatmap_weight``)."""
 
 
 @dataclass(frozen=True)

@@ -145,7 +145,7 @@ def _read_state_dict(path: Path) -> Mapping:
                 f"{path}: reading .safetensors files needs the optional 'safetensors' package, which is not "
                 "installed; install it or convert the file to a .pth state dict"
             )
-        from safetensors.torch import load_file
+        from safetensors.torch import load_file  # optional: checked just above
 
         try:
             return load_file(str(path), device="cpu")

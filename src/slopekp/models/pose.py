@@ -1,7 +1,9 @@
 """Pose heads: image features (and the predicted shape) → weak-perspective camera (METHOD §4.5–4.6).
 
-Four variants behind one interface, :class:`PoseHead` ``forward(enc, verts=None) -> PoseOutput``, chosen by name
-from :data:`POSE_HEADS` with :func:`build_pose_head`:
+Four variants behind one interface, :class:`PoseHead`, chosen by name from :data:`POSE_HEADS`
+(:func:`pose_head_class`): ``for_network(encoder, template_verts, cfg)`` builds a head for a network,
+``forward(enc, verts=None) -> PoseOutput`` predicts cameras, and ``target_size(encoder)`` and
+``loss(enc, verts, target, ctx) -> PoseLoss`` say how Stage III trains it, so that no caller branches on a name:
 
 * ``"quaternion"`` (:class:`QuaternionPoseHead`, U-CMR's default): ``Linear(→4)``, L2-normalised.
 * ``"gramschmidt"`` (:class:`GramSchmidtPoseHead`): ``Linear(→6)`` → Gram–Schmidt (Zhou et al. 2019).
@@ -27,10 +29,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from slopekp.config import ModelConfig
 from slopekp.geometry.rotations import quat_normalize, rot6d_to_rotmat, rot9d_to_rotmat, rotmat_to_quat
 from slopekp.mesh.template import farthest_point_sampling
-from slopekp.models.base import EncoderOutput, PoseOutput
-from slopekp.models.keypoints import CONFIDENCE_SIGMA, HeatmapDecoder, PnPSettings, soft_argmax
+from slopekp.models.base import EncoderOutput, PoseLoss, PoseLossContext, PoseOutput
+from slopekp.models.encoder import ResNetEncoder
+from slopekp.models.keypoints import (
+    CONFIDENCE_SIGMA,
+    HeatmapDecoder,
+    PnPSettings,
+    heatmap_targets,
+    keypoint_visibility,  # fmt: skip
+    soft_argmax,
+)
+from slopekp.models.pose_losses import camera_loss, heatmap_loss
 from slopekp.models.shape import fc_stack
 
 __all__ = [
@@ -41,11 +53,29 @@ __all__ = [
     "QuaternionPoseHead",
     "SVDPoseHead",
     "build_pose_head",
+    "pose_head_class",
 ]
 
 
 class PoseHead(nn.Module, ABC):
-    """Interface of every pose head."""
+    """Interface of every pose head: built for a network (:meth:`for_network`), it predicts cameras
+    (:meth:`forward`) and says how it is trained (:meth:`target_size`, :meth:`loss`), so that Stage III and the
+    network never branch on a head's name."""
+
+    @classmethod
+    @abstractmethod
+    def for_network(cls, encoder: ResNetEncoder, template_verts: Tensor, cfg: ModelConfig) -> PoseHead:
+        """The head for ``encoder`` (its feature sizes), the template's vertices ``(V, 3)`` and the model config."""
+
+    def target_size(self, encoder: ResNetEncoder) -> int:
+        """Side of the renders that Stage III makes of its targets for this head (the hard renderer of
+        :class:`~slopekp.models.base.PoseLossContext`): the input side, unless the head needs another."""
+        return encoder.image_size
+
+    @abstractmethod
+    def loss(self, enc: EncoderOutput, verts: Tensor, target: Tensor, ctx: PoseLossContext) -> PoseLoss:
+        """The head's training loss against target cameras ``(B, 7)``, with ``verts (B, V, 3)`` the predicted
+        shape."""
 
     @abstractmethod
     def forward(self, enc: EncoderOutput, verts: Tensor | None = None) -> PoseOutput:
@@ -104,6 +134,16 @@ class _RegressionPoseHead(PoseHead):
     def logits_to_quat(logits: Tensor) -> Tensor:
         """``(B, rotation_dim)`` raw rotation output -> ``(B, 4)`` unit quaternions ``(w, x, y, z)``
         (differentiable)."""
+
+    @classmethod
+    def for_network(cls, encoder: ResNetEncoder, template_verts: Tensor, cfg: ModelConfig) -> PoseHead:
+        """On the encoder's flat feature ``(B, encoder.flat_dim)``, with the default trunk."""
+        return cls(in_dim=encoder.flat_dim)
+
+    def loss(self, enc: EncoderOutput, verts: Tensor, target: Tensor, ctx: PoseLossContext) -> PoseLoss:
+        """``camera_weight ·`` the mean :func:`~slopekp.models.pose_losses.camera_loss` of the predicted cameras."""
+        loss = ctx.camera_weight * camera_loss(self(enc, verts).camera, target).mean()
+        return PoseLoss(loss, {"camera": loss.detach()})
 
     def forward(self, enc: EncoderOutput, verts: Tensor | None = None) -> PoseOutput:
         """``enc.flat (B, D)`` -> ``PoseOutput(camera (B, 7), extras={})``; ``verts`` is ignored."""
@@ -213,10 +253,38 @@ class KeypointPoseHead(PoseHead):
         self.register_buffer("keypoint_index", farthest_point_sampling(template_verts.detach().cpu(), num_keypoints))
         self.decoder = HeatmapDecoder(in_channels, num_keypoints, base_width, heatmap_size)
 
+    @classmethod
+    def for_network(cls, encoder: ResNetEncoder, template_verts: Tensor, cfg: ModelConfig) -> PoseHead:
+        """On the encoder's ``layer1 .. layer4`` features, with ``cfg.num_keypoints`` keypoints and ``cfg.end2end``."""
+        chans = tuple(encoder.feature_channels[f"layer{i}"] for i in range(1, 5))
+        return cls(template_verts=template_verts, in_channels=chans, num_keypoints=cfg.num_keypoints,
+                   end2end=cfg.end2end)  # fmt: skip
+
     def heatmap_side(self, layer1_side: int) -> int:
         """Side of the (square) heatmaps for a ``layer1`` feature map of side ``layer1_side``."""
         out = self.decoder.out_size
         return out[0] if out is not None else 2 * layer1_side
+
+    def target_size(self, encoder: ResNetEncoder) -> int:
+        """The heatmaps' side: keypoint visibility is rendered at the heatmaps' resolution."""
+        return self.heatmap_side(encoder.feature_sizes["layer1"])
+
+    def loss(self, enc: EncoderOutput, verts: Tensor, target: Tensor, ctx: PoseLossContext) -> PoseLoss:
+        """The heatmap loss against Gaussians at the target camera's projections of the visible keypoints (METHOD
+        §7.7); end to end (``end2end`` and ``camera_weight > 0``), plus the camera loss of the head's own camera
+        (:meth:`pose_from_heatmaps` of the same heatmaps, as :meth:`forward` computes it). Without ``end2end`` no
+        PnP runs: the camera would carry no gradient."""
+        heat = self.decoder(enc.features)
+        with torch.no_grad():
+            vis = keypoint_visibility(verts.detach(), ctx.faces, target, self.keypoint_index, ctx.hard_renderer)
+            goal = heatmap_targets(vis.points2d, vis.visible, tuple(heat.shape[-2:]))
+        loss = heatmap_loss(heat, goal, vis.visible, weight=ctx.heatmap_weight)
+        logs = {"heatmap": loss.detach(), "visible_keypoints": vis.visible.float().mean()}
+        if self.end2end and ctx.camera_weight > 0:
+            l_cam = ctx.camera_weight * camera_loss(self.pose_from_heatmaps(heat, verts).camera, target).mean()
+            logs["camera"] = l_cam.detach()
+            loss = loss + l_cam
+        return PoseLoss(loss, logs)
 
     def forward(self, enc: EncoderOutput, verts: Tensor | None = None) -> PoseOutput:
         """``enc.features`` and ``verts (B, V, 3)`` (required) -> ``PoseOutput(camera (B, 7), extras)``."""
@@ -263,10 +331,8 @@ POSE_HEADS: dict[str, type[PoseHead]] = {
 """Pose head classes by name."""
 
 
-def build_pose_head(name: str, **kwargs) -> PoseHead:
-    """``POSE_HEADS[name](**kwargs)``; the keyword arguments are those of the chosen class's constructor
-    (``in_dim, hidden, layers, scale_bias`` for the regression heads; ``template_verts, in_channels, …`` for
-    ``"keypoints"``).
+def pose_head_class(name: str) -> type[PoseHead]:
+    """``POSE_HEADS[name]``.
 
     Raises:
         ValueError: unknown ``name`` (the message lists the valid ones).
@@ -274,4 +340,15 @@ def build_pose_head(name: str, **kwargs) -> PoseHead:
     cls = POSE_HEADS.get(name) if isinstance(name, str) else None
     if cls is None:
         raise ValueError(f"unknown pose head {name!r}; valid names: {', '.join(repr(n) for n in POSE_HEADS)}")
-    return cls(**kwargs)
+    return cls
+
+
+def build_pose_head(name: str, **kwargs) -> PoseHead:
+    """``POSE_HEADS[name](**kwargs)``; the keyword arguments are those of the chosen class's constructor
+    (``in_dim, hidden, layers, scale_bias`` for the regression heads; ``template_verts, in_channels, …`` for
+    ``"keypoints"``). A network builds its head with :meth:`PoseHead.for_network` instead.
+
+    Raises:
+        ValueError: unknown ``name`` (the message lists the valid ones).
+    """
+    return pose_head_class(name)(**kwargs)

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from slopekp.models.base import Prediction
 from slopekp.models.encoder import ResNetEncoder
-from slopekp.models.pose import build_pose_head
+from slopekp.models.pose import pose_head_class
 from slopekp.models.shape import ShapeHead
 from slopekp.models.texture import TextureHead
 
@@ -63,10 +63,5 @@ def build_model(cfg, template, symmetry_tol: float = 1e-6) -> ReconstructionNet:
     shape = ShapeHead.from_template(enc.flat_dim, template, symmetry_tol, nz_feat=cfg.shape_hidden)
     texture = TextureHead(enc.conv_channels, enc.conv_size, uv_size=(cfg.uv_height, 2 * cfg.uv_height),
                           nf=cfg.texture_width)  # fmt: skip
-    if cfg.pose_head == "keypoints":
-        chans = tuple(enc.feature_channels[f"layer{i}"] for i in range(1, 5))
-        pose = build_pose_head("keypoints", template_verts=template.verts, in_channels=chans,
-                               num_keypoints=cfg.num_keypoints, end2end=cfg.end2end)  # fmt: skip
-    else:
-        pose = build_pose_head(cfg.pose_head, in_dim=enc.flat_dim)
+    pose = pose_head_class(cfg.pose_head).for_network(enc, template.verts, cfg)
     return ReconstructionNet(enc, shape, texture, pose, cfg.pose_head)

@@ -24,7 +24,16 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from slopekp.data.transforms import PixelAffine, paste_crop
+from slopekp.data.viewpoints import rotations_to_azelcr
+from slopekp.eval.report import load_trained_model
+from slopekp.geometry.camera import affine_camera, ndc_to_px_camera, px_to_ndc_camera, turn_camera
+from slopekp.geometry.rotations import quat_to_rotmat
+from slopekp.mesh.io import export_mesh, textured_trimesh
+from slopekp.models.encoder import normalize_image
 from slopekp.predict.inputs import PhotoCrop, crop_photo, object_box, read_mask, read_photo
+from slopekp.render import Lighting, Renderer, RenderSettings
+from slopekp.utils import resolve_device
 
 __all__ = ["MESH_RGB", "OBJECT_TO_FILE", "CropWarning", "Reconstruction", "Reconstructor"]
 
@@ -75,14 +84,12 @@ class Reconstruction:
     def mesh(self):
         """The textured mesh as a ``trimesh.Trimesh`` in the object frame (``docs/conventions.md``; :meth:`export`
         writes files upright instead); seam vertices are duplicated as in GLB export."""
-        from slopekp.mesh.io import textured_trimesh
 
         return textured_trimesh(self.verts, self.faces, self.verts_uv, self.texture)
 
     def view_camera(self, azimuth: float = 0.0, elevation: float = 0.0) -> Tensor:
         """``(7,)`` the predicted camera with the object turned by ``azimuth`` degrees about the image's vertical
         axis, then tilted by ``elevation`` degrees (:func:`slopekp.geometry.camera.turn_camera`)."""
-        from slopekp.geometry.camera import turn_camera
 
         return turn_camera(self.camera, azimuth, elevation)
 
@@ -101,7 +108,6 @@ class Reconstruction:
         Returns:
             ``(4, size, size)`` float RGBA in [0, 1] (alpha: the hard silhouette).
         """
-        from slopekp.render import Lighting, Renderer, RenderSettings
 
         cam = self.view_camera(azimuth, elevation) if view is None else view.to(self.camera)
         if cam.shape != (7,):
@@ -134,7 +140,6 @@ class Reconstruction:
     def paste(self, rendered: Tensor) -> np.ndarray:
         """A render of the crop, ``(size, size)`` or ``(C, size, size)`` at any ``size`` (e.g. :meth:`render`), warped
         into the photo: ``(H, W)`` or ``(H, W, C)`` float32, 0 where the crop does not reach."""
-        from slopekp.data.transforms import PixelAffine, paste_crop
 
         img = rendered.detach().float().cpu()
         img = img.permute(1, 2, 0) if img.dim() == 3 else img
@@ -147,8 +152,6 @@ class Reconstruction:
     def camera_dict(self) -> dict[str, Any]:
         """The camera as JSON-ready values: the 7-vector, its rotation matrix, the viewpoint in degrees and the
         crop's box in the photo, with the conventions that read them."""
-        from slopekp.data.viewpoints import rotations_to_azelcr
-        from slopekp.geometry.rotations import quat_to_rotmat
 
         cam = self.camera.detach().double().cpu()
         rot = quat_to_rotmat(cam[3:])
@@ -190,7 +193,6 @@ class Reconstruction:
     def crop_camera(self, camera_px: Tensor) -> Tensor:
         """``(7,)`` a camera in the photo's pixels → the crop's NDC, on the model's device (the inverse of
         :meth:`photo_camera`)."""
-        from slopekp.geometry.camera import affine_camera, px_to_ndc_camera
 
         a = self.crop.affine
         crop_px = affine_camera(camera_px, a.k, torch.tensor([a.ox, a.oy], dtype=camera_px.dtype))
@@ -198,7 +200,6 @@ class Reconstruction:
 
     def photo_camera(self) -> Tensor:
         """``(7,)`` the camera in 0-based pixels of the photo: ``p_px = s (R X)_xy + t`` (float64, on the CPU)."""
-        from slopekp.geometry.camera import affine_camera, ndc_to_px_camera
 
         a = self.crop.affine
         crop_px = ndc_to_px_camera(self.camera.detach().double().cpu(), float(self.crop.image.shape[0]))
@@ -212,7 +213,6 @@ class Reconstruction:
             y_up: turn the object frame into the files' convention (:data:`OBJECT_TO_FILE`: +Y up, +Z the beak), so
                 that viewers show the bird upright; False writes object-frame coordinates.
         """
-        from slopekp.mesh.io import export_mesh
 
         path = Path(path)
         verts = self.verts @ torch.tensor(OBJECT_TO_FILE, dtype=self.verts.dtype, device=self.verts.device).T
@@ -228,7 +228,7 @@ class Reconstructor:
     Attributes:
         net: the network in eval mode. template: its :class:`slopekp.mesh.Template`. head: the pose head.
         cfg: the training run's config. card: the checkpoint's model card
-        (:func:`slopekp.train.checkpoint.model_card`). device: where it runs.
+        (:func:`slopekp.checkpoint.model_card`). device: where it runs.
     """
 
     def __init__(self, net: torch.nn.Module, template, cfg, head: str, card: dict | None = None) -> None:
@@ -255,11 +255,9 @@ class Reconstructor:
                 :func:`slopekp.eval.report.load_trained_model`).
 
         Raises:
-            FileNotFoundError, slopekp.train.checkpoint.CheckpointError: naming the file: missing, not a
+            FileNotFoundError, slopekp.checkpoint.CheckpointError: naming the file: missing, not a
                 checkpoint, damaged, or not a trained model (Stage II and Stage I files are refused).
         """
-        from slopekp.eval.report import load_trained_model
-        from slopekp.utils import resolve_device
 
         dev = resolve_device(device) if isinstance(device, str) else torch.device(device)
         tm = load_trained_model(path, template=template, device=dev)
@@ -294,7 +292,6 @@ class Reconstructor:
     @torch.no_grad()
     def predict_crops(self, crops: list[PhotoCrop]) -> list[Reconstruction]:
         """Run the network on prepared crops as one batch."""
-        from slopekp.models.encoder import normalize_image
 
         if not crops:
             return []

@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from slopekp.data import transforms as T
 
@@ -54,7 +56,6 @@ def _open(path: Path, what: str):
     Raises:
         ValueError: naming the file: missing, a folder, not an image, or too large to decode safely.
     """
-    from PIL import Image, ImageOps, UnidentifiedImageError
 
     if path.is_dir():
         raise ValueError(f"{path}: is a folder, not {what}")
@@ -127,8 +128,6 @@ def read_photo(image: Any, name: str = "image") -> np.ndarray:
     Raises:
         ValueError: naming the file: missing, not an image, too large, or an array of another shape or range.
     """
-    import torch
-    from PIL import Image
 
     if isinstance(image, (str, os.PathLike)):
         name, image = str(image), _open(Path(image), "image")

@@ -25,10 +25,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from slopekp.manifest import Manifest, file_digest
 from slopekp.predict.api import Reconstruction
+from slopekp.predict.inputs import crop_photo
 from slopekp.utils import atomic_save_json
+from slopekp.viz.figures import overlay_mask, pyplot, save_figure, save_image, save_png, to_uint8
 
 __all__ = ["INDEX", "NOVEL_VIEWS", "OUTPUT_FILES", "PREDICT_COMMAND", "jsonable", "predict_manifest", "read_index",
            "remove_outputs", "unique_names", "write_index", "write_reconstruction"]
@@ -109,7 +112,6 @@ def remove_outputs(folder: Path) -> None:
 
 def display_crop(photo: np.ndarray, rec: Reconstruction, size: int) -> np.ndarray:
     """``(size, size, 3)`` the photo's crop (the box the model saw) at ``size``², from the full-resolution photo."""
-    from slopekp.predict.inputs import crop_photo
 
     return crop_photo(photo, rec.crop.box, size, 0.0, rec.crop.source).image  # the box is square already
 
@@ -117,9 +119,7 @@ def display_crop(photo: np.ndarray, rec: Reconstruction, size: int) -> np.ndarra
 def write_reconstruction(rec: Reconstruction, photo: np.ndarray, out: str | os.PathLike, *, title: str = "",
                          size: int = 256, turntable_frames: int = 36) -> list[Path]:  # fmt: skip
     """Write the files of the module docstring for one photo into ``out`` (created); returns them."""
-    from PIL import Image
 
-    from slopekp.viz.figures import overlay_mask, save_image, save_png
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -164,8 +164,6 @@ def _rgb(rgba) -> np.ndarray:
 
 
 def _figure(path: Path, panels: list[tuple[str, np.ndarray]], title: str) -> None:
-    from slopekp.viz.figures import pyplot, save_figure
-
     plt = pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(2.0 * len(panels), 2.45), layout="constrained")
     for ax, (name, im) in zip(axes, panels):
@@ -179,10 +177,6 @@ def _figure(path: Path, panels: list[tuple[str, np.ndarray]], title: str) -> Non
 
 
 def _turntable(path: Path, rec: Reconstruction, frames: int, size: int) -> None:
-    from PIL import Image
-
-    from slopekp.viz.figures import save_image, to_uint8
-
     images = [Image.fromarray(to_uint8(_rgb(rec.render(azimuth=360.0 * i / frames, size=size))))
               for i in range(frames)]  # fmt: skip
     save_image(path, images[0], "GIF", save_all=True, append_images=images[1:], duration=80, loop=0)

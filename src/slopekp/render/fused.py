@@ -8,7 +8,7 @@ forces it (CUDA, or the interpreter); ``fused="auto"`` uses it on CUDA when Trit
 against the pure-PyTorch path passes at first use (:func:`fused_available`; a failure warns and falls back). The
 pure-PyTorch path stays the reference and the CPU path. The hard z-buffer has no fused path.
 
-Kernels (the same maths as ``rasterize.py``, which documents it): one program per image and ``TILE × TILE``
+Kernels (the same maths as ``soft.py``, which documents it): one program per image and ``TILE × TILE``
 pixel tile. It walks the image's faces in chunks of ``FB``; a chunk none of whose faces' windows (bounding box
 grown by the cut-off radius) touch the tile is skipped after loading its windows, and the others are evaluated
 as a dense ``(pixels, FB)`` block: the signed distance to the triangle, the cut-off and the ``[near, far]`` test
@@ -31,11 +31,24 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from slopekp.config import CHOICES
+from slopekp.mesh import icosphere
+from slopekp.render.plan import SilhouettePairs, face_tensors, face_windows, soft_cutoff_radius
+from slopekp.render.soft import soft_pairs
 from slopekp.utils import first_line
 
-__all__ = ["FUSED_MODES", "fused_available", "fused_soft_pairs", "fused_soft_silhouette", "triton_available"]
+__all__ = ["FUSED_MODES", "check_fused_mode", "fused_available", "fused_soft_pairs", "fused_soft_silhouette",
+           "triton_available"]  # fmt: skip
 
-FUSED_MODES = ("never", "auto", "always")
+FUSED_MODES = CHOICES["render.fused"]
+"""``never``, ``auto``, ``always``: the modes of ``RenderSettings.fused`` and ``render.fused`` (declared once, in
+:data:`slopekp.config.CHOICES`)."""
+
+
+def check_fused_mode(mode: str) -> None:
+    """Raise ValueError unless ``mode`` is one of :data:`FUSED_MODES` (the one check of a mode given in code)."""
+    if mode not in FUSED_MODES:
+        raise ValueError(f"RenderSettings.fused must be one of {', '.join(FUSED_MODES)}, got {mode!r}")
 TILE = 8
 FACE_BLOCK = 32
 PAIR_BLOCK = 256
@@ -49,7 +62,7 @@ TILE_LAUNCH = {"num_warps": 8, "enable_fp_fusion": False}
 def triton_available() -> bool:
     """Triton imports (it ships with PyTorch's CUDA builds; ``pip install triton`` for the interpreter)."""
     try:
-        import triton  # noqa: F401
+        import triton  # noqa: F401 -- optional: probed here, not needed by the pure-PyTorch path
     except Exception:  # noqa: BLE001 -- any import failure means: not available
         return False
     return True
@@ -61,7 +74,7 @@ def interpreting() -> bool:
 
 
 def _kernels():
-    from slopekp.render import _triton_kernels
+    from slopekp.render import _triton_kernels  # imports Triton (optional): loaded at the first launch only
 
     return _triton_kernels
 
@@ -71,8 +84,6 @@ def _face_data(fxy: Tensor, fz: Tensor, area2: Tensor, height: int, width: int, 
     """``table (10, G)``: corner x (3), y (3), depth (3), ``1/A``; ``windows (4, G)`` int32: the pixel window
     ``col0, col1, row0, row1`` of each live face (bounding box grown by ``radius``); ``col1 = row1 = -1`` for dead
     faces (zero area, wholly outside ``[near, far]``, culled, or off the image)."""
-    from slopekp.render.rasterize import face_windows
-
     with torch.no_grad():
         col0, col1, row0, row1, live, _ = face_windows(fxy, fz, area2, height=height, width=width, radius=radius,
                                                        near=near, far=far, double_sided=double_sided)  # fmt: skip
@@ -194,8 +205,6 @@ def fused_soft_silhouette(
     """``sum_j log(1 - D_j)`` per pixel, ``(N·H·W,)``: :func:`slopekp.render.rasterize.soft_rasterize`'s
     silhouette from its face tensors (``fxy (2, 3, G)``, ``fz (3, G)``, ``area2 (G,)``; differentiable w.r.t.
     ``fxy``), in two Triton kernels (module docstring)."""
-    from slopekp.render.rasterize import soft_cutoff_radius
-
     radius = soft_cutoff_radius(sigma, eps)
     return _FusedSilhouette.apply(fxy, fz, area2, n_images, height, width, sigma, radius, near, far, double_sided)
 
@@ -203,24 +212,20 @@ def fused_soft_silhouette(
 def fused_soft_pairs(
     fxy: Tensor, fz: Tensor, area2: Tensor, *, n_images: int, height: int, width: int, sigma: float, eps: float,
     near: float, far: float, double_sided: bool = True,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+) -> SilhouettePairs:
     """The silhouette ``(N·H·W,)`` and the kept pairs ``pix, face, prob (M,), bary (3, M), depth (M,)``, as
     :func:`slopekp.render.rasterize.soft_rasterize` with ``return_pairs`` forms them (pairs in another order:
     tile by tile), differentiable w.r.t. ``fxy``, ``fz`` and ``area2``, in three Triton kernels forward and two
     backward (:class:`_FusedPairs`)."""
-    from slopekp.render.rasterize import soft_cutoff_radius
-
     radius = soft_cutoff_radius(sigma, eps)
-    return _FusedPairs.apply(fxy, fz, area2, n_images, height, width, sigma, radius, near, far, double_sided)
+    return SilhouettePairs(*_FusedPairs.apply(fxy, fz, area2, n_images, height, width, sigma, radius, near, far,
+                                              double_sided))  # fmt: skip
 
 
 @functools.cache
 def _self_check(device_type: str, index: int | None) -> bool:
     """The fused silhouette and pairs agree with the pure-PyTorch ones (values and gradients) on a small case on
     this device."""
-    from slopekp.mesh import icosphere
-    from slopekp.render.rasterize import _face_tensors, soft_rasterize
-
     device = torch.device(device_type, index) if index is not None else torch.device(device_type)
     ico = icosphere(1)
     g = torch.Generator().manual_seed(0)
@@ -235,14 +240,13 @@ def _self_check(device_type: str, index: int | None) -> bool:
         return (log_t.sin().sum() + (prob * key.mul(0.37).sin()).sum() + (bary * key.mul(0.11).cos()).sum()
                 + (depth * key.mul(0.05).sin()).sum())  # fmt: skip
 
-    ref, pairs = soft_rasterize(verts, faces, return_pairs=True, **kw)
-    ref = (ref.reshape(-1), pairs.pix, pairs.face, pairs.prob, pairs.bary.T, pairs.depth)
+    ref = soft_pairs(*face_tensors(verts, faces), faces_per_image=faces.shape[0], **kw)  # the pure-PyTorch path
     (gref,) = torch.autograd.grad(loss(*ref), verts, retain_graph=True)
     (gsil_ref,) = torch.autograd.grad(ref[0].sin().sum(), verts)
-    fxy, fz, area2 = _face_tensors(verts, faces)
+    fxy, fz, area2 = face_tensors(verts, faces)
     sil = fused_soft_silhouette(fxy, fz.detach(), area2.detach(), n_images=2, **kw)
     (gsil,) = torch.autograd.grad(sil.sin().sum(), verts)
-    fxy, fz, area2 = _face_tensors(verts, faces)
+    fxy, fz, area2 = face_tensors(verts, faces)
     got = fused_soft_pairs(fxy, fz, area2, n_images=2, **kw)
     (ggot,) = torch.autograd.grad(loss(*got), verts)
     i, j = (ref[1] * (1 << 32) + ref[2]).argsort(), (got[1] * (1 << 32) + got[2]).argsort()
@@ -259,6 +263,7 @@ def fused_available(device: torch.device, mode: str) -> bool:
     Raises:
         ValueError: ``mode="always"`` where the fused path cannot run (no Triton, or neither CUDA nor the interpreter).
     """
+    check_fused_mode(mode)
     if mode == "never":
         return False
     runnable = triton_available() and (device.type == "cuda" or (interpreting() and device.type == "cpu"))
@@ -267,8 +272,6 @@ def fused_available(device: torch.device, mode: str) -> bool:
             raise ValueError("RenderSettings.fused='always' needs Triton and a CUDA device (or TRITON_INTERPRET=1 on "
                              "the CPU); use 'auto' or 'never'")  # fmt: skip
         return True
-    if mode != "auto":
-        raise ValueError(f"RenderSettings.fused must be one of {FUSED_MODES}, got {mode!r}")
     return device.type == "cuda" and runnable and _checked(device.type, device.index)
 
 

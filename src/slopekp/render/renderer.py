@@ -22,13 +22,15 @@ by all cameras.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
+from slopekp.config import RenderConfig
 from slopekp.geometry.camera import project_points
+from slopekp.render.fused import check_fused_mode
 from slopekp.render.rasterize import hard_rasterize, soft_cutoff_radius, soft_rasterize
 from slopekp.render.shade import Lighting, face_normals, lambert_factor, softmax_rgb_blend, softmax_weights
 from slopekp.render.texture import UV_SHIFT, sample_bilinear, sample_sphere_uv, sphere_to_uv, uv_to_sphere
@@ -37,6 +39,9 @@ from slopekp.utils import checks_values, device_constant, tensor_memo
 __all__ = ["MODES", "RenderResult", "RenderSettings", "Renderer"]
 
 MODES = ("silhouette", "rgb", "hard")
+
+
+_DEFAULTS = RenderConfig()
 
 
 @dataclass(frozen=True)
@@ -59,17 +64,23 @@ class RenderSettings:
     """
 
     image_size: int | tuple[int, int] = 64
-    sigma: float = 1e-4
-    gamma: float = 1e-4
+    sigma: float = _DEFAULTS.sigma
+    gamma: float = _DEFAULTS.gamma
     eps: float = 1e-3
-    z_offset: float = 5.0
-    near: float = 1.0
-    far: float = 100.0
+    z_offset: float = _DEFAULTS.z_offset
+    near: float = _DEFAULTS.near
+    far: float = _DEFAULTS.far
     background: tuple[float, float, float] = (0.0, 0.0, 0.0)
     double_sided: bool = True
     max_pairs: int = 2_000_000
     bg_eps: float = 1e-3
-    fused: str = "never"
+    fused: str = _DEFAULTS.fused
+
+    @classmethod
+    def from_config(cls, cfg: RenderConfig, image_size: int | tuple[int, int], **more) -> RenderSettings:
+        """Every field of a :class:`slopekp.config.RenderConfig` (``render.*``) at a stage's own ``image_size``;
+        ``more`` sets fields that the config does not hold (``background``, ``max_pairs`` ...)."""
+        return cls(image_size=image_size, **{f.name: getattr(cfg, f.name) for f in fields(cfg)}, **more)
 
     def __post_init__(self) -> None:
         h, w = self.hw
@@ -93,8 +104,7 @@ class RenderSettings:
             raise ValueError(f"RenderSettings.max_pairs must be a positive int, got {self.max_pairs!r}")
         if not (math.isfinite(self.bg_eps) and 0 <= self.bg_eps < 1):
             raise ValueError(f"RenderSettings.bg_eps must be in [0, 1), got {self.bg_eps}")
-        if self.fused not in ("never", "auto", "always"):
-            raise ValueError(f"RenderSettings.fused must be 'never', 'auto' or 'always', got {self.fused!r}")
+        check_fused_mode(self.fused)
 
     @property
     def hw(self) -> tuple[int, int]:

@@ -1,6 +1,6 @@
 """The depth mirror of each pose target, chosen by a shared appearance (slopekp's addition; not in U-CMR or SLOPE-KP).
 
-A silhouette cannot tell a camera from its depth mirror (:func:`~slopekp.train.multiplex.depth_mirror_cameras`,
+A silhouette cannot tell a camera from its depth mirror (:func:`~slopekp.geometry.camera.depth_mirror_cameras`,
 METHOD §2.3): for a mirror-symmetric shape both project it to the same mask, one showing the surface the other hides
 (the back against the belly, the head against the tail). Scored by the mask, each such pair is a tie, and about a
 third of the multiplex's best cameras end up on the wrong side (docs/training.md). The pair differs in what it
@@ -8,7 +8,6 @@ shows, so appearance can break the tie. Per image, it cannot: a free texture exp
 set it can, because a category has a typical colouring (birds are countershaded: darker above, lighter below).
 
 The model, fitted to the whole training set at once:
-
 * each image's luminance inside its mask, minus its best linear trend over the image plane (directional light
   brightens one side of the image whatever the pose), standardised to mean 0 and variance 1;
 * is predicted by one field over the template shared by every image, linear in the object coordinates
@@ -31,6 +30,12 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+from torch.utils.data import DataLoader
+
+from slopekp.data.cub import collate_samples
+from slopekp.geometry.camera import depth_mirror_cameras
+from slopekp.train.multiplex import split_image_ids
+from slopekp.train.stage2 import resize_targets
 
 __all__ = ["MirrorChoice", "choose_depth_mirrors", "fit_mirror_choice", "pair_statistics", "surface_basis"]
 
@@ -164,11 +169,7 @@ def choose_depth_mirrors(
     Returns:
         ``(ids (N,), choice)``: the images' ids and the :class:`MirrorChoice` in the same order.
     """
-    from torch.utils.data import DataLoader
 
-    from slopekp.data.cub import collate_samples
-    from slopekp.train.multiplex import depth_mirror_cameras, split_image_ids
-    from slopekp.train.stage2 import resize_targets
 
     size = renderer.settings.hw[0]
     stats, ids = [], []

@@ -2,7 +2,6 @@
 on every rank.
 
 How Stage II runs on W ranks (``torchrun --nproc_per_node W ...``):
-
 * **Process group** (:func:`init_distributed`): read from the torchrun environment (``RANK``, ``WORLD_SIZE``,
   ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``); backend ``nccl`` for CUDA, ``gloo`` otherwise. Without
   torchrun (``WORLD_SIZE`` unset or 1) nothing is initialised and every helper here is a no-op, so one code path
@@ -35,7 +34,10 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import Tensor
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
 
+from slopekp.data.cub import collate_samples
 from slopekp.train.multiplex import CameraMultiplex, split_image_ids
 
 #: The torchrun variables a multi-process run needs (``WORLD_SIZE`` > 1).
@@ -145,7 +147,6 @@ def wrap_ddp(model: torch.nn.Module, info: DistInfo) -> torch.nn.Module:
     :func:`cleanup`."""
     if not info.distributed:
         return model
-    from torch.nn.parallel import DistributedDataParallel
 
     device = next(model.parameters()).device
     ids = [device.index if device.index is not None else info.local_rank] if device.type == "cuda" else None
@@ -296,13 +297,19 @@ def num_steps(n: int, batch_size: int, world_size: int) -> int:
     return -(-int(n) // (int(batch_size) * int(world_size)))
 
 
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    """The dataset order of ``epoch``: a permutation of ``range(n)`` that depends on ``(seed, epoch)`` only, so a
+    resumed run sees the same batches as an uninterrupted one."""
+    g = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(epoch))
+    return torch.randperm(n, generator=g).tolist()
+
+
 def shard_indices(order: Sequence[int], batch_size: int, rank: int, world_size: int) -> list[list[int]]:
     """Rank ``rank``'s batches of one epoch.
 
     Global batch ``g`` is ``order[g·G : (g+1)·G]`` with ``G = batch_size · world_size``; rank ``r`` takes its
     positions ``r, r + W, r + 2W, ...``, i.e. ``batch_size`` items (the last global batch may be short: its
     ``L`` items are dealt out the same way, so local sizes differ by at most one). Properties:
-
     * every rank gets ``ceil(len(order) / G)`` batches (:func:`num_steps`), so the ranks step together;
     * within one step the ranks' items are disjoint (``order`` is a permutation: no image is updated by two
       ranks in one step, so :func:`sync_store_rows` never meets a conflict);
@@ -346,18 +353,14 @@ def shard_loader(
     num_workers: int = 0,
     collate_fn=None,
 ):
-    """This rank's DataLoader of ``epoch``: :func:`shard_indices` of :func:`slopekp.train.run.epoch_order`,
+    """This rank's DataLoader of ``epoch``: :func:`shard_indices` of :func:`epoch_order`,
     without the first ``skip_batches`` steps (global steps: the same count on every rank).
 
     The drop-in replacement of a single-process loader (identical batches for a single process).
     Sets ``dataset.epoch`` like it. ``collate_fn`` defaults to :func:`slopekp.data.cub.collate_samples`.
     """
-    from torch.utils.data import DataLoader
-
-    from slopekp.train.run import epoch_order
-
     if collate_fn is None:
-        from slopekp.data.cub import collate_samples as collate_fn
+        collate_fn = collate_samples
     if hasattr(dataset, "epoch"):
         dataset.epoch = epoch
     order = epoch_order(len(dataset), seed, epoch)

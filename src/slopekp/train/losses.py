@@ -18,9 +18,10 @@
 from __future__ import annotations
 
 import torch
+from pytorch_msssim import ssim
 from torch import Tensor
 
-from slopekp.geometry.rotations import quat_normalize
+from slopekp.train.scores import hypothesis_scores, minmax_rescale
 
 
 def mask_loss(silhouette: Tensor, mask: Tensor, mask_dt: Tensor) -> Tensor:
@@ -73,7 +74,6 @@ def texture_loss(rendered: Tensor, image: Tensor, mask: Tensor, ssim_weight: flo
     Returns:
         ``(B,)`` or ``(B, P)``.
     """
-    from pytorch_msssim import ssim
 
     if image.dim() != 4 or image.shape[1] != 3 or mask.shape != (image.shape[0], *image.shape[-2:]):
         raise ValueError(
@@ -99,42 +99,6 @@ def texture_loss(rendered: Tensor, image: Tensor, mask: Tensor, ssim_weight: flo
     return l1 + ssim_weight * (1 - s.reshape(lead))
 
 
-def camera_loss(pred: Tensor, target: Tensor) -> Tensor:
-    """Per-image camera loss ``(1 − |⟨q̂, q*⟩|) + mean_{s,tx,ty}(x̂ − x*)²`` (METHOD §7.8).
-
-    The quaternion term is 0 for the same rotation (either sign of ``q``) and 1 for a half turn apart.
-
-    Args:
-        pred, target: ``(B, 7)`` cameras.
-
-    Returns:
-        ``(B,)``.
-    """
-    if pred.shape != target.shape or pred.shape[-1] != 7:
-        raise ValueError(f"pred and target must both be (B, 7), got {tuple(pred.shape)}, {tuple(target.shape)}")
-    q, q_t = quat_normalize(pred[..., 3:]), quat_normalize(target[..., 3:])
-    rot = 1 - (q * q_t).sum(-1).abs()
-    return rot + (pred[..., :3] - target[..., :3]).square().mean(-1)
-
-
-def heatmap_loss(pred: Tensor, target: Tensor, visible: Tensor, weight: float = 10.0) -> Tensor:
-    """``weight · mean_{b,k,i,j} (w_bk (Ĥ_bk − G_bk))²`` (METHOD §7.7): invisible keypoints contribute nothing.
-
-    Args:
-        pred: ``(B, K, H, W)`` raw decoder heatmaps; target: the same shape (Gaussians, zero when invisible).
-        visible: ``(B, K)`` bool or {0, 1}.
-
-    Returns:
-        Scalar.
-    """
-    if pred.shape != target.shape or visible.shape != pred.shape[:2]:
-        raise ValueError(
-            f"pred {tuple(pred.shape)}, target {tuple(target.shape)} and visible {tuple(visible.shape)} disagree"
-        )
-    w = visible.to(pred.dtype)[..., None, None]
-    return weight * (w * (pred - target)).square().mean()
-
-
 def hypothesis_weights(
     mask_losses: Tensor,
     texture_losses: Tensor | None = None,
@@ -154,7 +118,6 @@ def hypothesis_weights(
     Returns:
         ``(B, P)`` rows summing to 1, detached.
     """
-    from slopekp.train.multiplex import hypothesis_scores, minmax_rescale
 
     with torch.no_grad():
         t = minmax_rescale(mask_losses.detach(), eps)

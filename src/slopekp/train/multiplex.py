@@ -1,31 +1,20 @@
-"""The camera multiplex: P weak-perspective camera hypotheses per training image (U-CMR; METHOD §5).
+"""The camera multiplex store: P weak-perspective camera hypotheses per training image (U-CMR; METHOD §5), with
+their offsets, scores, per-image optimiser state and crops, and its file format.
 
 Conventions
 -----------
 * A camera is a ``(..., 7)`` tensor ``[s, tx, ty, qw, qx, qy, qz]`` in the NDC of an image crop
-  (``docs/conventions.md``).
-* **Hypothesis grid** (METHOD §5.1): ``q_{a,e,c} = q_z(cr_c) ⊗ q_x(el_e) ⊗ q_y(az_a) ⊗ q_x(base_bias)``
-  with ``az_a = 2π·a/num_az + az_bias``, ``el_e = −90° + 180°·(e+1)/(num_el+1) + el_bias``
-  (``{−60, −30, 0, 30, 60}°`` for 5 bins) and ``cr_c = 2π·c/num_cr``; flattened index
-  ``(a·num_el + e)·num_cr + c`` (azimuth-major). Initial cameras are ``[scale_bias, 0, 0, q]``.
-* **Offsets** (METHOD §5.2): each hypothesis is a fixed *base* camera plus a learnable ``(..., 6)`` offset
-  ``[δs, δtx, δty, α_az, α_el, α_cr]``: ``s = s_b + δs``, ``t = t_b + δt`` and
-  ``q = q_z(cr) ⊗ q_x(el) ⊗ q_y(az) ⊗ q_b`` with ``az = tanh(c·α_az)·az_range`` (likewise el, cr); see
-  :class:`OffsetSettings` and :func:`apply_offsets`.
+  (``docs/conventions.md``). The hypotheses and their offsets: :mod:`slopekp.train.hypotheses`; the per-image
+  Adam: :mod:`slopekp.train.camera_adam`; the scores: :mod:`slopekp.train.scores`.
 * **Image ids** (METHOD §0): a sample of dataset index ``i`` has id ``i``, its horizontal mirror has id
-  ``10**6 − i``. The store is keyed by the *unflipped* id and holds the unflipped cameras; a mirrored
-  id reads the reflected cameras (:func:`slopekp.geometry.camera.reflect_camera`) and writes are
-  reflected back.
+  ``10**6 − i`` (:data:`slopekp.data.cub.FLIP_ID_BASE`). The store is keyed by the *unflipped* id and holds the
+  unflipped cameras; a mirrored id reads the reflected cameras (:func:`slopekp.geometry.camera.reflect_camera`)
+  and writes are reflected back.
 * **Crops** (METHOD §5.5): cameras are stored in the NDC of the crop they were fitted in, recorded per
   image as the crop affine ``[a, bx, by]`` (original-image pixel ``u`` → NDC ``a·u + b``, always of the
   *unflipped* crop). Reads re-express them for the caller's current crop with
   :func:`slopekp.geometry.camera.recrop_camera`; that map is affine in ``(s, t)``, so the offsets are
   re-expressed with them (``δs·k``, ``δt·k``).
-* **Optimiser**: a per-image Adam (:func:`adam_update`) with its own first/second moments *and step
-  count per image*: a step only touches the rows of the images in the batch (the intent of U-CMR's
-  ``Adam_NonZeroGradOnly``; METHOD §5.4, §10 item 8).
-* **Scores** (METHOD §5.3/§5.4): per image, losses are min–max rescaled over the hypotheses and turned
-  into a distribution with ``softmin(peakiness · L̃)`` (:func:`hypothesis_scores`).
 
 File format (``.npz``, written atomically, read with ``allow_pickle=False``) — see
 :meth:`CameraMultiplex.save`.
@@ -33,11 +22,8 @@ File format (``.npz``, written atomically, read with ``allow_pickle=False``) —
 
 from __future__ import annotations
 
-import hashlib
-import math
 import os
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, NamedTuple
 
@@ -45,298 +31,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from slopekp.data.cub import FLIP_ID_BASE
 from slopekp.geometry.camera import recrop_camera, reflect_camera
-from slopekp.geometry.rotations import azelcr_to_quat, quat_about_axis, quat_geodesic_angle, quat_multiply
-from slopekp.utils import atomic_save_npz, checks_values, device_constant, to_device
+from slopekp.train.camera_adam import adam_update, suppress_gradient_noise
+from slopekp.train.hypotheses import NUM_OFFSETS, OffsetSettings, apply_offsets
+from slopekp.train.scores import best_hypothesis
+from slopekp.utils import atomic_save_npz, checks_values, to_device
 
-#: A mirrored sample of dataset index ``i`` has id ``FLIP_ID_BASE − i`` (METHOD §0).
-FLIP_ID_BASE = 10**6
 #: ``format`` entry of the ``.npz`` store; bump on incompatible changes.
 STORE_FORMAT = "slopekp.camera_multiplex/1"
-NUM_OFFSETS = 6
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Pure functions
-# ----------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class OffsetSettings:
-    """How learnable ``(..., 6)`` offsets ``[δs, δtx, δty, α_az, α_el, α_cr]`` map to a camera (§5.2)."""
-
-    gain: float = 0.1
-    """``c`` in ``tanh(c·α)``: 0.1 in Stage I and SLOPE-KP, 1 in U-CMR's Stage II."""
-    az_range_deg: float = 30.0
-    el_range_deg: float = 30.0
-    cr_range_deg: float = 60.0
-
-    def as_array(self) -> np.ndarray:
-        """``(4,)`` float64 ``[gain, az_range_deg, el_range_deg, cr_range_deg]`` (the ``.npz`` record)."""
-        return np.array([self.gain, self.az_range_deg, self.el_range_deg, self.cr_range_deg], dtype=np.float64)
-
-    @classmethod
-    def from_array(cls, a: np.ndarray) -> OffsetSettings:
-        return cls(*(float(x) for x in np.asarray(a, dtype=np.float64).reshape(4)))
-
-    @classmethod
-    def from_config(cls, cfg) -> OffsetSettings:
-        """From a :class:`slopekp.config.MultiplexConfig`."""
-        return cls(cfg.offset_gain, cfg.az_range_deg, cfg.el_range_deg, cfg.cr_range_deg)
-
-
-def hypothesis_cameras(
-    num_az: int = 8,
-    num_el: int = 5,
-    num_cr: int = 1,
-    *,
-    scale: float = 0.8,
-    base_bias_deg: float = 90.0,
-    az_bias_deg: float = 0.0,
-    el_bias_deg: float = 0.0,
-    dtype: torch.dtype = torch.float32,
-    device: torch.device | str | None = None,
-) -> Tensor:
-    """The initial hypothesis grid of METHOD §5.1 (``P = num_az·num_el·num_cr``).
-
-    Returns:
-        ``(P, 7)`` cameras ``[scale, 0, 0, q_{a,e,c}]``, index ``(a·num_el + e)·num_cr + c``.
-
-    Raises:
-        ValueError: if a bin count is < 1 or ``scale`` is not positive.
-    """
-    for name, n in (("num_az", num_az), ("num_el", num_el), ("num_cr", num_cr)):
-        if int(n) != n or n < 1:
-            raise ValueError(f"{name} must be a positive integer, got {n!r}")
-    if not scale > 0:
-        raise ValueError(f"scale must be positive, got {scale!r}")
-    kw = {"dtype": torch.float64, "device": device}
-    az = 2 * math.pi * torch.arange(num_az, **kw) / num_az + math.radians(az_bias_deg)
-    el = torch.deg2rad(-90.0 + 180.0 * (torch.arange(num_el, **kw) + 1) / (num_el + 1) + el_bias_deg)
-    cr = 2 * math.pi * torch.arange(num_cr, **kw) / num_cr
-    az, el, cr = torch.meshgrid(az, el, cr, indexing="ij")
-    base = quat_about_axis("x", torch.tensor(math.radians(base_bias_deg), **kw))
-    q = azelcr_to_quat(az.reshape(-1), el.reshape(-1), cr.reshape(-1), base.expand(az.numel(), 4))
-    st = torch.tensor([scale, 0.0, 0.0], **kw).expand(q.shape[0], 3)
-    return torch.cat([st, q], dim=-1).to(dtype)
-
-
-def hypothesis_cameras_from_config(cfg, *, dtype=torch.float32, device=None) -> Tensor:
-    """:func:`hypothesis_cameras` with the fields of a :class:`slopekp.config.MultiplexConfig`; ``(P, 7)``."""
-    return hypothesis_cameras(
-        cfg.num_az,
-        cfg.num_el,
-        cfg.num_cr,
-        scale=cfg.scale_bias,
-        base_bias_deg=cfg.base_bias_deg,
-        az_bias_deg=cfg.az_bias_deg,
-        el_bias_deg=cfg.el_bias_deg,
-        dtype=dtype,
-        device=device,
-    )
-
-
-def apply_offsets(base: Tensor, offsets: Tensor, settings: OffsetSettings) -> Tensor:
-    """Compose base cameras with offsets (METHOD §5.2); differentiable in ``offsets``.
-
-    Args:
-        base: ``(..., 7)`` base cameras ``[s_b, t_b, q_b]``.
-        offsets: ``(..., 6)`` ``[δs, δtx, δty, α_az, α_el, α_cr]`` (broadcast against ``base``).
-        settings: the gain ``c`` and the angle ranges.
-
-    Returns:
-        ``(..., 7)``: ``[s_b + δs, t_b + δt, q_z(cr) ⊗ q_x(el) ⊗ q_y(az) ⊗ q_b]`` with
-        ``az = tanh(c·α_az)·range_az`` (likewise el, cr). Zero offsets give back ``base``.
-    """
-    if base.shape[-1] != 7 or offsets.shape[-1] != NUM_OFFSETS:
-        raise ValueError(
-            f"base must be (..., 7) and offsets (..., 6); got {tuple(base.shape)} and {tuple(offsets.shape)}"
-        )
-    ranges = device_constant(
-        tuple(math.radians(a) for a in (settings.az_range_deg, settings.el_range_deg, settings.cr_range_deg)),
-        offsets.dtype, offsets.device,
-    )  # fmt: skip
-    ang = torch.tanh(settings.gain * offsets[..., 3:]) * ranges
-    shape = torch.broadcast_shapes(base.shape[:-1], offsets.shape[:-1])
-    q_base = base[..., 3:].expand(*shape, 4)
-    ang = ang.expand(*shape, 3)
-    q = azelcr_to_quat(ang[..., 0], ang[..., 1], ang[..., 2], q_base)
-    st = base[..., :3].expand(*shape, 3) + offsets[..., :3].expand(*shape, 3)
-    return torch.cat([st, q], dim=-1)
-
-
-def positive_scale_cameras(cameras: Tensor) -> Tensor:
-    """Replace cameras of negative scale by the silhouette-equivalent camera of positive scale.
-
-    ``p = s·(RX)_xy + t`` with ``s < 0`` equals ``|s|·(R_z(π)·R·X)_xy + t`` (a half turn about the viewing
-    axis negates x and y); only the sign of the depth differs, which a silhouette does not see. Additive
-    scale offsets (METHOD §5.2) can cross zero, and the rest of the package expects ``s > 0``.
-
-    Args:
-        cameras: ``(..., 7)``.
-
-    Returns:
-        ``(..., 7)`` with ``s ≥ 0``; rows with ``s ≥ 0`` are unchanged.
-    """
-    neg = cameras[..., :1] < 0
-    half_turn = device_constant((0.0, 0.0, 0.0, 1.0), cameras.dtype, cameras.device)
-    q = torch.where(neg, quat_multiply(half_turn.expand_as(cameras[..., 3:]), cameras[..., 3:]), cameras[..., 3:])
-    return torch.cat([cameras[..., :1].abs(), cameras[..., 1:3], q], dim=-1)
-
-
-class AdamResult(NamedTuple):
-    """New values of the rows that :func:`adam_update` stepped."""
-
-    param: Tensor
-    """``(R, ...)`` updated parameters."""
-    exp_avg: Tensor
-    """``(R, ...)`` first moments ``m``."""
-    exp_avg_sq: Tensor
-    """``(R, ...)`` second moments ``v``."""
-    step: Tensor
-    """``(R,)`` int64 per-row step counts (each incremented by one)."""
-
-
-def adam_update(
-    param: Tensor,
-    grad: Tensor,
-    exp_avg: Tensor,
-    exp_avg_sq: Tensor,
-    step: Tensor,
-    lr: float,
-    betas: tuple[float, float] = (0.9, 0.999),
-    eps: float = 1e-8,
-) -> AdamResult:
-    """One Adam step (Kingma & Ba 2015; ``torch.optim.Adam`` without weight decay) counted *per row*.
-
-    Every row (leading index) is an independent parameter with its own bias correction, so rows can advance at
-    different rates: pass only the rows of the images in the batch and write the result back.
-
-    Args:
-        param, grad, exp_avg, exp_avg_sq: ``(R, ...)`` the rows' parameters, gradients and moments.
-        step: ``(R,)`` int64 steps already taken by each row.
-        lr, betas, eps: the usual Adam hyper-parameters.
-
-    Returns:
-        :class:`AdamResult` with new tensors (the inputs are not modified).
-    """
-    b1, b2 = betas
-    t = (step + 1).to(param.dtype).reshape((-1,) + (1,) * (param.dim() - 1))
-    m = exp_avg * b1 + grad * (1 - b1)
-    v = exp_avg_sq * b2 + grad.square() * (1 - b2)
-    m_hat = m / (1 - b1**t)
-    v_hat = v / (1 - b2**t)
-    new = param - lr * m_hat / (v_hat.sqrt() + eps)
-    return AdamResult(new, m, v, step + 1)
-
-
-#: Offset-gradient components at most this fraction of the largest one of their group are float rounding noise.
-GRAD_NOISE_FLOOR = 1e-5
-
-
-def suppress_gradient_noise(grad: Tensor, rel: float = GRAD_NOISE_FLOOR) -> Tensor:
-    """Zero the offset-gradient components that are float32 rounding noise, so that Adam does not amplify them.
-
-    A hypothesis of the grid often starts on a symmetry of the problem: a side view of a mirror-symmetric bird
-    (turning it left or right changes its silhouette the same way) or a front view whose silhouette lies
-    inside the mask. There the true gradient of some offsets is exactly zero, and the computed one is
-    rounding noise (``~1e-8`` of the others) whose sign depends on the summation order: on which other
-    images share the batch, or on the device. Adam's first step is ``lr·g/(|g| + eps)``, a full step in the
-    noise's direction, and the hypothesis then rolls off the symmetry to a side chosen by chance. That made
-    Stage I depend on the batch size (issue 8). Components no larger than ``rel`` times the largest of their
-    group (``[δs, δtx, δty]`` or ``[α_az, α_el, α_cr]``: each group shares its units) are set to zero, which
-    is what exact arithmetic gives there; a hypothesis on a symmetry then stays on it.
-
-    Args:
-        grad: ``(..., 6)`` gradients of offsets ``[δs, δtx, δty, α_az, α_el, α_cr]``.
-        rel: the relative noise floor (``1e-5`` leaves a margin of ~100 over float32 summation noise).
-
-    Returns:
-        ``(..., 6)``, a new tensor.
-    """
-    if grad.shape[-1] != NUM_OFFSETS:
-        raise ValueError(f"grad must be (..., {NUM_OFFSETS}), got {tuple(grad.shape)}")
-    g = grad.unflatten(-1, (2, 3))
-    floor = rel * g.abs().amax(-1, keepdim=True)
-    return torch.where(g.abs() <= floor, torch.zeros_like(g), g).flatten(-2)
-
-
-def best_hypothesis(scores: Tensor, rtol: float = 1e-4) -> Tensor:
-    """Index of each image's best hypothesis, ties broken towards the lower index.
-
-    Mirror-symmetric hypotheses (e.g. a camera and its depth mirror, METHOD §2.3) fit a symmetric mask
-    equally well, so their scores agree up to rounding; a plain ``argmax`` would pick between them by float
-    noise (batch size, device). Scores within ``rtol`` (relative) of the row's maximum count as tied.
-
-    Args:
-        scores: ``(..., P)``.
-
-    Returns:
-        ``(...)`` int64.
-    """
-    top = scores.amax(-1, keepdim=True)
-    tied = scores >= top - rtol * top.abs()
-    return tied.to(torch.int8).argmax(-1)  # the first True
-
-
-def minmax_rescale(x: Tensor, eps: float = 1e-6) -> Tensor:
-    """``(x − min) / (max − min + eps)`` over the last dim; ``(..., P)`` → ``(..., P)`` in [0, 1)."""
-    lo = x.amin(-1, keepdim=True)
-    hi = x.amax(-1, keepdim=True)
-    return (x - lo) / (hi - lo + eps)
-
-
-def hypothesis_scores(loss: Tensor, peakiness: float = 20.0, power: float = 1.0, eps: float = 1e-6) -> Tensor:
-    """Scores of P hypotheses from their losses (METHOD §5.3): ``softmin_p(peakiness · L̃^power)``.
-
-    ``L̃`` is the per-image min–max rescaled loss, so the weighting ignores the absolute loss level: the best
-    hypothesis gets weight ``1 / Σ_p exp(−peakiness·L̃_p)`` (the worst ``≈ e^{−peakiness}`` times less). Equal
-    losses give uniform scores.
-
-    Args:
-        loss: ``(..., P)`` per-hypothesis losses (detached by the caller if needed).
-        peakiness: the softmin temperature (``quatScorePeakiness = 20``).
-        power: ``lossToScorePower`` (1).
-
-    Returns:
-        ``(..., P)`` non-negative scores summing to 1 over the last dim.
-    """
-    if checks_values(loss) and not torch.isfinite(loss).all():
-        raise ValueError("hypothesis losses contain NaN or inf; cannot score them")
-    rescaled = minmax_rescale(loss, eps).clamp_min(0).pow(power)
-    return torch.softmax(-peakiness * rescaled, dim=-1)
-
-
-def hypothesis_rotation_errors(cameras: Tensor, gt_cameras: Tensor) -> Tensor:
-    """Geodesic rotation error of every hypothesis against a reference camera, in radians.
-
-    Args:
-        cameras: ``(B, P, 7)`` hypotheses.
-        gt_cameras: ``(B, 7)`` references (e.g. ground truth).
-
-    Returns:
-        ``(B, P)`` angles in ``[0, π]``.
-    """
-    return quat_geodesic_angle(cameras[..., 3:], gt_cameras[:, None, 3:].expand_as(cameras[..., 3:]))
-
-
-def depth_mirror_cameras(cameras: Tensor) -> Tensor:
-    """The silhouette-equivalent "depth-mirrored" cameras of a mirror-symmetric object (METHOD §2.3).
-
-    For an object symmetric about x = 0 (``D·X`` is on the object when ``X`` is, ``D = diag(−1, 1, 1)``),
-    ``R' = Z·R·D`` with ``Z = diag(1, 1, −1)`` projects the object to the same image points as ``R`` under
-    weak perspective, only with depth reversed: the ambiguity a silhouette cannot resolve.
-    ``Z·R·D = R_y(π)·(D·R·D)``, i.e. ``q' = q_y(π) ⊗ (w, x, −y, −z)``; scale and translation are unchanged.
-
-    Args:
-        cameras: ``(..., 7)``.
-
-    Returns:
-        ``(..., 7)``.
-    """
-    q = cameras[..., 3:] * cameras.new_tensor([1.0, 1.0, -1.0, -1.0])
-    half_turn_y = cameras.new_tensor([0.0, 0.0, 1.0, 0.0]).expand_as(q)
-    return torch.cat([cameras[..., :3], quat_multiply(half_turn_y, q)], dim=-1)
 
 
 class ImageIds(NamedTuple):
@@ -359,21 +62,6 @@ def split_image_ids(ids: Tensor) -> ImageIds:
         raise ValueError(f"image ids must lie in [0, {FLIP_ID_BASE}], got min {ids.min()} and max {ids.max()}")
     flipped = ids > FLIP_ID_BASE // 2
     return ImageIds(torch.where(flipped, FLIP_ID_BASE - ids, ids), flipped)
-
-
-def template_fingerprint(verts: Tensor, faces: Tensor) -> str:
-    """A short hash identifying a template mesh (its vertices to 1e-6 and its faces): 16 hex digits.
-
-    Args:
-        verts: ``(V, 3)`` template vertices.
-        faces: ``(F, 3)`` integer faces.
-    """
-    v = np.round(verts.detach().to("cpu", torch.float64).numpy(), 6).astype("<f8")
-    f = faces.detach().to("cpu", torch.int64).numpy().astype("<i8")
-    h = hashlib.sha256()
-    h.update(np.asarray(v.shape, dtype="<i8").tobytes() + v.tobytes())
-    h.update(np.asarray(f.shape, dtype="<i8").tobytes() + f.tobytes())
-    return h.hexdigest()[:16]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -410,7 +98,7 @@ class CameraMultiplex:
 
     Args:
         num_hypotheses: P.
-        fingerprint: :func:`template_fingerprint` of the mesh the cameras were fitted for (checked
+        fingerprint: :func:`~slopekp.mesh.template_fingerprint` of the mesh the cameras were fitted for (checked
             on load and merge).
         settings: the offset parametrisation.
         device: where the tensors live.
@@ -782,7 +470,7 @@ class CameraMultiplex:
 
         ========================= =============== ==========================================================
         ``format``                str             ``"slopekp.camera_multiplex/1"``
-        ``template_fingerprint``  str             :func:`template_fingerprint` of the mesh
+        ``template_fingerprint``  str             :func:`~slopekp.mesh.template_fingerprint` of the mesh
         ``data_fingerprint``      str             fingerprint of the data folder fitted (``""`` unknown;
                                                   optional on load)
         ``num_hypotheses``        int64 ()        P

@@ -5,7 +5,6 @@ This is the only place in Stage I that reads ground-truth cameras: it opens its 
 ``return_gt_camera=True`` (no jitter, no flips; the store re-expresses its cameras for those crops).
 
 Output (``out_dir``):
-
 * ``metrics.json`` — see :func:`multiplex_metrics` for the keys;
 * ``best_score_hist.png`` — histogram of each image's best hypothesis score;
 * ``rotation_error_hist.png`` — histogram of the best hypothesis' rotation error (with ground truth only);
@@ -25,16 +24,16 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
+from torch.utils.data import DataLoader, Subset
 
+from slopekp.data.cub import collate_samples
 from slopekp.eval.metrics import mask_iou
+from slopekp.geometry.camera import depth_mirror_cameras
 from slopekp.train.losses import mask_loss
-from slopekp.train.multiplex import (
-    CameraMultiplex,
-    best_hypothesis,
-    depth_mirror_cameras,
-    hypothesis_rotation_errors,
-)
+from slopekp.train.multiplex import CameraMultiplex
+from slopekp.train.scores import best_hypothesis, hypothesis_rotation_errors
 from slopekp.utils import atomic_save_json, atomic_write
+from slopekp.viz.figures import draw_text, histogram_image, make_grid, overlay_mask_outline, save_png, to_uint8
 
 #: Rotation errors below this many degrees count as "right" (the usual viewpoint-accuracy threshold).
 ACCURACY_DEG = 30.0
@@ -84,9 +83,7 @@ def evaluate_multiplex(
     Returns:
         ``(MultiplexEvaluation, tiles)`` where ``tiles`` are ``(H, W, 3)`` uint8 images.
     """
-    from torch.utils.data import DataLoader, Subset
 
-    from slopekp.data.cub import collate_samples
 
     keep = [i for i in range(len(dataset)) if i in store]
     if not keep:
@@ -244,7 +241,6 @@ def write_multiplex_report(
 
     Returns the metrics (also written to ``out_dir/metrics.json``).
     """
-    from slopekp.viz.figures import histogram_image, make_grid, save_png
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -279,7 +275,6 @@ def write_multiplex_report(
 
 def _example_tile(img: Tensor, mask: Tensor, sil: Tensor, text: str, min_side: int = 128) -> np.ndarray:
     """Image with mask (green) and silhouette (red) outlines, upscaled (nearest) to at least ``min_side`` px."""
-    from slopekp.viz.figures import draw_text, overlay_mask_outline, to_uint8
 
     scale = max(1, -(-min_side // img.shape[-1]))
 

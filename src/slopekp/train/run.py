@@ -15,8 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
-from slopekp.config import Config
+from slopekp.checkpoint import CheckpointError, load_checkpoint
+from slopekp.checkpoint import resume_checkpoint as pick_checkpoint
+from slopekp.config import Config, save_config
+from slopekp.manifest import prepare_output_dir
+from slopekp.train import distributed as D
 from slopekp.utils import resolve_device, seed_everything
 
 
@@ -34,9 +39,6 @@ def prepare_run_dir(out_dir: Path, manifest, cfg: Config, dist, *, inputs, overw
     """Rank 0 checks or prepares ``out_dir`` for ``manifest`` (:func:`slopekp.manifest.prepare_output_dir`) and
     writes ``config.yaml``; every rank gets its answer (``"resume"``, ...), after which the folder is ready (a
     barrier). The number of ranks joins the manifest of a multi-process run: the global batch depends on it."""
-    from slopekp.config import save_config
-    from slopekp.manifest import prepare_output_dir
-    from slopekp.train import distributed as D
 
     if dist.distributed:
         manifest.settings["world_size"] = dist.world_size
@@ -52,21 +54,18 @@ def resume_checkpoint(path: Path, manifest, dist, *, map_location, **checks) -> 
     """The checkpoint a resumed run continues from, or None (no checkpoint yet: it starts afresh).
 
     Rank 0 looks at ``path`` and what an interrupted save left beside it, and moves a complete newer temporary
-    onto ``path`` when ``path`` is damaged or older (:func:`slopekp.train.checkpoint.resume_checkpoint`); then
+    onto ``path`` when ``path`` is damaged or older (:func:`slopekp.checkpoint.resume_checkpoint`); then
     every other rank reads ``path``. ``checks`` (``kind``, ``head``, ``template_fingerprint``) go to the loader.
 
     Raises:
         CheckpointError: on every rank: ``path`` is truncated or corrupt and nothing complete can replace it (the
             message says to rerun with ``--force-new``), or it is of another stage, head or template.
     """
-    from slopekp.train import distributed as D
-    from slopekp.train.checkpoint import CheckpointError, load_checkpoint
-    from slopekp.train.checkpoint import resume_checkpoint as pick
 
     ck, error = None, None
     if dist.is_main:
         try:
-            ck = pick(path, manifest, map_location=map_location, **checks)
+            ck = pick_checkpoint(path, manifest, map_location=map_location, **checks)
         except Exception as e:
             if not dist.distributed:
                 raise
@@ -81,15 +80,8 @@ def resume_checkpoint(path: Path, manifest, dist, *, map_location, **checks) -> 
     return ck
 
 
-def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
-    """The dataset order of ``epoch``: a permutation of ``range(n)`` that depends on ``(seed, epoch)`` only, so a
-    resumed run sees the same batches as an uninterrupted one."""
-    g = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(epoch))
-    return torch.randperm(n, generator=g).tolist()
-
-
 def summary_writer(path: Path):
-    from torch.utils.tensorboard import SummaryWriter  # a declared dependency; imported late (slow import)
+    from torch.utils.tensorboard import SummaryWriter  # slow to import (TensorBoard): only when a run logs
 
     return SummaryWriter(str(path))
 
@@ -151,47 +143,55 @@ class LoopState:
     in_epoch: int = 0
 
 
+@dataclass(frozen=True)
+class LoopSettings:
+    """What a training stage asks of :func:`train_loop`: its length, names and the stage's own callbacks."""
+
+    epochs: int
+    """Epochs in all (a resumed loop continues to this many)."""
+    tag: str
+    """TensorBoard prefix of the logs (``stage2`` -> ``stage2/total``)."""
+    step_fn: Callable[[Any], dict[str, Any]]
+    """Trains on one batch and returns the step's logs (the same on every rank; numbers, or 0-dim tensors left on
+    the device)."""
+    checkpoint: Callable[[dict[str, float]], None]
+    """Writes a checkpoint, given the latest logs."""
+    on_epoch_end: Callable[[int], None] | None = None
+    """Called with the number of epochs done, before that epoch's checkpoint (e.g. pruning the multiplex)."""
+    max_steps: int | None = None
+    """At most this many steps in this call (None: to the end)."""
+    progress: bool = True
+    """Show a progress bar (rank 0)."""
+    desc: str | None = None
+    """The bar's label (default: ``tag``)."""
+    postfix: tuple[str, ...] = ()
+    """Log keys shown on the bar beside ``total``."""
+    checkpoint_path: Path | None = None
+    """Named in the message of a stop by a signal."""
+
+
 def train_loop(
-    *,
-    dataset,
-    cfg: Config,
-    dist,
-    epochs: int,
-    state: LoopState,
-    step_fn: Callable[[Any], dict[str, float]],
-    checkpoint: Callable[[dict[str, float]], None],
-    tag: str,
-    writer=None,
-    progress: bool = True,
-    max_steps: int | None = None,
-    on_epoch_end: Callable[[int], None] | None = None,
-    postfix: tuple[str, ...] = (),
-    checkpoint_path: Path | None = None,
-    desc: str | None = None,
+    dataset, cfg: Config, dist, state: LoopState, loop: LoopSettings, writer=None
 ) -> tuple[dict[str, float], int]:
     """The epoch / step / checkpoint / stop skeleton shared by the training stages.
 
     Each step takes this rank's next batch of :func:`slopekp.train.distributed.shard_loader` (deterministic in
-    ``(cfg.seed, epoch)``, skipping the ``state.in_epoch`` batches already done) and calls ``step_fn(batch)``,
-    which trains on it and returns the step's logs (the same on every rank; numbers, or 0-dim tensors left on the
-    device). The loop then advances ``state``; every ``cfg.train.sync_every`` steps, before each checkpoint and at
-    the end it reads the pending logs back (:func:`read_back`) and logs them as ``tag/KEY`` scalars at their own
-    steps to ``writer`` (rank 0 passes one, the others None); it calls ``checkpoint(logs)``
-    every ``cfg.train.checkpoint_every`` steps, at each epoch's end and after a SIGINT/SIGTERM, which stops every
-    rank after the same step (:class:`StopRequested`). ``on_epoch_end(epochs_done)`` runs before that epoch's
-    checkpoint (e.g. pruning the multiplex). ``max_steps`` bounds the steps of this call.
+    ``(cfg.seed, epoch)``, skipping the ``state.in_epoch`` batches already done) and calls ``loop.step_fn(batch)``.
+    The loop then advances ``state``; every ``cfg.train.sync_every`` steps, before each checkpoint and at the end
+    it reads the pending logs back (:func:`read_back`) and logs them as ``tag/KEY`` scalars at their own steps to
+    ``writer`` (rank 0 passes one, the others None); it calls ``loop.checkpoint(logs)`` every
+    ``cfg.train.checkpoint_every`` steps, at each epoch's end and after a SIGINT/SIGTERM, which stops every rank
+    after the same step (:class:`StopRequested`). ``loop.on_epoch_end(epochs_done)`` runs before that epoch's
+    checkpoint. ``loop.max_steps`` bounds the steps of this call.
 
     Returns the last logs and the number of steps this call took.
     """
-    from tqdm.auto import tqdm
-
-    from slopekp.train import distributed as D
 
     B = cfg.train.batch_size
     per_epoch = D.num_steps(len(dataset), B, dist.world_size)
-    total = epochs * per_epoch
-    bar = tqdm(total=total, initial=min(state.step, total), unit="step", desc=desc or tag,
-               disable=not progress or not dist.is_main, dynamic_ncols=True)  # fmt: skip
+    total = loop.epochs * per_epoch
+    bar = tqdm(total=total, initial=min(state.step, total), unit="step", desc=loop.desc or loop.tag,
+               disable=not loop.progress or not dist.is_main, dynamic_ncols=True)  # fmt: skip
     logs: dict[str, float] = {}
     pending: list[tuple[int, dict]] = []  # steps whose logs are still on the device
 
@@ -201,10 +201,10 @@ def train_loop(
         for step, values in read_back(pending):
             if writer is not None:
                 for k, v in values.items():
-                    writer.add_scalar(f"{tag}/{k}", v, step)
+                    writer.add_scalar(f"{loop.tag}/{k}", v, step)
             logs = values
         if pending:
-            shown = {k: f"{logs[k]:.4f}" for k in ("total", *postfix) if k in logs}
+            shown = {k: f"{logs[k]:.4f}" for k in ("total", *loop.postfix) if k in logs}
             bar.set_postfix(**shown, epoch=state.epoch)
         pending.clear()
         return logs
@@ -212,26 +212,26 @@ def train_loop(
     steps_now = 0
     try:
         with stop_guard() as stop:
-            while state.epoch < epochs and (max_steps is None or steps_now < max_steps):
+            while state.epoch < loop.epochs and (loop.max_steps is None or steps_now < loop.max_steps):
                 loader = D.shard_loader(dataset, B, cfg.seed, state.epoch, dist, state.in_epoch, cfg.train.num_workers)
                 for batch in loader:
-                    pending.append((state.step + 1, step_fn(batch)))
+                    pending.append((state.step + 1, loop.step_fn(batch)))
                     state.step, state.in_epoch, steps_now = state.step + 1, state.in_epoch + 1, steps_now + 1
                     bar.update(1)
                     if state.step % cfg.train.sync_every == 0:
                         read_logs()
                     if state.step % cfg.train.checkpoint_every == 0:
-                        checkpoint(read_logs())
+                        loop.checkpoint(read_logs())
                     if D.any_rank(bool(stop), dist):  # every rank stops after the same step
-                        checkpoint(read_logs())
-                        raise StopRequested(f"stopped by a signal; checkpoint {checkpoint_path or 'written'}")
-                    if max_steps is not None and steps_now >= max_steps:
+                        loop.checkpoint(read_logs())
+                        raise StopRequested(f"stopped by a signal; checkpoint {loop.checkpoint_path or 'written'}")
+                    if loop.max_steps is not None and steps_now >= loop.max_steps:
                         break
                 if state.in_epoch >= per_epoch:
                     state.epoch, state.in_epoch = state.epoch + 1, 0
-                    if on_epoch_end is not None:
-                        on_epoch_end(state.epoch)
-                checkpoint(read_logs())
+                    if loop.on_epoch_end is not None:
+                        loop.on_epoch_end(state.epoch)
+                loop.checkpoint(read_logs())
     finally:
         bar.close()
     return read_logs(), steps_now

@@ -7,7 +7,6 @@ final per-hypothesis losses become scores (min–max rescaling + softmin with pe
 :class:`~slopekp.train.multiplex.CameraMultiplex` keyed by unflipped image id.
 
 Top to bottom:
-
 * :func:`fit_hypotheses` — the pure optimisation of one batch of masks (no data set, no files).
 * :func:`run_stage1` — the command: data set → batches → :func:`fit_hypotheses` → store (saved atomically
   after every ``multiplex.save_every`` batches; images already in the store are skipped, so a killed run
@@ -30,22 +29,26 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 from torch import Tensor
+from torch.utils.data import DataLoader, Subset
+from tqdm.auto import tqdm
 
 from slopekp.config import Config, save_config
+from slopekp.data.cub import CubDataset, collate_samples, require_images
 from slopekp.manifest import MANIFEST_NAME, Manifest, cmr_data_fingerprint, flat_settings, prepare_output_dir
+from slopekp.mesh import load_template, template_fingerprint
 from slopekp.render import Renderer, RenderSettings
-from slopekp.train.losses import mask_loss
-from slopekp.train.multiplex import (
-    CameraMultiplex,
+from slopekp.train import run
+from slopekp.train.camera_adam import adam_update, suppress_gradient_noise
+from slopekp.train.hypotheses import (
     OffsetSettings,
-    adam_update,
     apply_offsets,
     hypothesis_cameras_from_config,
-    hypothesis_scores,
     positive_scale_cameras,
-    suppress_gradient_noise,
-    template_fingerprint,
 )
+from slopekp.train.losses import mask_loss
+from slopekp.train.multiplex import CameraMultiplex
+from slopekp.train.report import write_multiplex_report
+from slopekp.train.scores import hypothesis_scores
 from slopekp.utils import resolve_device, seed_everything
 
 if TYPE_CHECKING:
@@ -59,7 +62,7 @@ class HypothesisFit(NamedTuple):
 
     cameras: Tensor
     """``(B, P, 7)`` fitted cameras (NDC of the masks' crops; scale made positive, see
-    :func:`~slopekp.train.multiplex.positive_scale_cameras`)."""
+    :func:`~slopekp.train.hypotheses.positive_scale_cameras`)."""
     loss: Tensor
     """``(B, P)`` final mask loss of each hypothesis."""
     scores: Tensor
@@ -201,18 +204,7 @@ class Stage1Result:
 
 def build_stage1_renderer(cfg: Config) -> Renderer:
     """The silhouette renderer of Stage I: ``cfg.render`` settings at ``cfg.multiplex.image_size``."""
-    r = cfg.render
-    return Renderer(
-        RenderSettings(
-            image_size=cfg.multiplex.image_size,
-            sigma=r.sigma,
-            gamma=r.gamma,
-            z_offset=r.z_offset,
-            near=r.near,
-            far=r.far,
-            fused=r.fused,
-        )
-    )
+    return Renderer(RenderSettings.from_config(cfg.render, cfg.multiplex.image_size))
 
 
 def build_stage1_dataset(
@@ -223,7 +215,6 @@ def build_stage1_dataset(
     With ``augment`` the ``cfg.data`` flips and jitter apply (train split only, as in U-CMR's Stage I);
     without, crops are deterministic and unflipped (the report).
     """
-    from slopekp.data.cub import CubDataset, require_images
 
     d = cfg.data
     on = augment and d.split == "train"
@@ -248,10 +239,10 @@ STAGE1_COMMAND = "multiplex init"
 #: Config fields that change Stage I's results only through their effect on speed, or that are recorded as
 #: inputs instead: left out of the manifest, so changing them and resuming is allowed.
 _NOT_RESULT_SETTINGS = {
-    "render": ("image_size", "fused"),  # Stage I renders at multiplex.image_size; fused: speed only
+    "render": ("fused",),  # speed only
     # the data folder is an input (fingerprinted); max_items only limits which images are fitted, and each
     # image's cameras do not depend on the others: raising it and resuming extends the store
-    "data": ("root", "images_dir", "sfm_dir", "img_size", "max_items"),
+    "data": ("images_dir", "sfm_dir", "max_items"),
     "multiplex": ("save_every", "batch_size"),  # batch_size is added back when batch_invariant is off
 }
 
@@ -289,7 +280,7 @@ def run_stage1(
     """Stage I end to end: fit the multiplex of every image of ``data_dir`` and write ``out_dir``.
 
     Writes ``out_dir/manifest.json`` (:func:`stage1_manifest`), ``out_dir/config.yaml`` (the resolved config,
-    with ``data.root`` and ``out_dir`` set to the folders really used), ``out_dir/multiplex.npz`` (the store;
+    with ``out_dir`` set to the folder really used), ``out_dir/multiplex.npz`` (the store;
     rewritten atomically every ``cfg.multiplex.save_every`` batches), ``out_dir/tb/`` (TensorBoard scalars) and
     ``out_dir/report/`` (:func:`slopekp.train.report.write_multiplex_report`).
 
@@ -302,10 +293,9 @@ def run_stage1(
             data or settings (:class:`~slopekp.manifest.RunMismatchError`) or by something else
             (:class:`~slopekp.manifest.OutputExistsError`).
     """
-    from slopekp.mesh import load_template
 
     out_dir = Path(out_dir)
-    cfg = dataclasses.replace(cfg, out_dir=str(out_dir), data=dataclasses.replace(cfg.data, root=str(data_dir)))
+    cfg = dataclasses.replace(cfg, out_dir=str(out_dir))
     mp = cfg.multiplex
     device = resolve_device(cfg.device)
     template = load_template(cfg.template.path)
@@ -341,8 +331,6 @@ def run_stage1(
     if not report and fitted and (out_dir / "report").exists():
         shutil.rmtree(out_dir / "report")  # it described fewer images: no stale report stays
     if report:
-        from slopekp.train.report import write_multiplex_report
-
         d = cfg.data
         has_gt = (Path(d.sfm_dir or data_dir) / f"anno_{d.split}.mat").is_file()
         gt_data = build_stage1_dataset(cfg, data_dir, return_gt_camera=has_gt, augment=False)
@@ -364,10 +352,7 @@ def run_stage1(
 
 def _fit_dataset(dataset, store, store_path, verts, faces, renderer, init, cfg, out_dir, progress) -> int:
     """Fit every image of ``dataset`` that is not yet in ``store``; returns how many were fitted."""
-    from torch.utils.data import DataLoader, Subset
-    from tqdm.auto import tqdm
 
-    from slopekp.data.cub import collate_samples
 
     if getattr(dataset, "return_gt_camera", False):
         raise ValueError("Stage I must not see ground-truth cameras: build its data set with return_gt_camera=False")
@@ -383,7 +368,7 @@ def _fit_dataset(dataset, store, store_path, verts, faces, renderer, init, cfg, 
         collate_fn=collate_samples,
     )
     settings = store.settings
-    writer = _summary_writer(out_dir / "tb")
+    writer = run.summary_writer(out_dir / "tb")
     done, t0 = 0, time.perf_counter()
     bar = tqdm(total=len(todo), unit="img", desc="Stage I", disable=not progress, dynamic_ncols=True)
     try:
@@ -415,8 +400,3 @@ def _fit_dataset(dataset, store, store_path, verts, faces, renderer, init, cfg, 
             writer.close()
     return done
 
-
-def _summary_writer(path: Path):
-    from torch.utils.tensorboard import SummaryWriter  # a declared dependency; imported late (slow import)
-
-    return SummaryWriter(str(path))

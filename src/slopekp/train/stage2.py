@@ -2,7 +2,6 @@
 
 Each step, for a batch of B images and the P hypotheses of each (read from the store, re-expressed for the
 batch's crops and mirrors):
-
 1. the network predicts the shape ``(B, V, 3)`` and the UV texture ``(B, 3, Hu, Wu)``;
 2. every hypothesis renders the predicted mesh: soft silhouette and texture, ``B·P`` renders;
 3. per hypothesis: ``L_mask (B, P)`` and ``L_tex (B, P)`` (:mod:`slopekp.train.losses`);
@@ -29,21 +28,30 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 
+from slopekp.checkpoint import rng_state, save_checkpoint, set_rng_state
 from slopekp.config import Config, config_to_yaml
+from slopekp.data.cub import CubDataset, require_images
+from slopekp.eval.metrics import rotation_error_stats
 from slopekp.manifest import Manifest, cmr_data_fingerprint, file_digest, flat_settings
-from slopekp.mesh import regularizers
-from slopekp.render import Renderer, RenderSettings
+from slopekp.mesh import load_template, regularizers, template_fingerprint
+from slopekp.models.base import Prediction
+from slopekp.models.encoder import normalize_image
+from slopekp.models.reconstructor import build_model
+from slopekp.render import Renderer, RenderResult, RenderSettings
 from slopekp.train import distributed as D
 from slopekp.train import run
-from slopekp.train.checkpoint import rng_state, save_checkpoint, set_rng_state
+from slopekp.train.hypotheses import OffsetSettings
 from slopekp.train.losses import hypothesis_weights, mask_loss, texture_loss
-from slopekp.train.multiplex import CameraMultiplex, OffsetSettings, template_fingerprint
-from slopekp.utils import resolve_device
+from slopekp.train.multiplex import CameraMultiplex, MultiplexLookup
+from slopekp.train.report import evaluate_multiplex
+from slopekp.train.scores import best_hypothesis
+from slopekp.train.stage1 import build_stage1_dataset, build_stage1_renderer
+from slopekp.utils import atomic_save_json, resolve_device
 
 STAGE2_COMMAND = "train stage2"
 CHECKPOINT = Path("checkpoints") / "last.pt"
@@ -51,8 +59,8 @@ STORE_NAME = "multiplex.npz"
 
 #: Settings left out of the manifest: they change speed or how long the run goes, not what a step computes.
 _NOT_RESULT = {
-    "render": ("image_size", "fused"),  # Stage II renders at train.render_size; fused: speed only
-    "data": ("root", "images_dir", "sfm_dir", "img_size"),
+    "render": ("fused",),  # speed only
+    "data": ("images_dir", "sfm_dir"),
     "model": ("pose_head", "num_keypoints", "end2end"),  # Stage II does not run the pose head
     "train": ("epochs", "pose_epochs", "checkpoint_every", "num_workers", "sync_every", "camera_weight",
               "heatmap_weight", "freeze_backbone", "pose_targets", "mirror_by_appearance"),  # Stage III's; fmt: skip
@@ -85,7 +93,6 @@ def stage2_manifest(cfg: Config, data_dir, multiplex_path, template_fp: str) -> 
 
 def build_train_dataset(cfg: Config, data_dir, return_gt_camera: bool = False, augment: bool = True):
     """The CMR data set at the network's input size, with ``cfg.data``'s crops, jitter and flips (train split)."""
-    from slopekp.data.cub import CubDataset, require_images
 
     d = cfg.data
     on = augment and d.split == "train"
@@ -97,9 +104,8 @@ def build_train_dataset(cfg: Config, data_dir, return_gt_camera: bool = False, a
 
 
 def build_renderer(cfg: Config) -> Renderer:
-    r = cfg.render
-    return Renderer(RenderSettings(image_size=cfg.train.render_size, sigma=r.sigma, gamma=r.gamma,
-                                   z_offset=r.z_offset, near=r.near, far=r.far, fused=r.fused))  # fmt: skip
+    """The renderer of Stage II (and of the Stage III targets' appearance): ``cfg.render`` at ``train.render_size``."""
+    return Renderer(RenderSettings.from_config(cfg.render, cfg.train.render_size))
 
 
 def resize_targets(batch, size: int):
@@ -124,11 +130,29 @@ def shape_priors(pred, faces: Tensor, template_verts: Tensor, w) -> dict[str, Te
     return out
 
 
+class Stage2Losses(NamedTuple):
+    """One Stage II step's losses and what the step needs besides (:func:`stage2_losses`)."""
+
+    network: Tensor
+    """Scalar: the network's loss, each image's hypotheses weighted by ``weights``, plus the shape priors."""
+    camera: Tensor
+    """Scalar: the multiplex's loss (every hypothesis equally), for the cameras' own update."""
+    lookup: MultiplexLookup
+    """The batch's rows of the store (cameras, offsets)."""
+    weights: Tensor
+    """``(B, P)`` the hypotheses' detached weights (METHOD §5.4)."""
+    logs: dict[str, Tensor]
+    """0-dim tensors on the device, read back by the training loop every ``train.sync_every`` steps."""
+    prediction: Prediction
+    """The network's output (for the example images)."""
+    render: RenderResult
+    """The renders under every hypothesis (for the example images)."""
+
+
 def stage2_losses(model, store: CameraMultiplex, renderer: Renderer, template, batch, cfg: Config,
-                  ids: Tensor | None = None):  # fmt: skip
-    """One step's losses. Returns ``(network_loss, camera_loss, lookup, q (B, P), logs)``. ``ids``: the batch's
-    image ids on the host (default ``batch.id``; reading ids on an accelerator makes the host wait for it)."""
-    from slopekp.models.encoder import normalize_image
+                  ids: Tensor | None = None) -> Stage2Losses:  # fmt: skip
+    """One step's losses (:class:`Stage2Losses`). ``ids``: the batch's image ids on the host (default ``batch.id``;
+    reading ids on an accelerator makes the host wait for it)."""
 
     w = cfg.train
     with run.autocast(batch.img.device, w.amp):
@@ -152,7 +176,8 @@ def stage2_losses(model, store: CameraMultiplex, renderer: Renderer, template, b
     if l_tex is not None:
         logs["texture"] = l_tex.detach().mean()
     # logs stay on the device (0-dim tensors): the training loop reads them back every train.sync_every steps
-    return net, cam, lk, q, {k: v.detach() if isinstance(v, Tensor) else v for k, v in logs.items()}, (pred, res)
+    logs = {k: v.detach() if isinstance(v, Tensor) else v for k, v in logs.items()}
+    return Stage2Losses(net, cam, lk, q, logs, pred, res)
 
 
 def run_stage2(
@@ -174,11 +199,9 @@ def run_stage2(
     (DDP), every rank applies every rank's multiplex updates after each step (so all ranks hold the same store),
     and rank 0 alone writes the folder, the checkpoints and the logs.
     """
-    from slopekp.mesh import load_template
-    from slopekp.models.reconstructor import build_model
 
     out_dir = Path(out_dir)
-    cfg = dataclasses.replace(cfg, out_dir=str(out_dir), data=dataclasses.replace(cfg.data, root=str(data_dir)))
+    cfg = dataclasses.replace(cfg, out_dir=str(out_dir))
     resolve_device(cfg.device)  # a device this machine lacks fails before anything is written
     template = load_template(cfg.template.path)
     fp = template_fingerprint(template.verts, template.faces)
@@ -237,7 +260,7 @@ def run_stage2(
         batch = batch.to(device)
         if batch.gt_camera is not None:
             raise ValueError("Stage II received ground-truth cameras")
-        net, cam, lk, q, logs, (pred, res) = stage2_losses(ddp, store, renderer, template, batch, cfg, ids)
+        net, cam, lk, q, logs, pred, res = stage2_losses(ddp, store, renderer, template, batch, cfg, ids)
         opt.zero_grad(set_to_none=True)
         net.backward(inputs=params, retain_graph=True)
         if cfg.train.grad_clip > 0:
@@ -261,11 +284,10 @@ def run_stage2(
     t0 = time.perf_counter()
     model.train()
     try:
-        logs, _ = run.train_loop(
-            dataset=dataset, cfg=cfg, dist=dist, epochs=cfg.train.epochs, state=at, step_fn=train_step,
-            checkpoint=checkpoint, tag="stage2", writer=writer, progress=progress, max_steps=max_steps,
-            on_epoch_end=end_of_epoch, postfix=("best_mask",), checkpoint_path=ckpt_path, desc="Stage II",
-        )  # fmt: skip
+        loop = run.LoopSettings(cfg.train.epochs, "stage2", train_step, checkpoint, on_epoch_end=end_of_epoch,
+                                max_steps=max_steps, progress=progress, desc="Stage II", postfix=("best_mask",),
+                                checkpoint_path=ckpt_path)  # fmt: skip
+        logs, _ = run.train_loop(dataset, cfg, dist, at, loop, writer)
     finally:
         if writer is not None:
             writer.close()
@@ -295,7 +317,6 @@ def prune(store: CameraMultiplex, epoch: int, cfg: Config) -> CameraMultiplex:
 def write_examples(writer, step: int, batch, pred, res, q: Tensor, size: int, n: int = 4) -> None:
     """TensorBoard image rows: input | best hypothesis' silhouette | its textured render | the UV texture, and the
     scores of every hypothesis as a histogram."""
-    from slopekp.train.multiplex import best_hypothesis
 
     best = best_hypothesis(q)
     rows = []
@@ -325,9 +346,6 @@ def write_stage2_report(cfg, data_dir, multiplex_path, store, template, out: Pat
     """``report/metrics.json``: the last losses and, with ground truth, the quality of the pose targets (the best
     hypothesis against GT, strictly and up to the depth mirror, and how often the best is the depth mirror)
     before (the Stage I store) and after Stage II."""
-    from slopekp.train.report import evaluate_multiplex
-    from slopekp.train.stage1 import build_stage1_dataset, build_stage1_renderer
-    from slopekp.utils import atomic_save_json
 
     metrics: dict[str, Any] = {"steps": step, "last_losses": logs}
     size_cfg = dataclasses.replace(cfg, multiplex=dataclasses.replace(cfg.multiplex, image_size=cfg.train.render_size))
@@ -348,7 +366,6 @@ def write_stage2_report(cfg, data_dir, multiplex_path, store, template, out: Pat
 def target_quality(ev) -> dict[str, float]:
     """Best-hypothesis rotation error against GT (degrees), strictly and up to the depth mirror, and the share of
     images whose best hypothesis is the depth mirror of the truth (closer to the mirror than to GT, within 30°)."""
-    from slopekp.eval.metrics import rotation_error_stats
 
     if ev.best_err is None:
         return {}

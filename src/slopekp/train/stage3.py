@@ -30,6 +30,7 @@ Writes ``OUT/manifest.json``, ``config.yaml``, ``checkpoints/last.pt`` (a comple
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import time
 from dataclasses import dataclass
@@ -38,15 +39,24 @@ from typing import Any
 
 import torch
 
+from slopekp.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state, template_payload
 from slopekp.config import CHOICES, Config, config_to_yaml, load_config
+from slopekp.data.synth.writer import GENERATOR_NAME
+from slopekp.eval.evaluate import benchmark_dataset, evaluate_model
+from slopekp.geometry.camera import depth_mirror_cameras
 from slopekp.manifest import Manifest, cmr_data_fingerprint, file_digest, flat_settings
+from slopekp.mesh import load_template, template_fingerprint
+from slopekp.models.base import EncoderOutput, PoseLossContext
+from slopekp.models.encoder import normalize_image
+from slopekp.models.reconstructor import BACKBONE, build_model
+from slopekp.render import Lighting, Renderer, RenderSettings
 from slopekp.train import distributed as D
 from slopekp.train import run
-from slopekp.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state, template_payload
-from slopekp.train.losses import camera_loss, heatmap_loss
-from slopekp.train.multiplex import CameraMultiplex, depth_mirror_cameras, split_image_ids, template_fingerprint
-from slopekp.train.stage2 import CHECKPOINT, STORE_NAME, build_train_dataset
+from slopekp.train.appearance import choose_depth_mirrors
+from slopekp.train.multiplex import CameraMultiplex, split_image_ids
+from slopekp.train.stage2 import CHECKPOINT, STORE_NAME, build_renderer, build_train_dataset
 from slopekp.utils import atomic_save_json
+from slopekp.version import __version__
 
 STAGE3_COMMAND = "train stage3"
 _POSE_FIELDS = ("pose_head", "num_keypoints", "end2end")
@@ -115,7 +125,7 @@ def stage3_manifest(
         "fingerprint": f"{file_digest(stage2_dir / STORE_NAME).hexdigest()[:16]}@step{stage2_step}",
         "path": str(stage2_dir.resolve()),
     }
-    settings = {"seed": cfg.seed, **flat_settings(cfg.data, "data", ("root", "images_dir", "sfm_dir", "img_size"))}
+    settings = {"seed": cfg.seed, **flat_settings(cfg.data, "data", ("images_dir", "sfm_dir"))}
     settings["targets"] = targets_label(cfg, supervised)
     settings.update(flat_settings(cfg.model, "model"))
     not_result = ("pose_epochs", "epochs", "checkpoint_every", "num_workers", "sync_every")
@@ -128,9 +138,6 @@ def stage3_manifest(
 
 def stage3_loss(model, batch, target: torch.Tensor, cfg: Config, faces, hard_renderer) -> tuple[torch.Tensor, dict]:
     """The pose loss of one batch against the target cameras ``(B, 7)``."""
-    from slopekp.models.base import EncoderOutput
-    from slopekp.models.encoder import normalize_image
-    from slopekp.models.keypoints import heatmap_targets, keypoint_visibility
 
     w = cfg.train
     img = normalize_image(batch.img)
@@ -140,26 +147,8 @@ def stage3_loss(model, batch, target: torch.Tensor, cfg: Config, faces, hard_ren
         verts = model.shape(enc.flat).verts.float()
     if enc.flat.dtype != torch.float32:  # bf16 backbone: the pose head (and PnP) run in float32
         enc = EncoderOutput({k: v.float() for k, v in enc.features.items()}, enc.conv.float(), enc.flat.float())
-    logs: dict[str, torch.Tensor] = {}  # on the device: read back by the training loop
-    if model.pose_head != "keypoints":
-        out = model.pose(enc, verts)
-        loss = w.camera_weight * camera_loss(out.camera, target).mean()
-        logs["camera"] = loss.detach()
-        return loss, logs
-    head = model.pose
-    heat = head.decoder(enc.features)
-    with torch.no_grad():
-        vis = keypoint_visibility(verts.detach(), faces, target, head.keypoint_index, hard_renderer)
-        goal = heatmap_targets(vis.points2d, vis.visible, tuple(heat.shape[-2:]))
-    loss = heatmap_loss(heat, goal, vis.visible, weight=w.heatmap_weight)
-    logs["heatmap"] = loss.detach()
-    logs["visible_keypoints"] = vis.visible.float().mean()
-    if head.end2end and w.camera_weight > 0:
-        cam = head.pose_from_heatmaps(heat, verts).camera
-        l_cam = w.camera_weight * camera_loss(cam, target).mean()
-        logs["camera"] = l_cam.detach()
-        loss = loss + l_cam
-    return loss, logs
+    ctx = PoseLossContext(faces, hard_renderer, w.camera_weight, w.heatmap_weight)
+    return model.pose.loss(enc, verts, target, ctx)  # logs: on the device, read back by the training loop
 
 
 def run_stage3(
@@ -186,16 +175,13 @@ def run_stage3(
     of the batch (no SyncBatchNorm), so a step is not exactly a single-process step on the global batch. Rank 0
     alone writes the folder, the checkpoints, the logs and the test-split report.
     """
-    from slopekp.mesh import load_template
-    from slopekp.models.reconstructor import BACKBONE, build_model
-    from slopekp.render import Renderer, RenderSettings
 
     out_dir, stage2_dir = Path(out_dir), Path(stage2_dir)
     for need in (stage2_dir / CHECKPOINT, stage2_dir / STORE_NAME, stage2_dir / "config.yaml"):
         if not need.is_file():
             raise FileNotFoundError(f"{stage2_dir}: not a finished Stage II run (no {need.relative_to(stage2_dir)})")
     cfg = stage3_config(cfg, stage2_dir, head)
-    cfg = dataclasses.replace(cfg, out_dir=str(out_dir), data=dataclasses.replace(cfg.data, root=str(data_dir)))
+    cfg = dataclasses.replace(cfg, out_dir=str(out_dir))
     device = D.rank_device(run.setup(cfg), dist)  # seeds before the pose head is initialised
     template = load_template(cfg.template.path)
     fp = template_fingerprint(template.verts, template.faces)
@@ -229,9 +215,7 @@ def run_stage3(
         p.requires_grad_(n.startswith(trained))
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=cfg.train.lr)
-    heat_size = model.pose.heatmap_side(model.encoder.feature_sizes["layer1"]) if head == "keypoints" else None
-    hard = Renderer(RenderSettings(image_size=heat_size or cfg.model.image_size, z_offset=cfg.render.z_offset,
-                                   near=cfg.render.near, far=cfg.render.far))  # fmt: skip
+    hard = Renderer(RenderSettings.from_config(cfg.render, model.pose.target_size(model.encoder)))
     ckpt_path = out_dir / CHECKPOINT
     at = run.LoopState()
     ck = None
@@ -288,11 +272,9 @@ def run_stage3(
     writer = run.summary_writer(out_dir / "tb") if dist.is_main else None
     t0 = time.perf_counter()
     try:
-        logs, _ = run.train_loop(
-            dataset=dataset, cfg=cfg, dist=dist, epochs=cfg.train.pose_epochs, state=at, step_fn=train_step,
-            checkpoint=checkpoint, tag="stage3", writer=writer, progress=progress, max_steps=max_steps,
-            checkpoint_path=ckpt_path, desc=f"Stage III {head}",
-        )  # fmt: skip
+        loop = run.LoopSettings(cfg.train.pose_epochs, "stage3", train_step, checkpoint, max_steps=max_steps,
+                                progress=progress, desc=f"Stage III {head}", checkpoint_path=ckpt_path)  # fmt: skip
+        logs, _ = run.train_loop(dataset, cfg, dist, at, loop, writer)
     finally:
         if writer is not None:
             writer.close()
@@ -316,9 +298,8 @@ def run_stage3(
 
 
 def model_card_entries(data_dir, manifest: Manifest, num_images: int) -> dict[str, Any]:
-    """The checkpoint's ``card`` (:func:`slopekp.train.checkpoint.model_card`): what it was trained on and with which
+    """The checkpoint's ``card`` (:func:`slopekp.checkpoint.model_card`): what it was trained on and with which
     slopekp; the test metrics are added after training. (When: the manifest's ``created``.)"""
-    from slopekp import __version__
 
     data = manifest.inputs.get("data", {})
     return {
@@ -330,12 +311,11 @@ def model_card_entries(data_dir, manifest: Manifest, num_images: int) -> dict[st
 
 
 def dataset_name(data_dir) -> str:
-    """``SynthBirds`` for a folder of :mod:`slopekp.data.synthetic`, else the folder's name."""
-    import json
-
+    """``SynthBirds`` for a folder written by :func:`slopekp.data.synth.writer.generate_synthbirds`, else the
+    folder's name."""
     meta = Path(data_dir) / "meta.json"
     try:
-        if json.loads(meta.read_text()).get("generator") == "slopekp.data.synthetic":
+        if json.loads(meta.read_text()).get("generator") == GENERATOR_NAME:
             return "SynthBirds"
     except (OSError, ValueError, AttributeError):
         pass
@@ -346,8 +326,6 @@ def dataset_name(data_dir) -> str:
 def write_examples(writer, step: int, model, batch, target, faces, n: int = 4) -> None:
     """TensorBoard image rows: input | the mesh under the predicted camera | under the target camera | (keypoint
     head) the heatmaps' maximum over the keypoints, normalised per image."""
-    from slopekp.models.encoder import normalize_image
-    from slopekp.render import Lighting, Renderer, RenderSettings
 
     n = min(n, batch.img.shape[0])
     pred = model(normalize_image(batch.img[:n]))
@@ -371,11 +349,8 @@ def write_examples(writer, step: int, model, batch, target, faces, n: int = 4) -
 def appearance_mirrors(cfg: Config, data_dir, store, template, device) -> tuple[torch.Tensor, dict]:
     """:func:`slopekp.train.appearance.choose_depth_mirrors` over the training set: ``(mirror_of, summary)`` with
     ``mirror_of[id]`` True where the target is the depth mirror of the best camera."""
-    from slopekp.render import Renderer, RenderSettings
-    from slopekp.train.appearance import choose_depth_mirrors
 
-    r = cfg.render
-    renderer = Renderer(RenderSettings(image_size=cfg.train.render_size, z_offset=r.z_offset, near=r.near, far=r.far))
+    renderer = build_renderer(cfg)
     dataset = build_train_dataset(cfg, data_dir, augment=False)
     ids, choice = choose_depth_mirrors(store, dataset, template.verts, template.faces, renderer,
                                        batch_size=max(cfg.train.batch_size, 32), device=device)  # fmt: skip
@@ -401,7 +376,6 @@ def set_train_modes(model: torch.nn.Module, cfg: Config) -> None:
 def evaluate_split(model, cfg: Config, data_dir, faces, split: str) -> dict | None:
     """:func:`slopekp.eval.evaluate.evaluate_model` on ``split`` when the folder has it with ground-truth cameras
     (the report's only reader of ground truth); None otherwise."""
-    from slopekp.eval.evaluate import benchmark_dataset, evaluate_model
 
     d = cfg.data
     try:

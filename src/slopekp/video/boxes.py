@@ -6,7 +6,6 @@ in 0-based frame pixels, inclusive corners (``docs/conventions.md``); the recons
 as at training time (:meth:`slopekp.predict.Reconstructor.prepare`).
 
 ``spec``:
-
 * ``gt``: the tight box of each object's ground-truth mask (an oracle);
 * ``masks:DIR``: the tight boxes of a folder of predicted masks in the DAVIS format, ``DIR/<sequence>/<frame>.png``
   palette PNGs whose values are object ids (what LWL or any VOS method writes); every frame must have one and
@@ -23,6 +22,7 @@ from __future__ import annotations
 import abc
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from slopekp.data.video import VOID_LABEL, VideoSequence, read_label_png
@@ -129,7 +129,6 @@ def check_label_ids(labels: np.ndarray, ids: tuple[int, ...], path: Path) -> Non
 class TrackerBoxes(BoxTrack):
     def __init__(self, sequence: VideoSequence, kind: str = "csrt") -> None:
         super().__init__(sequence)
-        import cv2
 
         make = {"csrt": getattr(cv2, "TrackerCSRT_create", None), "kcf": getattr(cv2, "TrackerKCF_create", None)}
         self.create = make.get(kind)
@@ -139,8 +138,6 @@ class TrackerBoxes(BoxTrack):
         self.trackers: dict[int, object] = {}
 
     def step(self, t: int, frame: np.ndarray) -> dict[int, np.ndarray | None]:
-        import cv2
-
         h, w = frame.shape[:2]
         bgr = np.ascontiguousarray(frame[..., ::-1])
         out: dict[int, np.ndarray | None] = {}

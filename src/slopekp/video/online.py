@@ -5,7 +5,6 @@ reconstruct → render the silhouette → paste it back at frame resolution → 
 :class:`~slopekp.video.boxes.BoxTrack`, their crops are reconstructed as one batch
 (:meth:`slopekp.predict.Reconstructor.predict_crops`), and each object's mask is pasted into the frame. An object
 without a box in a frame (absent, or lost by the tracker) gets an empty mask there. What it writes, per sequence:
-
 * ``masks/<sequence>/<frame>.png``: the predicted masks in the DAVIS format (palette PNG, object ids), which the
   official toolkit can score too. Where two objects' masks overlap, the one with the larger box is taken to be in
   front (weak-perspective crops say nothing of depth between objects). The folder is replaced whole when the
@@ -29,15 +28,19 @@ from __future__ import annotations
 import dataclasses
 import shutil
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2
 import numpy as np
+import roma
 import torch
 
-from slopekp.data.synthetic_video import label_image
-from slopekp.data.video import VideoSequence
+from slopekp.data.video import VideoSequence, label_image
 from slopekp.eval.video_metrics import JStats, boundary_measure, region_similarity, sequence_statistics
+from slopekp.predict import CropWarning
+from slopekp.video.boxes import open_boxes
 from slopekp.viz.figures import save_image
 
 __all__ = ["ObjectResult", "SequenceResult", "Smoother", "run_sequence", "score_frame"]
@@ -127,7 +130,6 @@ class Smoother:
 
     def __call__(self, oid: int, camera_px: torch.Tensor, verts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``camera_px (7,)`` float64, ``verts (V, 3)`` → their smoothed values (stored for the next frame)."""
-        import roma
 
         prev = self.state.get(oid)
         if self.amount == 0 or prev is None:
@@ -150,8 +152,6 @@ class _VideoWriter:
         self.path, self.fps, self.writer, self.tmp = path, fps, None, path.with_name(f".{path.name}.part.mp4")
 
     def write(self, frame: np.ndarray) -> None:
-        import cv2
-
         if self.writer is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             h, w = frame.shape[:2]
@@ -173,7 +173,6 @@ class _VideoWriter:
 def _figure_frame(frame: np.ndarray, overlays: list[np.ndarray], boxes: list[np.ndarray], crops: list[np.ndarray],
                   height: int) -> np.ndarray:  # fmt: skip
     """The frame with the textured reconstructions blended in and their boxes, beside a column of the crops."""
-    import cv2
 
     out = frame.astype(np.float32) / 255.0
     for ov in overlays:
@@ -219,10 +218,7 @@ def run_sequence(
         ValueError: naming the file or folder: fewer than 2 frames, a bad box source, a mask folder with missing
             frames or unknown ids.
     """
-    import warnings
 
-    from slopekp.predict import CropWarning
-    from slopekp.video.boxes import open_boxes
 
     if len(sequence) < 2:
         raise ValueError(f"sequence {sequence.name!r}: a video needs at least 2 frames, got {len(sequence)}")

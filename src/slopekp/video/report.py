@@ -5,7 +5,6 @@ Per object and overall (the mean over all objects of all sequences, as the DAVIS
 J-Recall, J-Decay, F-Mean, F-Recall, F-Decay and J&F-Mean ``= (J-Mean + F-Mean) / 2``, under both frame conventions
 (:data:`slopekp.eval.video_metrics.FRAME_CONVENTIONS`). The tables are written as ``results.json`` and
 ``results.md``. The summary (:func:`summarise`, the body of ``results.json``):
-
 * ``objects``: one row per object: ``sequence``, ``object``, ``frames``, ``frames_with_box``, ``scored``; J's
   statistics under each convention (``row["all"]``, ``row["drop-first-last"]``: ``mean``, ``recall``, ``decay``,
   ``frames``); F's (``row["F"][convention]``, the same keys) and ``row["J&F"][convention]`` (the J&F-Mean);
@@ -22,9 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
+from slopekp.data.video import DavisDataset, YouTubeVOSDataset
 from slopekp.eval.video_metrics import FRAME_CONVENTIONS, aggregate, jf_mean
 from slopekp.utils import atomic_save_json, atomic_write
+from slopekp.video.boxes import MaskFolderBoxes
 from slopekp.video.online import ObjectResult, SequenceResult, score_frame
 
 __all__ = ["PAPER_TABLE2", "open_video_dataset", "score_mask_folder", "summarise", "write_tables"]
@@ -47,7 +49,6 @@ def open_video_dataset(root: str | Path, split: str | None = None):
     Raises:
         ValueError: naming ``root`` when it is neither.
     """
-    from slopekp.data.video import DavisDataset, YouTubeVOSDataset
 
     root = Path(root)
     if not root.is_dir():
@@ -178,9 +179,7 @@ def score_mask_folder(dataset, pred_dir: str | Path, sequences: list[str] | None
         ValueError: naming the file or folder: a sequence without predictions, missing frames, a PNG that is not a
             palette PNG of the frame's size, unknown ids, a sequence under 2 frames or without annotations.
     """
-    from tqdm.auto import tqdm
 
-    from slopekp.video.boxes import MaskFolderBoxes
 
     results = []
     names = select_sequences(dataset, sequences)

@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
+from slopekp.predict.outputs import INDEX
+
 __all__ = ["listing", "make_server", "serve_in_thread"]
 
 STATIC = ("index.html", "viewer.js", "style.css")
@@ -39,7 +41,6 @@ def listing(folder: str | os.PathLike) -> dict[str, Any]:
     Raises:
         ValueError: naming the folder: not a folder, a damaged ``predictions.json``, or no predictions in it.
     """
-    from slopekp.predict.outputs import INDEX
 
     folder = Path(folder)
     if not folder.is_dir():

@@ -8,6 +8,7 @@ Points are 0-based pixel coordinates ``(u, v)`` = (column, row).
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from slopekp.data.matfiles import check_mask_matches_image, read_cub_cleaned, read_image
 from slopekp.utils import atomic_write
 
 #: Distinct colours for the 15 CUB keypoints (RGB), in CUB part order.
@@ -176,7 +178,7 @@ def histogram_image(values, bins: int = 20, range=None, title: str = "", size=(3
 
 def pyplot():
     """``matplotlib.pyplot`` on the Agg backend (no display needed), imported on first use."""
-    import matplotlib
+    import matplotlib  # slow to import, and the backend must be chosen before pyplot: only when a figure is drawn
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
@@ -186,7 +188,6 @@ def pyplot():
 
 def save_figure(fig, path: str | os.PathLike, dpi: int = 110) -> None:
     """Write a matplotlib figure as PNG atomically and close it."""
-    import io
 
     plt = pyplot()
     buf = io.BytesIO()
@@ -215,7 +216,6 @@ def contact_sheet(root: str | os.PathLike, n: int = 24, split: str = "train", nc
     Raises:
         ValueError: ``n < 1``, or the dataset's files are missing or malformed (naming the file).
     """
-    from slopekp.data.matfiles import check_mask_matches_image, read_cub_cleaned, read_image
 
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")

@@ -1,4 +1,4 @@
-"""Training checkpoints: one file that resumes a run exactly, written atomically, loaded without unpickling.
+"""Checkpoints of trained models: one file that resumes a run exactly, written atomically, loaded without unpickling.
 
 A checkpoint is a ``torch.save`` of plain containers (dicts, lists, strings, numbers and tensors only), so it
 loads with ``torch.load(weights_only=True)``: a file from elsewhere cannot run code. It holds
@@ -7,7 +7,7 @@ loads with ``torch.load(weights_only=True)``: a file from elsewhere cannot run c
 ``format``                ``"slopekp.checkpoint/1"``
 ``kind``                  ``"stage2"`` or ``"stage3"``
 ``head``                  the pose head's name (``quaternion``, ``gramschmidt``, ``svd``, ``keypoints``)
-``template_fingerprint``  :func:`slopekp.train.multiplex.template_fingerprint` of the template
+``template_fingerprint``  :func:`slopekp.mesh.template_fingerprint` of the template
 ``config``                the resolved config as YAML text
 ``manifest``              the run's :class:`slopekp.manifest.Manifest` as a dict
 ``model``                 ``model.state_dict()``
@@ -26,6 +26,7 @@ loads with ``torch.load(weights_only=True)``: a file from elsewhere cannot run c
 from __future__ import annotations
 
 import contextlib
+import glob
 import io
 import os
 import pickle
@@ -38,6 +39,8 @@ from typing import Any
 
 import torch
 
+from slopekp.manifest import Manifest
+from slopekp.mesh.template import Template
 from slopekp.utils import atomic_write
 
 CHECKPOINT_FORMAT = "slopekp.checkpoint/1"
@@ -149,7 +152,7 @@ def _allowed_globals() -> set[str]:
     """What ``torch.load(weights_only=True)`` accepts (torch's allow-list and ``add_safe_globals``); empty if this
     torch does not say."""
     try:
-        from torch import _weights_only_unpickler as wu
+        from torch import _weights_only_unpickler as wu  # private: another torch may lack it (see below)
 
         return set(wu._get_allowed_globals()) | set(wu._get_user_allowed_globals())
     except Exception:  # a private API: another torch may lack it
@@ -220,8 +223,6 @@ def template_from_payload(payload: Any, path: str | os.PathLike):
     Raises:
         CheckpointError: the entry is not a template (missing arrays, bad shapes or values).
     """
-    from slopekp.mesh import Template
-
     if not isinstance(payload, dict) or not all(isinstance(payload.get(k), torch.Tensor)
                                                 for k in ("verts", "faces", "verts_uv")):  # fmt: skip
         raise CheckpointError(f"{path}: the checkpoint's template entry is not a mesh (verts, faces, verts_uv)")
@@ -349,7 +350,6 @@ def resume_checkpoint(
             file and ``--force-new``), or a checkpoint of another stage, head or template; or a refusal of
             :func:`load_checkpoint`.
     """
-    import glob
 
     path = Path(path)
     current: dict[str, Any] | None = None
@@ -394,8 +394,6 @@ def resume_checkpoint(
 
 def _intact_temporary(tmp: Path, manifest, **checks) -> dict[str, Any] | None:
     """The checkpoint in ``tmp`` if it is complete, passes ``checks`` and was made by the run of ``manifest``."""
-    from slopekp.manifest import Manifest
-
     try:
         ck = load_checkpoint(tmp, **checks)
         made_by = Manifest.from_dict(ck.get("manifest"), str(tmp))

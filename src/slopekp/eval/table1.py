@@ -1,40 +1,21 @@
-"""``slopekp benchmark``: the paper's Table 1 on any CMR-format folder, the same protocol for every pose head.
-
-Stage I runs once; for each seed, Stage II runs once and Stage III once per head; each trained head is evaluated on
-the test split (:func:`slopekp.eval.report.evaluate_checkpoint`). ``OUT/`` holds::
-
-    stage1/                      the camera multiplex (seed ``cfg.seed``)
-    seed<S>/stage2/              Stage II of seed S
-    seed<S>/stage3_<head>/       Stage III of one head
-    seed<S>/eval_<head>/         its evaluation (metrics.json, per_image.csv, plots, worst cases)
-    report.json, report.md       Table 1: mean ± std over the seeds, the paper's numbers beside
-
-Every stage resumes (rerun the same command after an interruption); finished stages are reused. ``slopekp
-benchmark`` writes only into an empty folder or one it made (``OUT/manifest.json``, with the training data's
-fingerprint; each stage's own manifest checks the settings): :func:`prepare_benchmark_dir`.
+"""Table 1 of ``slopekp benchmark`` (:mod:`slopekp.benchmark`): each pose head's metrics as mean ± standard deviation
+over seeds, a verdict that names a lead only where the spread allows it, and ``report.json`` / ``report.md`` with
+the paper's numbers beside ours.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
-import os
-import re
 import statistics
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from slopekp.config import Config
-from slopekp.manifest import MANIFEST_NAME, Manifest, cmr_data_fingerprint, prepare_output_dir
 from slopekp.utils import atomic_save_json, atomic_write
+from slopekp.version import __version__
 
-__all__ = ["PAPER_TABLE1", "prepare_benchmark_dir", "run_benchmark", "summarise", "write_report"]
+__all__ = ["HEADS", "METRICS", "PAPER_TABLE1", "summarise", "verdict", "write_report"]
 
 HEADS = ("quaternion", "gramschmidt", "svd", "keypoints")
-BENCHMARK_COMMAND = "benchmark"
-#: What a benchmark folder holds (the module docstring), to recognise one made before benchmarks had a manifest.
-_BENCHMARK_ENTRIES = re.compile(r"stage1|seed\d+|report\.(json|md)|\.report\.(json|md)\..*\.tmp")
 
 PAPER_TABLE1 = {
     "quaternion": {"mask_iou": 0.62, "rotation_error_deg": 45.5},
@@ -57,89 +38,6 @@ METRICS = {
     "median up to the depth mirror (°)": ("rotation_error_up_to_mirror", "median_deg"),
     "PCK@0.1": ("keypoint_transfer", "pck"),
 }
-
-
-@dataclass
-class BenchmarkResult:
-    out_dir: Path
-    summary: dict[str, dict[str, dict[str, float]]]
-    """head -> metric -> ``{"mean", "std", "n"}``."""
-    runs: dict[str, dict[int, dict[str, Any]]]
-    """head -> seed -> evaluation metrics."""
-
-
-def run_benchmark(
-    cfg: Config,
-    data_dir: str | os.PathLike,
-    out_dir: str | os.PathLike,
-    *,
-    heads: tuple[str, ...] = HEADS,
-    seeds: int = 3,
-    progress: bool = True,
-    pck_pairs: int = 1000,
-    command: str = "",
-) -> BenchmarkResult:
-    """Run (or resume) the benchmark; see the module docstring. ``cfg.seed`` is the first seed."""
-    from slopekp.eval.report import evaluate_checkpoint
-    from slopekp.train.stage1 import run_stage1
-    from slopekp.train.stage2 import run_stage2
-    from slopekp.train.stage3 import run_stage3
-    from slopekp.utils import resolve_device
-
-    bad = [h for h in heads if h not in HEADS]
-    if bad or not heads:
-        raise ValueError(f"heads must be among {HEADS}, got {list(heads)}")
-    if seeds < 1:
-        raise ValueError(f"seeds must be >= 1, got {seeds}")
-    data_dir, out_dir = Path(data_dir), Path(out_dir)
-    device = resolve_device(cfg.device)
-    s1 = out_dir / "stage1"
-    _say(progress, f"Stage I -> {s1}")
-    run_stage1(cfg, data_dir, s1, progress=progress)
-    runs: dict[str, dict[int, dict[str, Any]]] = {h: {} for h in heads}
-    for k in range(seeds):
-        seed = cfg.seed + k
-        cfg_s = dataclasses.replace(cfg, seed=seed)
-        root = out_dir / f"seed{seed}"
-        _say(progress, f"seed {seed}: Stage II -> {root / 'stage2'}")
-        run_stage2(cfg_s, data_dir, s1 / "multiplex.npz", root / "stage2", progress=progress)
-        for head in heads:
-            _say(progress, f"seed {seed}: Stage III {head} -> {root / f'stage3_{head}'}")
-            res = run_stage3(cfg_s, data_dir, root / "stage2", root / f"stage3_{head}", head, progress=progress)
-            runs[head][seed] = evaluate_checkpoint(res.checkpoint, data_dir, root / f"eval_{head}", split="test",
-                                                   device=device, pck_pairs=pck_pairs)  # fmt: skip
-    summary = summarise(runs)
-    write_report(out_dir, summary, runs, data_dir=data_dir, command=command)
-    return BenchmarkResult(out_dir, summary, runs)
-
-
-def prepare_benchmark_dir(out_dir: str | os.PathLike, data_dir: str | os.PathLike, *, overwrite: bool = False,
-                          force_new: bool = False) -> str:
-    """The output-folder gate of ``slopekp benchmark`` (:func:`slopekp.manifest.prepare_output_dir`): ``out_dir``
-    must be empty, missing or a benchmark folder of the same training data; a user's folder is refused unless
-    ``overwrite`` (emptied) or ``force_new`` (moved aside). A benchmark folder written before benchmarks had a
-    manifest (only ``stage1/``, ``seed<S>/`` and the reports, with Stage I's manifest) is taken as one.
-
-    Returns:
-        ``"new"`` or ``"resume"``.
-    """
-    out_dir, data_dir = Path(out_dir), Path(data_dir)
-    manifest = Manifest(BENCHMARK_COMMAND, inputs={"data": cmr_data_fingerprint(data_dir, "train")})
-    if out_dir.is_dir() and not (out_dir / MANIFEST_NAME).exists() and not (overwrite or force_new):
-        names = [p.name for p in out_dir.iterdir()]
-        try:
-            stage1 = Manifest.load(out_dir / "stage1")
-        except ValueError:
-            stage1 = None
-        if names and stage1 is not None and all(_BENCHMARK_ENTRIES.fullmatch(n) for n in names):
-            manifest.save(out_dir)  # an earlier benchmark's folder: its stages check their own settings
-            return "resume"
-    return prepare_output_dir(out_dir, manifest, overwrite=overwrite, force_new=force_new, inputs=[data_dir])
-
-
-def _say(progress: bool, text: str) -> None:
-    if progress:
-        print(f"[benchmark] {text}", flush=True)
 
 
 def _get(metrics: dict, path: tuple[str, ...]) -> float:
@@ -202,8 +100,6 @@ def verdict(summary: dict[str, dict[str, dict[str, float]]]) -> str:
 
 def write_report(out_dir: Path, summary, runs, *, data_dir: Path, command: str = "") -> None:
     """``report.json`` (the summary and every run's metrics) and ``report.md`` (Table 1 with the paper's numbers)."""
-    from slopekp import __version__
-
     seeds = sorted({s for by_seed in runs.values() for s in by_seed})
     atomic_save_json({"data": str(data_dir), "seeds": seeds, "version": __version__, "command": command,
                       "summary": summary, "runs": {h: {str(s): m for s, m in r.items()} for h, r in runs.items()},
