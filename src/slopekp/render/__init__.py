@@ -12,7 +12,7 @@ from slopekp.render.renderer import MODES, Renderer, RenderResult, RenderSetting
 from slopekp.render.shade import (
     Lighting,
     SoftmaxWeights,
-    face_normals,
+    camera_facing_normals,
     lambert_factor,
     softmax_rgb_blend,
     softmax_weights,
@@ -29,7 +29,7 @@ __all__ = [
     "Renderer",
     "SoftPairs",
     "SoftmaxWeights",
-    "face_normals",
+    "camera_facing_normals",
     "hard_rasterize",
     "lambert_factor",
     "pixel_centres",

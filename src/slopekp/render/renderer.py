@@ -32,7 +32,7 @@ from slopekp.config import RenderConfig
 from slopekp.geometry.camera import project_points
 from slopekp.render.fused import check_fused_mode
 from slopekp.render.rasterize import hard_rasterize, soft_cutoff_radius, soft_rasterize
-from slopekp.render.shade import Lighting, face_normals, lambert_factor, softmax_rgb_blend, softmax_weights
+from slopekp.render.shade import Lighting, camera_facing_normals, lambert_factor, softmax_rgb_blend, softmax_weights
 from slopekp.render.texture import UV_SHIFT, sample_bilinear, sample_sphere_uv, sphere_to_uv, uv_to_sphere
 from slopekp.utils import checks_values, device_constant, tensor_memo
 
@@ -421,4 +421,4 @@ class Renderer(torch.nn.Module):
     @staticmethod
     def _shade(screen_verts, faces, lighting, g: Tensor) -> Tensor:
         """Lambertian factors ``(M, 1)`` of flat faces ``g``."""
-        return lambert_factor(face_normals(screen_verts, faces), lighting).reshape(-1)[g].unsqueeze(1)
+        return lambert_factor(camera_facing_normals(screen_verts, faces), lighting).reshape(-1)[g].unsqueeze(1)

@@ -10,9 +10,11 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from slopekp.mesh.topology import face_normals
 from slopekp.render.texture import put_columns, take_columns
 
-__all__ = ["Lighting", "SoftmaxWeights", "face_normals", "lambert_factor", "softmax_rgb_blend", "softmax_weights"]
+__all__ = ["Lighting", "SoftmaxWeights", "camera_facing_normals", "lambert_factor", "softmax_rgb_blend",
+           "softmax_weights"]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -36,14 +38,14 @@ class Lighting:
             raise ValueError(f"Lighting.direction must be a non-zero 3-vector, got {self.direction}")
 
 
-def face_normals(screen_verts: Tensor, faces: Tensor) -> Tensor:
-    """Unit normals ``(N, F, 3)`` of screen-space triangles, turned towards the camera (``n_z <= 0``).
+def camera_facing_normals(screen_verts: Tensor, faces: Tensor) -> Tensor:
+    """Unit normals ``(N, F, 3)`` of screen-space triangles (:func:`slopekp.mesh.topology.face_normals`), turned
+    towards the camera (``n_z <= 0``).
 
     ``screen_verts: (N, V, 3)`` ``[x, y, depth]``; for a weak-perspective camera with ``s > 0`` these are the
     camera-frame normals of the rotated mesh.
     """
-    fv = screen_verts[:, faces]  # (N, F, 3, 3)
-    n = torch.cross(fv[:, :, 1] - fv[:, :, 0], fv[:, :, 2] - fv[:, :, 0], dim=-1)
+    n = face_normals(screen_verts, faces, normalize=False)
     n = torch.where(n[..., 2:3] > 0, -n, n)
     return n / n.norm(dim=-1, keepdim=True).clamp(min=1e-12)
 

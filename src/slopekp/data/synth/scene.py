@@ -24,7 +24,7 @@ from slopekp.data.synth.options import SynthOptions
 from slopekp.geometry.camera import project_points
 from slopekp.geometry.rotations import quat_to_rotmat
 from slopekp.render import Lighting
-from slopekp.render.shade import face_normals, lambert_factor
+from slopekp.render.shade import camera_facing_normals, lambert_factor
 
 __all__ = [
     "BirdRender",
@@ -96,7 +96,7 @@ def render_birds(
         verts, template.faces, cameras, mode="hard", uv_image=uv_images, verts_uv=template.verts_uv
     )
     screen = project_points(verts, cameras.to(verts.dtype))  # (B, V, 3)
-    normals = face_normals(screen, template.faces)  # (B, F, 3), turned towards the camera
+    normals = camera_facing_normals(screen, template.faces)  # (B, F, 3)
     renders = []
     for b, light in enumerate(lightings):
         fi = out.face_index[b]
