@@ -30,6 +30,7 @@ SMOKE_OVERRIDES = (
     "model.image_size=64", "model.encoder_width=8", "model.shape_hidden=16", "model.uv_height=8",
     "model.texture_width=4", "model.num_keypoints=8", "train.render_size=16", "train.batch_size=4",
     "train.epochs=1", "train.pose_epochs=1", "data.flip=false", "data.jitter_frac=0", "threads=1",
+    "multiplex.workers=1",  # Stage I in the test process (tests/train/test_stage1.py runs it in workers too)
 )  # fmt: skip
 
 

@@ -131,6 +131,10 @@ class MultiplexConfig:
     batch_invariant: bool = True
     """Stage I optimises each image in a render call of its own, so that its cameras are bit-identical in any
     batch (``fit_hypotheses``); ``false`` renders whole batches, whose results then depend on ``batch_size``."""
+    workers: int = 0
+    """Stage I processes on the CPU: 0 = one per core this process may use, 1 = this process alone. Each worker
+    fits whole batches with one thread; the results are bit-identical to one process with one thread. Speed only
+    (left out of manifests); on an accelerator Stage I runs in this process."""
 
 
 @dataclass
@@ -329,6 +333,7 @@ RULES: dict[str, Range] = {
     "multiplex.batch_size": _AT_LEAST_ONE,
     "multiplex.image_size": _IMAGE_SIDE,
     "multiplex.save_every": _AT_LEAST_ONE,
+    "multiplex.workers": _NON_NEGATIVE,
     "model.image_size": Range(64, MAX_IMAGE_SIZE),
     "model.encoder_width": Range(4, 256),
     "model.shape_hidden": _AT_LEAST_ONE,

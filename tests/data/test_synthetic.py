@@ -370,3 +370,17 @@ def test_cli_synth_and_contact_sheet(tmp_path):
     assert main(sheet_args) == 0
     assert Image.open(png).size == (2 + 2 * 34, 2 + 2 * 34)
     assert main(["data", "contact-sheet", "--data", str(tmp_path / "nope"), "--out", str(png)]) == 2
+
+
+def test_generating_in_this_process_gives_back_the_callers_threads(tmp_path):
+    """Issue 22: SynthBirds rendered in the calling process (synth.workers=0) with one thread, as a worker does, and
+    left the caller at one thread: the quickstart then ran Stages I-III on one core of two."""
+    from slopekp.data.synth.writer import generate_synthbirds
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        generate_synthbirds(tmp_path / "sb", n_train=1, n_test=0, size=32, seed=0, progress=False)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

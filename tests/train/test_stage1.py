@@ -408,17 +408,19 @@ def test_stage1_results_do_not_depend_on_the_batch(synth_dir):
     assert (alone[0] - batched[0]).abs().max() > 1e-3
 
 
-def test_kill_9_then_resume_gives_the_uninterrupted_store(synth_dir, tmp_path):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_kill_9_then_resume_gives_the_uninterrupted_store(synth_dir, tmp_path, workers):
     """A Stage I process killed with SIGKILL after its first save, then rerun, ends with the store of an
-    uninterrupted run, bit for bit (atomic saves + batch invariance)."""
+    uninterrupted run, bit for bit (atomic saves + batch invariance), also with worker processes (issue 22)."""
     import signal
     import subprocess
     import sys
     import time
 
     over = ["multiplex.num_az=4", "multiplex.num_el=2", "multiplex.steps=25", "multiplex.image_size=24",
-            "multiplex.batch_size=1", "threads=1", "data.flip=false"]  # fmt: skip
-    ref = run_stage1(load_config(overrides=over), synth_dir, tmp_path / "ref", progress=False, report=False)
+            "multiplex.batch_size=1", "threads=1", "data.flip=false", f"multiplex.workers={workers}"]  # fmt: skip
+    ref = run_stage1(load_config(overrides=[*over[:-1], "multiplex.workers=1"]), synth_dir, tmp_path / "ref",
+                     progress=False, report=False)  # fmt: skip
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "slopekp.cli", "multiplex", "init", "--data", str(synth_dir), "--out", str(out),
            "--quiet", "--no-report", *over]  # fmt: skip
@@ -437,6 +439,27 @@ def test_kill_9_then_resume_gives_the_uninterrupted_store(synth_dir, tmp_path):
         assert sorted(a.files) == sorted(b.files)
         for k in a.files:
             np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_stage1_in_worker_processes_gives_the_store_of_one_process(synth_dir, tmp_path):
+    """Issue 22: ``multiplex.workers`` fits batches in spawned processes of one thread each; every image's fit is
+    independent of the others, so the store is the one-process, one-thread store, bit for bit (and the manifest
+    leaves ``workers`` out: the two folders resume each other's runs)."""
+    from slopekp.train.stage1 import stage1_workers
+
+    over = [*TINY, "multiplex.steps=15", "multiplex.image_size=24", "threads=1", "multiplex.batch_size=1"]
+    one = run_stage1(load_config(overrides=[*over, "multiplex.workers=1"]), synth_dir, tmp_path / "one",
+                     progress=False, report=False)  # fmt: skip
+    two = run_stage1(load_config(overrides=[*over, "multiplex.workers=2"]), synth_dir, tmp_path / "two",
+                     progress=False, report=False)  # fmt: skip
+    assert one.num_fitted == two.num_fitted == 3
+    with np.load(one.store_path) as a, np.load(two.store_path) as b:
+        assert sorted(a.files) == sorted(b.files)
+        for k in a.files:
+            np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    assert Manifest.load(tmp_path / "one").differences(Manifest.load(tmp_path / "two")) == []
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert stage1_workers(3, cpu) == 3 and stage1_workers(3, cuda) == 1 and stage1_workers(0, cpu) >= 1
 
 
 def test_an_empty_training_split_is_refused_before_anything_is_written(tmp_path, capsys):

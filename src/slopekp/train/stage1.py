@@ -18,18 +18,20 @@ Ground truth never reaches the optimisation: the training data set is built with
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
+import multiprocessing
 import os
 import shutil
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 from slopekp.config import Config, save_config
@@ -243,7 +245,7 @@ _NOT_RESULT_SETTINGS = {
     # the data folder is an input (fingerprinted); max_items only limits which images are fitted, and each
     # image's cameras do not depend on the others: raising it and resuming extends the store
     "data": ("images_dir", "sfm_dir", "max_items"),
-    "multiplex": ("save_every", "batch_size"),  # batch_size is added back when batch_invariant is off
+    "multiplex": ("save_every", "batch_size", "workers"),  # batch_size is added back when batch_invariant is off
 }
 
 
@@ -351,52 +353,112 @@ def run_stage1(
 
 
 def _fit_dataset(dataset, store, store_path, verts, faces, renderer, init, cfg, out_dir, progress) -> int:
-    """Fit every image of ``dataset`` that is not yet in ``store``; returns how many were fitted."""
-
-
+    """Fit every image of ``dataset`` that is not yet in ``store`` (in ``multiplex.workers`` processes on the
+    CPU); returns how many were fitted."""
     if getattr(dataset, "return_gt_camera", False):
         raise ValueError("Stage I must not see ground-truth cameras: build its data set with return_gt_camera=False")
     mp = cfg.multiplex
     todo = [i for i in range(len(dataset)) if i not in store]
     if not todo:
         return 0
-    loader = DataLoader(
-        Subset(dataset, todo),
-        batch_size=mp.batch_size,
-        shuffle=False,
-        num_workers=0,
-        collate_fn=collate_samples,
-    )
-    settings = store.settings
+    chunks = [todo[i : i + mp.batch_size] for i in range(0, len(todo), mp.batch_size)]
+    fit_args = FitArgs(verts, faces, renderer.settings, init, store.settings, mp.steps, mp.lr, mp.peakiness,
+                       mp.batch_invariant)  # fmt: skip
+    workers = min(stage1_workers(mp.workers, store.device), len(chunks))
     writer = run.summary_writer(out_dir / "tb")
     done, t0 = 0, time.perf_counter()
     bar = tqdm(total=len(todo), unit="img", desc="Stage I", disable=not progress, dynamic_ncols=True)
+    if workers > 1:
+        bar.set_description(f"Stage I ({workers} processes)")
     try:
-        for n_batch, batch in enumerate(loader, start=1):
-            batch = batch.to(store.device)
-            if batch.gt_camera is not None:  # belt and braces: see the module docstring
-                raise ValueError("Stage I received ground-truth cameras")
-            fit = fit_hypotheses(
-                verts, faces, renderer, batch.mask, batch.mask_dt, init,
-                settings=settings, steps=mp.steps, lr=mp.lr, peakiness=mp.peakiness, ids=batch.id,
-                batch_invariant=mp.batch_invariant,
-            )  # fmt: skip
-            store.add(batch.id, fit.cameras, fit.scores, batch.crop)
-            done += len(batch)
-            if n_batch % max(1, mp.save_every) == 0:
-                store.save(store_path)
-            rate = done / (time.perf_counter() - t0)
-            best = fit.loss.amin(-1).mean().item()
-            bar.update(len(batch))
-            bar.set_postfix(best_loss=f"{best:.4f}", img_s=f"{rate:.2f}")
-            if writer is not None:
-                writer.add_scalar("stage1/best_loss", best, len(store))
-                writer.add_scalar("stage1/mean_loss", fit.loss.mean().item(), len(store))
-                writer.add_scalar("stage1/best_score", fit.scores.amax(-1).mean().item(), len(store))
-                writer.add_scalar("stage1/images_per_s", rate, len(store))
+        with _fitted_batches(dataset, chunks, fit_args, workers, store.device, renderer) as fitted:
+            for n_batch, (ids, crop, fit) in enumerate(fitted, start=1):
+                store.add(ids, fit.cameras, fit.scores, crop)
+                done += len(ids)
+                if n_batch % max(1, mp.save_every) == 0:
+                    store.save(store_path)
+                rate = done / (time.perf_counter() - t0)
+                best = fit.loss.amin(-1).mean().item()
+                bar.update(len(ids))
+                bar.set_postfix(best_loss=f"{best:.4f}", img_s=f"{rate:.2f}")
+                if writer is not None:
+                    writer.add_scalar("stage1/best_loss", best, len(store))
+                    writer.add_scalar("stage1/mean_loss", fit.loss.mean().item(), len(store))
+                    writer.add_scalar("stage1/best_score", fit.scores.amax(-1).mean().item(), len(store))
+                    writer.add_scalar("stage1/images_per_s", rate, len(store))
     finally:
         bar.close()
         if writer is not None:
             writer.close()
     return done
+
+
+def stage1_workers(requested: int, device: torch.device) -> int:
+    """How many processes fit Stage I (``multiplex.workers``): ``requested``, or for 0 one per core that this
+    process may run on; 1 on an accelerator (one process drives it; ``configs/cub_stage1_gpu.yaml`` batches)."""
+    if device.type != "cpu":
+        return 1
+    if requested > 0:
+        return requested
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+class FitArgs(NamedTuple):
+    """What a Stage I fit needs besides its batch (sent once to each worker process)."""
+
+    verts: Tensor
+    faces: Tensor
+    render_settings: RenderSettings
+    init: Tensor
+    offsets: OffsetSettings
+    steps: int
+    lr: float
+    peakiness: float
+    batch_invariant: bool
+
+
+def _fit_chunk(dataset, indices: list[int], args: FitArgs, renderer: Renderer, device) -> tuple:
+    """``(ids, crop, HypothesisFit)`` of the images ``indices`` of ``dataset``, as one batch."""
+    batch = collate_samples([dataset[i] for i in indices]).to(device)
+    if batch.gt_camera is not None:  # belt and braces: see the module docstring
+        raise ValueError("Stage I received ground-truth cameras")
+    fit = fit_hypotheses(
+        args.verts, args.faces, renderer, batch.mask, batch.mask_dt, args.init, settings=args.offsets,
+        steps=args.steps, lr=args.lr, peakiness=args.peakiness, ids=batch.id, batch_invariant=args.batch_invariant,
+    )  # fmt: skip
+    return batch.id, batch.crop, fit
+
+
+@contextlib.contextmanager
+def _fitted_batches(dataset, chunks: list[list[int]], args: FitArgs, workers: int, device, renderer: Renderer):
+    """The fits of ``chunks``, in their order: in this process (with ``renderer``), or in ``workers`` spawned
+    processes of one thread each (every image's fit is independent of the others, so the results are those of one
+    process with one thread)."""
+    if workers <= 1:
+        yield (_fit_chunk(dataset, c, args, renderer, device) for c in chunks)
+        return
+    ctx = multiprocessing.get_context("spawn")  # no fork of a process that holds OpenMP threads
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_start_worker, initargs=(dataset, args)) as pool:
+        try:
+            yield pool.map(_fit_in_worker, chunks)
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+
+
+_WORKER: dict = {}
+"""A Stage I worker process's data set, fit arguments and renderer (:func:`_start_worker`)."""
+
+
+def _start_worker(dataset, args: FitArgs) -> None:
+    torch.set_num_threads(1)  # the processes use the cores; one thread each keeps the results those of one thread
+    _WORKER.update(dataset=dataset, args=args, renderer=Renderer(args.render_settings))
+
+
+def _fit_in_worker(indices: list[int]) -> tuple:
+    w = _WORKER
+    return _fit_chunk(w["dataset"], indices, w["args"], w["renderer"], torch.device("cpu"))
 

@@ -185,6 +185,7 @@ def _render_all(opts: SynthOptions, out: Path, progress: bool) -> list[_Instance
     batches = [(flat[i : i + RENDER_BATCH], opts, str(out)) for i in range(0, len(flat), RENDER_BATCH)]
     bar = tqdm(total=len(flat), desc="synthbirds", unit="img") if progress else None
     results: list[_Instance] = []
+    threads = torch.get_num_threads()  # the in-process path renders with one thread, as a worker does ...
     if opts.workers == 0:
         _worker_init(opts.size, opts.supersample)
         outputs = map(_worker_run, batches)
@@ -201,6 +202,8 @@ def _render_all(opts: SynthOptions, out: Path, progress: bool) -> list[_Instance
     finally:
         if opts.workers:
             pool.shutdown(cancel_futures=True)
+        else:
+            torch.set_num_threads(threads)  # ... and gives the caller its threads back (Stage I-III run next)
         if bar is not None:
             bar.close()
     return results
