@@ -26,7 +26,6 @@ loads with ``torch.load(weights_only=True)``: a file from elsewhere cannot run c
 from __future__ import annotations
 
 import contextlib
-import glob
 import io
 import os
 import pickle
@@ -41,7 +40,7 @@ import torch
 
 from slopekp.manifest import Manifest
 from slopekp.mesh.template import Template
-from slopekp.utils import atomic_write
+from slopekp.utils import atomic_temporaries, atomic_write
 
 CHECKPOINT_FORMAT = "slopekp.checkpoint/1"
 
@@ -360,7 +359,7 @@ def resume_checkpoint(
                                       map_location=map_location)  # fmt: skip
         except UnreadableCheckpointError as e:
             damaged = e
-    temporaries = sorted(path.parent.glob(f".{glob.escape(path.name)}.*.tmp"))
+    temporaries = atomic_temporaries(path)
     best, best_path, rejected = None, None, []
     floor = int(current["step"]) if current is not None else -1
     for tmp in temporaries:

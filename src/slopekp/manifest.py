@@ -187,6 +187,11 @@ def file_digest(path: str | os.PathLike, h: Any | None = None) -> Any:
     return h
 
 
+def file_input(path: str | os.PathLike) -> dict[str, str]:
+    """A manifest input for one file: ``{"fingerprint": 16 hex digits of its content, "path": absolute path}``."""
+    return {"fingerprint": file_digest(path).hexdigest()[:16], "path": str(Path(path).resolve())}
+
+
 def tree_listing_digest(root: str | os.PathLike, h: Any | None = None, *, exclude: Iterable[str] = ()) -> Any:
     """Feed the sorted ``(relative path, size)`` of every file under ``root`` into a sha256 (content is not
     read: a listing of CUB's 11,788 images takes well under a second)."""

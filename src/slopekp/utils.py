@@ -11,6 +11,7 @@ import errno
 import functools
 import glob
 import json
+import multiprocessing
 import os
 import random
 import re
@@ -19,6 +20,7 @@ import tempfile
 import threading
 import weakref
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -76,9 +78,30 @@ def current_umask() -> int:
     return mask
 
 
+@contextlib.contextmanager
+def spawned_map(fn, items, workers: int, initializer, initargs: tuple = ()) -> Iterator[Iterator[Any]]:
+    """``map(fn, items)`` in ``workers`` spawned processes, each set up once by ``initializer(*initargs)``; yields
+    the results' iterator, in the order of ``items``. Spawned, never forked: the caller may hold OpenMP threads.
+    Work not started yet is cancelled when the caller stops early (an error, Ctrl-C); leaving waits for the rest."""
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=initializer, initargs=initargs) as pool:
+        try:
+            yield pool.map(fn, items)
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+
+
+def atomic_temporaries(path: str | os.PathLike) -> list[Path]:
+    """The temporaries ``.NAME.*.tmp`` of :func:`atomic_write` beside ``path``, sorted: what killed writes left
+    (a complete one when the kill came between its fsync and its rename)."""
+    path = Path(path)
+    return sorted(path.parent.glob(f".{glob.escape(path.name)}.*.tmp"))
+
+
 def _remove_stale_temporaries(path: Path) -> None:
-    """Remove ``.NAME.*.tmp`` files that killed atomic writes of ``path`` left behind."""
-    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+    """Remove the :func:`atomic_temporaries` of ``path`` that killed atomic writes left behind."""
+    for stale in atomic_temporaries(path):
         with contextlib.suppress(OSError):
             stale.unlink()
 

@@ -131,7 +131,7 @@ def _predict(args: argparse.Namespace) -> int:
     out = Path(args.out)
     reads = [*args.images, args.checkpoint, *(args.mask or [])]
     state = prepare_output_dir(out, predict_manifest(args.checkpoint, rec.head), overwrite=args.overwrite,
-                               force_new=args.force_new, results=(INDEX,), inputs=reads, log=print)  # fmt: skip
+                               force_new=args.force_new, results=(INDEX,), inputs=reads)  # fmt: skip
     earlier = read_index(out) if state == "resume" else []
     names = unique_names(images, earlier=earlier)
     entries = [{"image": str(img), "name": name, "status": "pending", "error": None, "warnings": [], "files": []}

@@ -124,15 +124,14 @@ def _video_manifest(args: argparse.Namespace, rec, dataset, sequences, names: li
     split, sequences. Device, --no-video and --quiet change no result and are left out."""
     import hashlib
 
-    from slopekp.manifest import Manifest, file_digest
+    from slopekp.manifest import Manifest, file_input
 
     h = hashlib.sha256(f"split={dataset.split}\n".encode())
     for seq in sequences:
         _digest_files(h, f"frames/{seq.name}", seq.image_paths, content=False)
         _digest_files(h, f"annotations/{seq.name}", [a for a in seq.annotation_paths if a is not None], content=True)
     inputs = {
-        "checkpoint": {"fingerprint": file_digest(args.checkpoint).hexdigest()[:16],
-                       "path": str(Path(args.checkpoint).resolve())},
+        "checkpoint": file_input(args.checkpoint),
         "data": {"fingerprint": h.hexdigest()[:16], "path": str(Path(args.data).resolve()), "split": dataset.split},
     }  # fmt: skip
     if kind == "masks":

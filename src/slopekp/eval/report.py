@@ -38,7 +38,7 @@ from slopekp.eval.evaluate import benchmark_dataset, evaluate_model
 from slopekp.eval.transfer import pck_over_pairs
 from slopekp.geometry.camera import split_camera, turn_camera
 from slopekp.geometry.rotations import quat_normalize, quat_to_rotmat
-from slopekp.manifest import Manifest, cmr_data_fingerprint, file_digest, prepare_output_dir
+from slopekp.manifest import Manifest, cmr_data_fingerprint, file_input, prepare_output_dir
 from slopekp.mesh import load_template, template_fingerprint
 from slopekp.models.encoder import normalize_image
 from slopekp.models.reconstructor import build_model
@@ -156,7 +156,7 @@ def evaluate_checkpoint(
     manifest = Manifest(
         EVAL_COMMAND,
         inputs={
-            "checkpoint": {"fingerprint": file_digest(checkpoint).hexdigest()[:16], "path": str(checkpoint)},
+            "checkpoint": file_input(checkpoint),
             "data": cmr_data_fingerprint(data_dir, split),
         },
         settings={"split": split, "template": template or tm.cfg.template.path, "gallery": gallery,

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from slopekp.manifest import Manifest, file_digest
+from slopekp.manifest import Manifest, file_input
 from slopekp.predict.api import Reconstruction
 from slopekp.predict.inputs import crop_photo
 from slopekp.utils import atomic_save_json
@@ -76,9 +76,7 @@ def unique_names(paths: list[Path], earlier: list[dict[str, Any]] = ()) -> list[
 def predict_manifest(checkpoint: str | os.PathLike, head: str) -> Manifest:
     """The run manifest of a predict folder: the checkpoint's content fingerprint and its head (the photos, sizes
     and turntables are not compared: a rerun with the same checkpoint adds photos to the folder)."""
-    digest = file_digest(checkpoint).hexdigest()[:16]
-    return Manifest(PREDICT_COMMAND, inputs={"checkpoint": {"fingerprint": digest, "path": str(Path(checkpoint))}},
-                    settings={"head": head})  # fmt: skip
+    return Manifest(PREDICT_COMMAND, inputs={"checkpoint": file_input(checkpoint)}, settings={"head": head})
 
 
 def read_index(out: str | os.PathLike) -> list[dict[str, Any]]:

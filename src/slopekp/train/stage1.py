@@ -21,14 +21,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import multiprocessing
 import os
 import shutil
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -49,12 +47,9 @@ from slopekp.train.hypotheses import (
 )
 from slopekp.train.losses import mask_loss
 from slopekp.train.multiplex import CameraMultiplex
-from slopekp.train.report import write_multiplex_report
+from slopekp.train.report import MultiplexMetrics, write_multiplex_report
 from slopekp.train.scores import hypothesis_scores
-from slopekp.utils import resolve_device, seed_everything
-
-if TYPE_CHECKING:
-    from slopekp.train.report import MultiplexMetrics
+from slopekp.utils import resolve_device, seed_everything, spawned_map
 
 STORE_NAME = "multiplex.npz"
 
@@ -440,13 +435,8 @@ def _fitted_batches(dataset, chunks: list[list[int]], args: FitArgs, workers: in
     if workers <= 1:
         yield (_fit_chunk(dataset, c, args, renderer, device) for c in chunks)
         return
-    ctx = multiprocessing.get_context("spawn")  # no fork of a process that holds OpenMP threads
-    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_start_worker, initargs=(dataset, args)) as pool:
-        try:
-            yield pool.map(_fit_in_worker, chunks)
-        except BaseException:
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
+    with spawned_map(_fit_in_worker, chunks, workers, _start_worker, (dataset, args)) as fitted:
+        yield fitted
 
 
 _WORKER: dict = {}

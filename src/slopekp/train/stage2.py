@@ -37,7 +37,7 @@ from slopekp.checkpoint import rng_state, save_checkpoint, set_rng_state
 from slopekp.config import Config, config_to_yaml
 from slopekp.data.cub import CubDataset, require_images
 from slopekp.eval.metrics import rotation_error_stats
-from slopekp.manifest import Manifest, cmr_data_fingerprint, file_digest, flat_settings
+from slopekp.manifest import Manifest, cmr_data_fingerprint, file_input, flat_settings
 from slopekp.mesh import load_template, regularizers, template_fingerprint
 from slopekp.models.base import Prediction
 from slopekp.models.encoder import normalize_image
@@ -83,7 +83,7 @@ class Stage2Result:
 def stage2_manifest(cfg: Config, data_dir, multiplex_path, template_fp: str) -> Manifest:
     d = cfg.data
     data = cmr_data_fingerprint(data_dir, d.split, images_dir=d.images_dir or None, sfm_dir=d.sfm_dir or None)
-    mp = {"fingerprint": file_digest(multiplex_path).hexdigest()[:16], "path": str(Path(multiplex_path).resolve())}
+    mp = file_input(multiplex_path)
     settings = {"seed": cfg.seed}
     for name in ("render", "data", "model", "train"):
         settings.update(flat_settings(getattr(cfg, name), name, _NOT_RESULT.get(name, ())))

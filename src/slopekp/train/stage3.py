@@ -44,7 +44,7 @@ from slopekp.config import CHOICES, Config, config_to_yaml, load_config
 from slopekp.data.synth.writer import GENERATOR_NAME
 from slopekp.eval.evaluate import benchmark_dataset, evaluate_model
 from slopekp.geometry.camera import depth_mirror_cameras
-from slopekp.manifest import Manifest, cmr_data_fingerprint, file_digest, flat_settings
+from slopekp.manifest import Manifest, cmr_data_fingerprint, file_digest, file_input, flat_settings
 from slopekp.mesh import load_template, template_fingerprint
 from slopekp.models.base import EncoderOutput, PoseLossContext
 from slopekp.models.encoder import normalize_image
@@ -132,7 +132,7 @@ def stage3_manifest(
     settings.update(flat_settings(cfg.train, "train", not_result))
     inputs = {"data": data, "template": {"fingerprint": template_fp, "path": cfg.template.path}, "stage2": s2}
     if cfg.train.pose_targets == "stage1" and not supervised:
-        inputs["stage1"] = {"fingerprint": file_digest(store_path).hexdigest()[:16], "path": str(store_path.resolve())}
+        inputs["stage1"] = file_input(store_path)
     return Manifest(f"{STAGE3_COMMAND} {cfg.model.pose_head}", inputs=inputs, settings=settings)
 
 

@@ -14,11 +14,10 @@ the 15 keypoints of the *undeformed* template in the template frame (not CMR's n
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +45,7 @@ from slopekp.data.synth.texture import STYLES
 from slopekp.data.viewpoints import sample_viewpoint
 from slopekp.mesh import load_template
 from slopekp.render import Lighting, Renderer, RenderSettings
-from slopekp.utils import atomic_save_json, atomic_write
+from slopekp.utils import atomic_save_json, atomic_write, spawned_map
 from slopekp.version import __version__
 
 __all__ = ["CLASS_NAMES", "GENERATOR_VERSION", "generate_synthbirds"]
@@ -186,24 +185,20 @@ def _render_all(opts: SynthOptions, out: Path, progress: bool) -> list[_Instance
     bar = tqdm(total=len(flat), desc="synthbirds", unit="img") if progress else None
     results: list[_Instance] = []
     threads = torch.get_num_threads()  # the in-process path renders with one thread, as a worker does ...
-    if opts.workers == 0:
-        _worker_init(opts.size, opts.supersample)
-        outputs = map(_worker_run, batches)
-    else:
-        ctx = get_context("spawn")
-        pool = ProcessPoolExecutor(opts.workers, mp_context=ctx, initializer=_worker_init,
-                                   initargs=(opts.size, opts.supersample))  # fmt: skip
-        outputs = pool.map(_worker_run, batches)
     try:
-        for res in outputs:
-            results.extend(res)
-            if bar is not None:
-                bar.update(len(res))
+        with contextlib.ExitStack() as stack:
+            if opts.workers == 0:
+                _worker_init(opts.size, opts.supersample)
+                outputs = map(_worker_run, batches)
+            else:
+                init = (opts.size, opts.supersample)
+                outputs = stack.enter_context(spawned_map(_worker_run, batches, opts.workers, _worker_init, init))
+            for res in outputs:
+                results.extend(res)
+                if bar is not None:
+                    bar.update(len(res))
     finally:
-        if opts.workers:
-            pool.shutdown(cancel_futures=True)
-        else:
-            torch.set_num_threads(threads)  # ... and gives the caller its threads back (Stage I-III run next)
+        torch.set_num_threads(threads)  # ... and gives the caller its threads back (Stage I-III run next)
         if bar is not None:
             bar.close()
     return results
