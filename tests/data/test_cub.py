@@ -200,6 +200,32 @@ def test_determinism_and_no_test_time_augmentation(tmp_path):
     assert len(crops) == 3 and flips == {False}  # test split: no jitter, no flip
 
 
+def test_image_cache_gives_the_same_samples(tmp_path, monkeypatch):
+    """``cache_bytes``: each image is decoded once, within the budget, and every sample of every epoch is the one
+    an uncached data set gives."""
+    from slopekp.data import cub
+
+    make_fixture(tmp_path)
+    reads = []
+    real = cub.read_image
+    monkeypatch.setattr(cub, "read_image", lambda path: reads.append(path) or real(path))
+    plain = CubDataset(tmp_path, "train", img_size=48, seed=7)
+    cached = CubDataset(tmp_path, "train", img_size=48, seed=7, cache_bytes=1 << 20)
+    small = CubDataset(tmp_path, "train", img_size=48, seed=7, cache_bytes=120 * 160 * 3)  # the first image only
+    for e in range(3):
+        for ds in (plain, cached, small):
+            ds.set_epoch(e)
+        for i in range(len(plain)):
+            want = plain[i]
+            for got in (cached[i], small[i]):
+                for name in ("img", "mask", "mask_dt", "kp", "crop"):
+                    assert torch.equal(getattr(got, name), getattr(want, name)), name
+                assert (got.id, got.flipped) == (want.id, want.flipped)
+    assert len(reads) == 3 * 3 + 3 + (1 + 2 * 3)  # plain: every time; cached: once each; small: image 0 once
+    with pytest.raises(ValueError, match="cache_bytes"):
+        CubDataset(tmp_path, "train", img_size=48, cache_bytes=-1)
+
+
 def test_mask_distance_transform_brute_force():
     rng = np.random.default_rng(0)
     m = (rng.uniform(size=(12, 17)) > 0.85).astype(np.float32)

@@ -124,6 +124,45 @@ def test_read_back_keeps_steps_keys_and_values():
     assert read_back([]) == []
 
 
+def test_network_adam_is_the_default_adam_bit_for_bit():
+    """:func:`slopekp.train.run.adam` (multi-tensor) takes the very steps of ``torch.optim.Adam``'s default (the
+    single-tensor loop on a CPU): a faster implementation of the same arithmetic, not another optimiser."""
+    import copy
+
+    from slopekp.train.run import adam
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU(), torch.nn.Flatten(),
+                              torch.nn.Linear(8 * 6 * 6, 5))  # fmt: skip
+    nets = [net, copy.deepcopy(net)]
+    opts = [torch.optim.Adam(nets[0].parameters(), lr=1e-2), adam(nets[1].parameters(), 1e-2)]
+    for step in range(12):
+        x = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(step))
+        for n, o in zip(nets, opts):
+            o.zero_grad(set_to_none=True)
+            n(x).square().mean().backward()
+            torch.nn.utils.clip_grad_norm_(n.parameters(), 0.5)
+            o.step()
+    for a, b in zip(nets[0].state_dict().values(), nets[1].state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_a_step_that_ends_the_epoch_is_checkpointed_once(stage1, tmp_path, monkeypatch):
+    """``train.checkpoint_every`` falling on an epoch's last step (or the call's) writes one checkpoint, after the
+    epoch's end, not two."""
+    from slopekp.train import stage2 as s2
+
+    saved = []
+    real = s2.save_checkpoint
+    monkeypatch.setattr(s2, "save_checkpoint", lambda path, ck: (saved.append((ck["step"], ck["epoch"])),
+                                                                 real(path, ck)))  # fmt: skip
+    data, mp = stage1
+    cfg = load_config(overrides=[*SMOKE, "train.checkpoint_every=1"])  # one batch per epoch: every step ends one
+    res = run_stage2(cfg, data, mp, tmp_path / "run", progress=False, max_steps=3)
+    assert res.steps == 3
+    assert saved == [(1, 1), (2, 2), (3, 3)]
+
+
 @pytest.mark.parametrize("head", ["quaternion", "gramschmidt", "svd", "keypoints"])
 def test_stage3_every_head_trains(stage2, tmp_path, head):
     data, s2, _ = stage2

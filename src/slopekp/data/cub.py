@@ -202,6 +202,9 @@ class CubDataset(torch.utils.data.Dataset):
         max_items: use only the first ``max_items`` samples (0 = all).
         images_dir: images folder (default ``root/images``).
         sfm_dir: folder with ``anno_<split>.mat`` (default ``root``; CMR keeps them in ``cachedir/cub/sfm``).
+        cache_bytes: keep up to this many bytes of decoded images in memory (uint8, the first ones read), so that
+            later epochs do not decode them again (0 = none). Samples are the same either way; each DataLoader
+            worker process holds a cache of its own.
 
     Raises:
         MatFileError (a ValueError): missing or malformed annotation files, an ``anno`` file whose length
@@ -226,6 +229,7 @@ class CubDataset(torch.utils.data.Dataset):
         images_dir: str | os.PathLike | None = None,
         jitter: bool | None = None,
         sfm_dir: str | os.PathLike | None = None,
+        cache_bytes: int = 0,
     ) -> None:
         super().__init__()
         if img_size <= 0:
@@ -234,6 +238,11 @@ class CubDataset(torch.utils.data.Dataset):
             raise ValueError(f"padding_frac and jitter_frac must be >= 0, got {padding_frac}, {jitter_frac}")
         if max_items < 0:
             raise ValueError(f"max_items must be >= 0, got {max_items}")
+        if cache_bytes < 0:
+            raise ValueError(f"cache_bytes must be >= 0, got {cache_bytes}")
+        self.cache_bytes = int(cache_bytes)
+        self._images: dict[int, np.ndarray] = {}  # decoded images kept by read_rgb (index -> read-only uint8)
+        self._cached_bytes = 0
         self.root = Path(root)
         if not self.root.is_dir():
             raise MatFileError(f"dataset root {self.root} is not a directory")
@@ -286,6 +295,18 @@ class CubDataset(torch.utils.data.Dataset):
     def image_path(self, i: int) -> Path:
         return self.images_dir / self.records[i].rel_path
 
+    def read_rgb(self, i: int) -> np.ndarray:
+        """Image ``i`` as RGB ``(H, W, 3)`` uint8 (:func:`~slopekp.data.matfiles.read_image`), from the memory
+        cache when it holds it (``cache_bytes``); do not modify it in place."""
+        img = self._images.get(i)
+        if img is None:
+            img = read_image(self.image_path(i))
+            if self._cached_bytes + img.nbytes <= self.cache_bytes:
+                img.setflags(write=False)
+                self._images[i] = img
+                self._cached_bytes += img.nbytes
+        return img
+
     def validate(self) -> None:
         """Read every image and check it against its mask (raises :class:`MatFileError` naming the file)."""
         for i in range(len(self)):
@@ -296,7 +317,7 @@ class CubDataset(torch.utils.data.Dataset):
             raise IndexError(f"index {i} out of range for a dataset of {len(self)} samples")
         rec = self.records[i]
         path = self.image_path(i)
-        img = read_image(path).astype(np.float32) / 255.0
+        img = self.read_rgb(i).astype(np.float32) / 255.0
         check_mask_matches_image(rec.mask, img, path)
         mask = rec.mask.astype(np.float32)
         rng = np.random.default_rng([self.seed, self.epoch, i])

@@ -214,7 +214,7 @@ def run_stage3(
     for n, p in model.named_parameters():
         p.requires_grad_(n.startswith(trained))
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=cfg.train.lr)
+    opt = run.adam(params, cfg.train.lr)
     hard = Renderer(RenderSettings.from_config(cfg.render, model.pose.target_size(model.encoder)))
     ckpt_path = out_dir / CHECKPOINT
     at = run.LoopState()
