@@ -153,3 +153,59 @@ def test_to_device_and_device_constant():
     assert c.dtype == torch.float64 and c.tolist() == [1.0, 2.0]
     t = torch.arange(3)
     assert torch.equal(to_device(t, "cpu"), t)
+
+
+_ORPHAN_JOB = """
+import os, sys, time
+sys.path.insert(0, {folder!r})
+from slopekp.utils import spawned_map
+from orphan_job_fns import init, work
+
+if __name__ == "__main__":
+    with spawned_map(work, range(4), 2, init, ({folder!r},)) as results:
+        list(results)
+"""
+
+_ORPHAN_FNS = """
+import os, time
+
+def init(folder):
+    open(os.path.join(folder, f"worker-{os.getpid()}"), "w").close()
+
+def work(i):
+    time.sleep(60)
+    return i
+"""
+
+
+def test_spawned_workers_end_when_their_parent_is_killed(tmp_path):
+    """A ``kill -9`` of the process running :func:`spawned_map` does not leave its workers behind (issue 22)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    (tmp_path / "orphan_job_fns.py").write_text(_ORPHAN_FNS)
+    (tmp_path / "job.py").write_text(_ORPHAN_JOB.format(folder=str(tmp_path)))
+    proc = subprocess.Popen([sys.executable, str(tmp_path / "job.py")])
+    deadline = time.monotonic() + 120
+    while len(list(tmp_path.glob("worker-*"))) < 2 and time.monotonic() < deadline:
+        assert proc.poll() is None, "the job ended before its workers started"
+        time.sleep(0.05)
+    pids = [int(p.name.split("-")[1]) for p in tmp_path.glob("worker-*")]
+    assert len(pids) == 2
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+    def alive(pid: int) -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        with open(f"/proc/{pid}/stat") as f:  # a zombie waiting to be reaped by init counts as gone
+            return f.read().split(")")[-1].split()[0] != "Z"
+
+    deadline = time.monotonic() + 30
+    while any(alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(alive(p) for p in pids), "workers outlived their killed parent"

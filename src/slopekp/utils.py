@@ -82,14 +82,33 @@ def current_umask() -> int:
 def spawned_map(fn, items, workers: int, initializer, initargs: tuple = ()) -> Iterator[Iterator[Any]]:
     """``map(fn, items)`` in ``workers`` spawned processes, each set up once by ``initializer(*initargs)``; yields
     the results' iterator, in the order of ``items``. Spawned, never forked: the caller may hold OpenMP threads.
-    Work not started yet is cancelled when the caller stops early (an error, Ctrl-C); leaving waits for the rest."""
+    Work not started yet is cancelled when the caller stops early (an error, Ctrl-C); leaving waits for the rest.
+    A worker whose parent dies (``kill -9``) ends itself within :data:`ORPHAN_POLL_S` seconds."""
     ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=initializer, initargs=initargs) as pool:
+    setup = (os.getpid(), initializer, initargs)
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_start_spawned_worker, initargs=setup) as pool:
         try:
             yield pool.map(fn, items)
         except BaseException:
             pool.shutdown(wait=False, cancel_futures=True)
             raise
+
+
+ORPHAN_POLL_S = 0.5
+"""How often a :func:`spawned_map` worker checks that the process that started it is still alive."""
+
+
+def _start_spawned_worker(parent: int, initializer, initargs: tuple) -> None:
+    """A :func:`spawned_map` worker's set-up: ``initializer(*initargs)``, and a watch that ends this process when
+    its parent is gone (a ``kill -9`` of the main process would otherwise leave the workers waiting forever)."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            threading.Event().wait(ORPHAN_POLL_S)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="slopekp-orphan-watch", daemon=True).start()
+    initializer(*initargs)
 
 
 def atomic_temporaries(path: str | os.PathLike) -> list[Path]:
