@@ -1,21 +1,27 @@
-"""Stage I end to end on a small SynthBirds set, by number of worker processes: prints one JSON object per line
-and case, with speed and accuracy side by side.
+"""Stage I end to end on a small SynthBirds set, by number of worker processes and by schedule: prints one JSON
+object per line and case, with speed and accuracy side by side.
 
-Each case generates (once, in a temporary folder) ``--images`` SynthBirds training images of 64² with their true
-cameras, then runs :func:`slopekp.train.stage1.run_stage1` with the quickstart's ``multiplex.*`` settings and
-``multiplex.workers`` set by the case, and its report against the true cameras.
+Each case generates (in a temporary folder) ``--images`` SynthBirds training images of 64² with their true
+cameras, then runs :func:`slopekp.train.stage1.run_stage1` with the quickstart's ``multiplex.*`` settings, the
+case's own overrides, and its report against the true cameras.
 
 Keys: ``case``; ``workers`` (the processes that fitted: ``multiplex.workers`` resolved, 0 = one per core);
-``images``; ``fit_s`` (wall time of the fit, report excluded: the worker processes' start-up included);
-``images_per_s``; ``best_median_deg`` and ``closest_median_deg`` (median rotation error of each image's best and
-closest hypothesis against the true camera: the same for every case, since the results do not depend on the
-number of processes); ``peak_mb`` (peak resident-set growth of this case's main process; each worker holds its
-own copy of the data set besides); ``threads`` (each worker's intra-op threads: 1; for ``workers_1`` torch's
-default in the case process); ``cores`` (``os.sched_getaffinity``); ``device``.
+``settings`` (the case's overrides); ``images``; ``fit_s`` (wall time of the fit, report excluded: the worker
+processes' start-up included); ``images_per_s``; ``best_median_deg`` and ``closest_median_deg`` (median rotation
+error of each image's best and closest hypothesis against the true camera: the same for cases that differ only in
+the number of processes); ``best_mirror_median_deg`` (the best hypothesis up to the depth mirror);
+``best_iou_mean`` (its mask IoU); ``peak_mb`` (peak resident-set growth of this case's main process; each worker
+holds its own copy of the data set besides); ``threads`` (each worker's intra-op threads: 1; for ``workers_1``
+torch's default in the case process); ``cores`` (``os.sched_getaffinity``); ``device``.
 
-Cases: ``workers_1`` (one process, as before issue 22), ``workers_2``, ``workers_all`` (``multiplex.workers=0``).
+Cases: ``workers_1`` (one process, as before issue 22), ``workers_2``, ``workers_all`` (``multiplex.workers=0``);
+then cheaper schedules on all cores (docs/results/stage1_schedules.md measures them on 400 SynthBirds images and
+100 real CUB SfM views): ``halve_4`` and ``halve_8`` (successive halving every 4 or 8 steps down to 4 hypotheses
+per image, ``multiplex.prune_every``) and ``steps20_gain05`` (half the steps with twice the offset gain, the same
+reach in angle).
 
-Usage: ``python benchmarks/stage1.py [--cases workers_1,workers_all] [--images 48] [--threads N]``
+Usage: ``python benchmarks/stage1.py [--cases workers_1,workers_all] [--images 48] [--size 64] [--deform 1]
+[--threads N]``; ``--images 400 --size 128 --deform 0`` is the quickstart's Stage I.
 """
 
 from __future__ import annotations
@@ -28,7 +34,18 @@ import time
 
 from _cases import peak_mb_since, rss_mb, run_each, selected_cases
 
-CASES = {"workers_1": 1, "workers_2": 2, "workers_all": 0}
+#: cheaper schedules than the quickstart's (all 40 hypotheses for 40 steps): case -> overrides
+SCHEDULE_CASES = {
+    "halve_4": ("multiplex.prune_every=4", "multiplex.prune_factor=2", "multiplex.keep=4"),
+    "halve_8": ("multiplex.prune_every=8", "multiplex.prune_factor=2", "multiplex.keep=4"),
+    "steps20_gain05": ("multiplex.steps=20", "multiplex.offset_gain=0.5"),
+}
+CASES = {
+    "workers_1": ("multiplex.workers=1",),
+    "workers_2": ("multiplex.workers=2",),
+    "workers_all": ("multiplex.workers=0",),
+    **SCHEDULE_CASES,
+}
 
 def _run_case(name: str, args: argparse.Namespace, queue) -> None:
     import torch
@@ -42,18 +59,19 @@ def _run_case(name: str, args: argparse.Namespace, queue) -> None:
     threads = args.threads or torch.get_num_threads()
     with tempfile.TemporaryDirectory() as tmp:
         data = generate_synthbirds(os.path.join(tmp, "sb"), options=SynthOptions(n_train=args.images, n_test=0,
-                                                                                 size=64, seed=0), progress=False)
+                                 size=args.size, deform=args.deform, seed=0), progress=False)  # fmt: skip
         torch.set_num_threads(threads)  # the generator may have changed it
         stage1 = [o for o in QUICKSTART_DEFAULTS if o.startswith("multiplex.")]
-        cfg = load_config(overrides=[*stage1, f"multiplex.workers={CASES[name]}"])
+        cfg = load_config(overrides=[*stage1, *CASES[name]])
         rss0 = rss_mb()
         t0 = time.perf_counter()
         res = run_stage1(cfg, data, os.path.join(tmp, "s1"), progress=False, report=True)
         total = time.perf_counter() - t0
     m = res.metrics
-    workers = stage1_workers(CASES[name], torch.device("cpu"))
+    workers = stage1_workers(cfg.multiplex.workers, torch.device("cpu"))
     queue.put({
         "case": name,
+        "settings": list(CASES[name]),
         "workers": workers,
         "images": res.num_fitted,
         "fit_s": round(res.seconds, 3),
@@ -61,6 +79,8 @@ def _run_case(name: str, args: argparse.Namespace, queue) -> None:
         "images_per_s": round(res.images_per_s, 4),
         "best_median_deg": round(m.rotation_error_best.median_deg, 2),
         "closest_median_deg": round(m.rotation_error_closest.median_deg, 2),
+        "best_mirror_median_deg": round(m.rotation_error_best_up_to_depth_mirror.median_deg, 2),
+        "best_iou_mean": round(m.best_iou_mean, 3),
         "peak_mb": peak_mb_since(rss0),
         "threads": 1 if workers > 1 else torch.get_num_threads(),
         "cores": len(os.sched_getaffinity(0)),
@@ -72,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--cases", default=",".join(CASES), help=f"comma-separated subset of {', '.join(CASES)}")
     p.add_argument("--images", type=int, default=48, help="SynthBirds training images to fit")
+    p.add_argument("--size", type=int, default=64, help="side of the SynthBirds images (the quickstart's: 128)")
+    p.add_argument("--deform", type=float, default=1.0, help="SynthBirds shape deformation (the quickstart's: 0)")
     p.add_argument("--threads", type=int, default=0, help="torch threads of the one-process case (0: torch's default)")
     args = p.parse_args(argv)
     return run_each(selected_cases(p, args.cases, CASES), _run_case, args)

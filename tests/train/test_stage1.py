@@ -84,6 +84,54 @@ def test_fit_moves_the_right_hypothesis_onto_the_mask(bird):
     assert mask_iou(_render_masks(bird, init[:1], 32), mask).item() < iou.item() - 0.1
 
 
+def _pruning_case(bird):
+    """Six grid hypotheses fitted to one perturbed grid view: ``(init, renderer, mask, dt)``."""
+    init = hypothesis_cameras(3, 2, el_bias_deg=20.0)
+    gt = _perturbed(init[2], 0.08, (0.04, -0.03), (9.0, -6.0, 5.0))[None]
+    mask = _render_masks(bird, gt, 24)
+    return init, Renderer(RenderSettings(image_size=24)), mask, _dt(mask)
+
+
+def test_successive_halving_against_fits_without_pruning(bird):
+    """Issue 22: a hypothesis that stops at step s ends where a fit of s steps leaves it; the ones kept are the best
+    by the loss of step s - 1 and end where the full fit leaves them (each trajectory is independent of the others:
+    only float summation order differs, hence the tolerance; few steps, so that Adam cannot amplify it)."""
+    init, r, mask, dt = _pruning_case(bird)
+    kw = dict(settings=OffsetSettings(gain=1.0), lr=0.1)
+
+    def fit(steps, prune=()):
+        return fit_hypotheses(bird.verts, bird.faces, r, mask, dt, init, steps=steps, prune=prune, **kw)
+
+    pruned = fit(6, prune=((3, 2),))
+    before = fit(2)  # its final loss is that of the offsets entering step 2: the ranking used at step 3
+    kept = torch.sort(before.loss[0], stable=True).indices[:2]
+    stopped = torch.tensor([p for p in range(6) if p not in kept.tolist()])
+    full, at_stop = fit(6), fit(3)
+    torch.testing.assert_close(pruned.cameras[0, kept], full.cameras[0, kept], atol=1e-4, rtol=0)
+    torch.testing.assert_close(pruned.cameras[0, stopped], at_stop.cameras[0, stopped], atol=1e-4, rtol=0)
+    # every hypothesis is scored at the end, at its final camera
+    torch.testing.assert_close(pruned.loss[0, kept], full.loss[0, kept], atol=1e-4, rtol=0)
+    torch.testing.assert_close(pruned.loss[0, stopped], at_stop.loss[0, stopped], atol=1e-4, rtol=0)
+    assert torch.allclose(pruned.scores.sum(-1), torch.ones(1))
+    # the test can fail: the stopped hypotheses did move after step 3 in the full fit
+    assert (full.cameras[0, stopped] - at_stop.cameras[0, stopped]).abs().max() > 1e-3
+
+
+def test_pruning_schedule_halves_down_to_keep():
+    from slopekp.train.stage1 import pruning_schedule
+
+    def sched(**kw):
+        return pruning_schedule(load_config(overrides=[f"multiplex.{k}={v}" for k, v in kw.items()]).multiplex, 40)
+
+    assert sched(steps=40) == ()  # prune_every = 0: never
+    assert sched(steps=40, prune_every=8, keep=4) == ((8, 20), (16, 10), (24, 5), (32, 4))
+    assert sched(steps=40, prune_every=8, keep=6) == ((8, 20), (16, 10), (24, 6))
+    assert sched(steps=20, prune_every=8, keep=4) == ((8, 20), (16, 10))  # no pruning at or after the last step
+    assert sched(steps=40, prune_every=6, prune_factor=8, keep=5) == ((6, 5),)
+    assert sched(steps=40, prune_every=5, prune_factor=3, keep=1) == ((5, 14), (10, 5), (15, 2), (20, 1))
+    assert sched(steps=40, prune_every=8, keep=40) == ()  # keep >= P: nothing to stop
+
+
 def test_flip_consistency_mirror_image_gives_reflected_cameras(bird):
     grid = hypothesis_cameras(4, 1, el_bias_deg=30.0)[[0, 1]]
     gt = _perturbed(grid[1], 0.05, (0.05, 0.02), (12.0, 5.0, -8.0))[None]
@@ -471,3 +519,37 @@ def test_an_empty_training_split_is_refused_before_anything_is_written(tmp_path,
     err = capsys.readouterr().err
     assert f"{data / 'train_cub_cleaned.mat'}: the split 'train' has no images" in err
     assert not out.exists()
+
+
+def test_a_worker_meeting_an_unreadable_image_names_it_and_the_saved_store_resumes(synth_dir, tmp_path, capsys):
+    """Issue 22: an image that only a worker process reads fails the run with the image's name; the store saved
+    before it holds the images fitted until then, and once the image is repaired the run resumes to the store of
+    an uninterrupted run."""
+    import shutil
+
+    from slopekp.train.stage1 import build_stage1_dataset
+
+    data = tmp_path / "data"
+    shutil.copytree(synth_dir, data)
+    over = ["multiplex.num_az=2", "multiplex.num_el=2", "multiplex.steps=3", "multiplex.image_size=16",
+            "multiplex.batch_size=1", "multiplex.save_every=1", "data.flip=false", "threads=1"]  # fmt: skip
+    cfg = load_config(overrides=[*over, "multiplex.workers=2"])
+    bad = build_stage1_dataset(cfg, data).image_path(3)
+    good = bad.read_bytes()
+    bad.write_bytes(bytes(len(good)))  # zeros: not an image (of the same size, so the data fingerprint holds)
+    out = tmp_path / "s1"
+    code = main(["multiplex", "init", "--data", str(data), "--out", str(out), "--quiet", "--no-report", *over,
+                 "multiplex.workers=2"])  # fmt: skip
+    assert code == 2
+    err = capsys.readouterr().err
+    assert str(bad) in err, err
+    saved = CameraMultiplex.load(out / STORE_NAME)
+    assert len(saved) == 3  # the images before the bad one, in order; nothing half-written
+    bad.write_bytes(good)
+    res = run_stage1(cfg, data, out, progress=False, report=False)
+    assert res.num_fitted == 1 and res.num_images == 4
+    ref = run_stage1(load_config(overrides=[*over, "multiplex.workers=1"]), data, tmp_path / "ref", progress=False,
+                     report=False)  # fmt: skip
+    with np.load(out / STORE_NAME) as a, np.load(ref.store_path) as b:
+        for k in a.files:
+            np.testing.assert_array_equal(a[k], b[k], err_msg=k)

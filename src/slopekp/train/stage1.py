@@ -93,6 +93,7 @@ def fit_hypotheses(
     betas: tuple[float, float] = (0.9, 0.999),
     ids: Tensor | None = None,
     batch_invariant: bool = True,
+    prune: tuple[tuple[int, int], ...] = (),
 ) -> HypothesisFit:
     """Fit P camera hypotheses per image to its mask (METHOD §5.3).
 
@@ -146,33 +147,70 @@ def fit_hypotheses(
             fit_hypotheses(
                 verts, faces, renderer, mask[i : i + 1], mask_dt[i : i + 1], init_cameras[i : i + 1],
                 settings=settings, steps=steps, lr=lr, peakiness=peakiness, betas=betas,
-                ids=None if ids is None else ids[i : i + 1], batch_invariant=False,
+                ids=None if ids is None else ids[i : i + 1], batch_invariant=False, prune=prune,
             )
             for i in range(B)
         ]  # fmt: skip
         return HypothesisFit(*(torch.cat([getattr(f, k) for f in fits]) for k in ("cameras", "loss", "scores")),
                              torch.stack([f.loss_curve for f in fits]).mean(0))  # fmt: skip
     base = init_cameras.to(mask.device, torch.float32)
+    P = base.shape[1]
     offsets = torch.zeros(*base.shape[:2], 6, dtype=torch.float32, device=mask.device)
     exp_avg, exp_avg_sq = torch.zeros_like(offsets), torch.zeros_like(offsets)
     step = torch.zeros(B, dtype=torch.int64, device=mask.device)
-    curve = []
-    for _ in range(steps):
+    final = offsets  # (B, P, 6) every hypothesis's offsets; those of a stopped one where it stopped
+    active = torch.arange(P, device=mask.device).expand(B, P)  # (B, K) the hypotheses still fitted
+    fitted_base = base
+    prune_at = dict(prune)
+    curve, loss = [], None
+    for i in range(steps):
+        if i in prune_at and loss is not None and prune_at[i] < active.shape[1]:
+            keep = torch.sort(loss, dim=1, stable=True).indices[:, : prune_at[i]]  # the best by the last loss
+            final = final.scatter(1, _expand_rows(active, 6), offsets)
+            active = active.gather(1, keep)
+            offsets, exp_avg, exp_avg_sq = (_rows(t, keep) for t in (offsets, exp_avg, exp_avg_sq))
+            fitted_base = _rows(base, active)
         leaf = offsets.requires_grad_(True)
-        cams = apply_offsets(base, leaf, settings)
-        loss = mask_loss(renderer(verts, faces, cams, mode="silhouette").alpha, mask, mask_dt)  # (B, P)
+        cams = apply_offsets(fitted_base, leaf, settings)
+        loss = mask_loss(renderer(verts, faces, cams, mode="silhouette").alpha, mask, mask_dt)  # (B, K)
         (grad,) = torch.autograd.grad(loss.sum(), leaf)
         grad = suppress_gradient_noise(grad)  # else Adam turns rounding noise into steps: see its docstring
-        curve.append(loss.detach().mean())
+        loss = loss.detach()
+        curve.append(loss.mean())
         # every image of the batch steps, so the per-row step counts stay equal here (the store's Adam is the
         # same function, used there on a subset of rows)
         res = adam_update(leaf.detach(), grad, exp_avg, exp_avg_sq, step, lr, betas)
         offsets, exp_avg, exp_avg_sq, step = res
+    final = final.scatter(1, _expand_rows(active, 6), offsets)
     with torch.no_grad():
-        cams = positive_scale_cameras(apply_offsets(base, offsets, settings))
+        cams = positive_scale_cameras(apply_offsets(base, final, settings))
         loss = mask_loss(renderer(verts, faces, cams, mode="silhouette").alpha, mask, mask_dt)
     curve.append(loss.mean())
     return HypothesisFit(cams, loss, hypothesis_scores(loss, peakiness), torch.stack(curve))
+
+
+def pruning_schedule(mp, num_hypotheses: int) -> tuple[tuple[int, int], ...]:
+    """``((step, keep), ...)``: before ``step``, each image goes on fitting only its ``keep`` best hypotheses."""
+    if mp.prune_every <= 0:
+        return ()
+    out, k = [], num_hypotheses
+    for step in range(mp.prune_every, mp.steps, mp.prune_every):
+        k_new = max(mp.keep, -(-k // mp.prune_factor))
+        if k_new >= k:
+            break
+        out.append((step, k_new))
+        k = k_new
+    return tuple(out)
+
+
+def _expand_rows(idx: Tensor, width: int) -> Tensor:
+    """``(B, K)`` row indices as ``(B, K, width)`` for ``gather``/``scatter`` along dim 1."""
+    return idx[..., None].expand(*idx.shape, width)
+
+
+def _rows(t: Tensor, idx: Tensor) -> Tensor:
+    """``t[b, idx[b, k]]``: the ``(B, K, C)`` rows of ``t: (B, P, C)``."""
+    return t.gather(1, _expand_rows(idx, t.shape[-1]))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -358,7 +396,7 @@ def _fit_dataset(dataset, store, store_path, verts, faces, renderer, init, cfg, 
         return 0
     chunks = [todo[i : i + mp.batch_size] for i in range(0, len(todo), mp.batch_size)]
     fit_args = FitArgs(verts, faces, renderer.settings, init, store.settings, mp.steps, mp.lr, mp.peakiness,
-                       mp.batch_invariant)  # fmt: skip
+                       mp.batch_invariant, pruning_schedule(mp, init.shape[0]))  # fmt: skip
     workers = min(stage1_workers(mp.workers, store.device), len(chunks))
     writer = run.summary_writer(out_dir / "tb")
     done, t0 = 0, time.perf_counter()
@@ -413,6 +451,7 @@ class FitArgs(NamedTuple):
     lr: float
     peakiness: float
     batch_invariant: bool
+    prune: tuple[tuple[int, int], ...]
 
 
 def _fit_chunk(dataset, indices: list[int], args: FitArgs, renderer: Renderer, device) -> tuple:
@@ -423,6 +462,7 @@ def _fit_chunk(dataset, indices: list[int], args: FitArgs, renderer: Renderer, d
     fit = fit_hypotheses(
         args.verts, args.faces, renderer, batch.mask, batch.mask_dt, args.init, settings=args.offsets,
         steps=args.steps, lr=args.lr, peakiness=args.peakiness, ids=batch.id, batch_invariant=args.batch_invariant,
+        prune=args.prune,
     )  # fmt: skip
     return batch.id, batch.crop, fit
 
