@@ -314,3 +314,21 @@ def test_local_soft_argmax_ignores_a_wide_background():
     assert maps.grad.abs().sum() > 0  # still differentiable
     with pytest.raises(ValueError, match="window"):
         soft_argmax(maps, window=-1.0)
+
+
+def test_model_keypoint_width_sets_the_decoder_width():
+    """``model.keypoint_width`` is the decoder's width unit (issue 22: 16 beside the CPU-sized encoder); the default
+    stays LWTL's 64, so checkpoints whose config predates the setting build the decoder they were trained with."""
+    from slopekp.config import load_config
+    from slopekp.models.reconstructor import build_model
+
+    template = load_template("procedural")
+
+    def decoder_params(*overrides: str) -> tuple[int, int]:
+        model = build_model(load_config(overrides=["model.pose_head=keypoints", *overrides]).model, template)
+        first = next(m for m in model.pose.decoder.modules() if isinstance(m, nn.Conv2d))
+        return first.out_channels, sum(p.numel() for p in model.pose.decoder.parameters())
+
+    (c64, n64), (c16, n16) = decoder_params(), decoder_params("model.keypoint_width=16")
+    assert n64 > 8 * n16  # convolutions: about (64 / 16)² fewer weights
+    assert c64 == 4 * c16

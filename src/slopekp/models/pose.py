@@ -255,10 +255,11 @@ class KeypointPoseHead(PoseHead):
 
     @classmethod
     def for_network(cls, encoder: ResNetEncoder, template_verts: Tensor, cfg: ModelConfig) -> PoseHead:
-        """On the encoder's ``layer1 .. layer4`` features, with ``cfg.num_keypoints`` keypoints and ``cfg.end2end``."""
+        """On the encoder's ``layer1 .. layer4`` features, with ``cfg.num_keypoints`` keypoints, the decoder width
+        ``cfg.keypoint_width`` and ``cfg.end2end``."""
         chans = tuple(encoder.feature_channels[f"layer{i}"] for i in range(1, 5))
         return cls(template_verts=template_verts, in_channels=chans, num_keypoints=cfg.num_keypoints,
-                   end2end=cfg.end2end)  # fmt: skip
+                   base_width=cfg.keypoint_width, end2end=cfg.end2end)  # fmt: skip
 
     def heatmap_side(self, layer1_side: int) -> int:
         """Side of the (square) heatmaps for a ``layer1`` feature map of side ``layer1_side``."""
