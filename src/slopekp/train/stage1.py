@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from slopekp.config import Config, save_config
+from slopekp.config import Config, MultiplexConfig, save_config
 from slopekp.data.cub import CubDataset, collate_samples, require_images
 from slopekp.manifest import MANIFEST_NAME, Manifest, cmr_data_fingerprint, flat_settings, prepare_output_dir
 from slopekp.mesh import load_template, template_fingerprint
@@ -123,6 +123,10 @@ def fit_hypotheses(
         steps, lr, peakiness, betas: optimiser and scoring settings.
         ids: optional ``(B,)`` image ids, only to name images in error messages.
         batch_invariant: optimise image by image (see above).
+        prune: successive halving, ``((step, keep), ...)`` (:func:`pruning_schedule`): before ``step``, each image
+            goes on fitting only its ``keep`` hypotheses of lowest loss at the previous step; the others stop where
+            they are and are scored with the rest at the end. ``loss_curve`` then averages the hypotheses still
+            fitted. Empty (the default): every hypothesis takes every step.
 
     Returns:
         :class:`HypothesisFit`.
@@ -189,8 +193,10 @@ def fit_hypotheses(
     return HypothesisFit(cams, loss, hypothesis_scores(loss, peakiness), torch.stack(curve))
 
 
-def pruning_schedule(mp, num_hypotheses: int) -> tuple[tuple[int, int], ...]:
-    """``((step, keep), ...)``: before ``step``, each image goes on fitting only its ``keep`` best hypotheses."""
+def pruning_schedule(mp: MultiplexConfig, num_hypotheses: int) -> tuple[tuple[int, int], ...]:
+    """The ``prune`` schedule of :func:`fit_hypotheses` from ``multiplex.prune_every``, ``prune_factor`` and ``keep``:
+    ``((step, keep), ...)``, every ``prune_every`` steps ``1/prune_factor`` of the hypotheses still fitted (rounded
+    up, at least ``keep``); none at or after the last step, and none once ``keep`` is reached."""
     if mp.prune_every <= 0:
         return ()
     out, k = [], num_hypotheses
