@@ -9,9 +9,9 @@
 5. evaluates both on the test split and writes the comparison (``report.md``, figures per head).
 
 This is :func:`slopekp.benchmark.run_benchmark` with two heads and one seed on a set sized for about
-13 minutes on a 2-core laptop CPU (docs/training.md gives the minutes per stage). ``--full`` runs the complete benchmark instead: 2,000 + 400 SynthBirds images
-of random shapes, all four heads, three seeds, the settings of ``configs/synthbirds_train.yaml`` (hours on a
-laptop CPU; every stage resumes).
+13 minutes on a 2-core laptop CPU (docs/training.md gives the minutes per stage). ``--full`` runs the complete
+benchmark instead: 2,000 + 400 SynthBirds images of random shapes, all four heads, three seeds, the settings of
+``configs/synthbirds_train.yaml`` (hours on a laptop CPU; every stage resumes).
 
 The output folder (``out_dir``, default ``outputs/quickstart``) has a run manifest (:mod:`slopekp.manifest`):
 rerunning with the same settings resumes; with other settings (``seed=5``) the previous run is moved aside to
