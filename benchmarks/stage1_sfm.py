@@ -33,24 +33,15 @@ SCHEDULES = {"quickstart": (), **SCHEDULE_CASES}
 def _views(shared: Path, template, n: int):
     """``n`` SfM cameras re-expressed in the NDC of a square crop (10% margin) around the projected template."""
     import numpy as np
-    import scipy.io
     import torch
 
-    from slopekp.geometry.camera import affine_camera, camera_from_sfm, crop_from_box, project_points
+    from slopekp.data.matfiles import read_sfm_anno
+    from slopekp.geometry.camera import affine_camera, camera_from_sfm, crop_around_points, project_points
 
-    anno = scipy.io.loadmat(shared / "cub" / "sfm" / "anno_train.mat", struct_as_record=False,
-                            squeeze_me=True)["sfm_anno"]  # fmt: skip
+    anno = read_sfm_anno(shared / "cub" / "sfm" / "anno_train.mat")
     idx = np.linspace(0, len(anno) - 1, n).round().astype(int)
-
-    def stack(name):
-        return torch.tensor(np.stack([np.asarray(getattr(anno[i], name), dtype=np.float32) for i in idx]))
-
-    cam_px = camera_from_sfm(stack("rot"), stack("scale").reshape(-1), stack("trans"))
-    uv = project_points(template.verts[None], cam_px)[..., :2]
-    lo, hi = uv.amin(1), uv.amax(1)
-    side = (hi - lo).amax(-1) * 1.2
-    corner = (lo + hi) / 2 - side[:, None] / 2
-    crop = crop_from_box(corner[:, 0], corner[:, 1], side)
+    cam_px = camera_from_sfm(*(torch.tensor(a[idx], dtype=torch.float32) for a in (anno.rot, anno.scale, anno.trans)))
+    crop = crop_around_points(project_points(template.verts[None], cam_px)[..., :2], 0.1)
     return affine_camera(cam_px, crop[:, 0], crop[:, 1:])
 
 

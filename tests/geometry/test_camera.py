@@ -228,6 +228,20 @@ def test_crop_from_box_maps_box_corners_to_ndc_corners():
         cm.crop_from_box(0.0, 0.0, torch.tensor([10.0, 0.0]))
 
 
+def test_crop_around_points_is_the_square_box_around_them_with_a_margin():
+    # points spanning x 10..50 and y 20..40: centre (30, 30), longer extent 40, side 40·(1 + 2·0.1) = 48
+    pts = torch.tensor([[[10.0, 25.0], [50.0, 20.0], [30.0, 40.0]]])
+    crop = cm.crop_around_points(pts, 0.1)
+    torch.testing.assert_close(crop, cm.crop_from_box(torch.tensor([6.0]), torch.tensor([6.0]), torch.tensor([48.0])))
+    ndc = crop[:, None, :1] * pts + crop[:, None, 1:]
+    torch.testing.assert_close(ndc[0, :, 0].aminmax(), (torch.tensor(-40 / 48), torch.tensor(40 / 48)))
+    torch.testing.assert_close(cm.crop_around_points(pts)[0, 0], torch.tensor(2 / 40.0))  # no margin: side 40
+    with pytest.raises(ValueError, match="margin"):
+        cm.crop_around_points(pts, -0.1)
+    with pytest.raises(ValueError, match="side must be > 0"):
+        cm.crop_around_points(torch.ones(1, 3, 2))
+
+
 def test_recrop_camera():
     pts = torch.randn(13, 3, dtype=torch.float64)
     W = 500

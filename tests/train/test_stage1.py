@@ -22,7 +22,7 @@ from slopekp.eval.metrics import mask_iou
 from slopekp.geometry.camera import (
     affine_camera,
     camera_from_sfm,
-    crop_from_box,
+    crop_around_points,
     depth_mirror_cameras,
     project_points,
     reflect_camera,
@@ -346,10 +346,7 @@ def _sfm_views(sfm_dir, template, n: int, size: int, pad: float = 0.1):
     trans = torch.tensor(np.stack([anno[i].trans for i in idx]), dtype=torch.float32)
     cam_px = camera_from_sfm(rot, scale, trans)
     uv = project_points(template.verts[None], cam_px)[..., :2]  # (n, V, 2) original pixels
-    lo, hi = uv.amin(1), uv.amax(1)
-    side = (hi - lo).amax(-1) * (1 + 2 * pad)
-    corner = (lo + hi) / 2 - side[:, None] / 2
-    crop = crop_from_box(corner[:, 0], corner[:, 1], side)  # ndc = a·u + b
+    crop = crop_around_points(uv, pad)  # ndc = a·u + b
     return affine_camera(cam_px, crop[:, 0], crop[:, 1:]), idx
 
 

@@ -35,6 +35,7 @@ __all__ = [
     "affine_camera",
     "camera_from_sfm",
     "check_camera",
+    "crop_around_points",
     "crop_from_box",
     "depth_mirror_cameras",
     "join_camera",
@@ -275,6 +276,27 @@ def crop_from_box(
     a = 2 / side
     x0, y0, a = torch.broadcast_tensors(x0, y0, a)
     return torch.stack((a, -a * x0 - 1, -a * y0 - 1), dim=-1)
+
+
+def crop_around_points(points: torch.Tensor, margin: float = 0.0) -> torch.Tensor:
+    """Crop descriptor (:func:`crop_from_box`) of the square box centred on the bounding box of ``points``, its side
+    the longer extent grown by ``margin`` of it on each side (``side = extent·(1 + 2·margin)``).
+
+    Args:
+        points: ``(..., N, 2)`` pixel coordinates ``(u, v)`` (e.g. projected vertices), not all coincident.
+        margin: ``>= 0``.
+    Returns:
+        ``(..., 3)`` crop descriptors.
+    Raises:
+        ValueError: a negative margin, or points with no extent.
+    """
+    check_shape("points", points, (..., None, 2))
+    if not margin >= 0:
+        raise ValueError(f"margin must be >= 0, got {margin!r}")
+    lo, hi = points.amin(-2), points.amax(-2)
+    side = (hi - lo).amax(-1) * (1 + 2 * margin)
+    corner = (lo + hi) / 2 - side[..., None] / 2
+    return crop_from_box(corner[..., 0], corner[..., 1], side)
 
 
 def recrop_camera(cam: torch.Tensor, crop_from: torch.Tensor, crop_to: torch.Tensor) -> torch.Tensor:
