@@ -173,6 +173,14 @@ class ModelConfig:
     free saving: one quickstart run with 16 (and 15 pose epochs) ended at chance (mask IoU 0.38, median 83°)."""
     end2end: bool = False
     """Keypoint head: back-propagate a camera loss through PnP into the keypoints and confidences."""
+    heatmap_sigma: float = 0.05
+    """Keypoint head: width (NDC) of the Gaussian heatmap targets (METHOD §7.7: 0.05, 6.4 px at 256², but 0.8 px
+    on the 32² heatmaps of a 64² input)."""
+    heatmap_occluded: bool = False
+    """Keypoint head: the heatmap loss also supervises the keypoints that the target camera does not see, at their
+    projections (METHOD §7.7 supervises the visible ones only and leaves the others' maps free)."""
+    heatmap_size: int = 0
+    """Keypoint head: side of the heatmaps (0 = half the input side, twice ``layer1``'s resolution)."""
 
 
 @dataclass
@@ -230,6 +238,12 @@ class TrainConfig:
     """Stage III: replace each image's best camera by its depth mirror where a colouring shared by the whole
     training set says so (:mod:`slopekp.train.appearance`; slopekp's addition, not in U-CMR or SLOPE-KP). A mask
     cannot tell the two apart."""
+    reselect_every: int = 0
+    """Stage III self-training: every this many epochs, the network's own predictions re-choose each image's pose
+    target among its ``reselect_top`` best hypotheses and their depth mirrors (:mod:`slopekp.train.targets`;
+    slopekp's addition; 0 = never, the targets stay the best-scoring hypotheses)."""
+    reselect_top: int = 4
+    """Stage III self-training: the best-scoring hypotheses (each with its depth mirror) a target is chosen from."""
     num_workers: int = 0
     """DataLoader worker processes."""
     amp: bool = True
@@ -358,6 +372,8 @@ RULES: dict[str, Range] = {
     "model.texture_width": _AT_LEAST_ONE,
     "model.keypoint_width": Range(2, 512),
     "model.num_keypoints": Range(4, 1024),
+    "model.heatmap_sigma": _POSITIVE,
+    "model.heatmap_size": Range(0, MAX_IMAGE_SIZE),
     "train.batch_size": _AT_LEAST_ONE,
     "train.epochs": _NON_NEGATIVE,
     "train.pose_epochs": _NON_NEGATIVE,
@@ -379,6 +395,8 @@ RULES: dict[str, Range] = {
     "train.grad_clip": _NON_NEGATIVE,
     "train.checkpoint_every": _AT_LEAST_ONE,
     "train.num_workers": _NON_NEGATIVE,
+    "train.reselect_every": _NON_NEGATIVE,
+    "train.reselect_top": _AT_LEAST_ONE,
     "train.image_every": _AT_LEAST_ONE,
     "train.sync_every": _AT_LEAST_ONE,
 }

@@ -332,3 +332,53 @@ def test_model_keypoint_width_sets_the_decoder_width():
     (c64, n64), (c16, n16) = decoder_params(), decoder_params("model.keypoint_width=16")
     assert n64 > 8 * n16  # convolutions: about (64 / 16)² fewer weights
     assert c64 == 4 * c16
+
+
+def test_keypoint_loss_targets_follow_sigma_and_occlusion_settings(template):
+    """The heatmap loss is zero exactly for the maps it asks for: Gaussians of ``target_sigma`` at the target
+    camera's projections, of the visible keypoints only (METHOD) or of every keypoint (``supervise_occluded``)."""
+    from slopekp.models.base import PoseLossContext
+
+    bsz, side = 3, 32
+    cam = _cameras(bsz, seed=4)
+    verts = template.verts.expand(bsz, -1, -1).contiguous()
+    hard = Renderer(RenderSettings(image_size=side))
+    ctx = PoseLossContext(template.faces, hard, camera_weight=1.0, heatmap_weight=10.0)
+    idx = farthest_point_sampling(template.verts, 32)
+    visible, pts = keypoint_visibility(verts, template.faces, cam, idx, hard)
+    assert not visible.all() and visible.any()
+    every = torch.ones_like(visible)
+
+    def loss(maps, **kw) -> float:
+        head = KeypointPoseHead(template.verts, in_channels=CHANNELS, base_width=4, pnp=FAST_PNP, **kw)
+        head.decoder = _FixedHeatmaps(maps)
+        return float(head.loss(_features(bsz), verts, cam, ctx).loss)
+
+    narrow, wide = heatmap_targets(pts, visible, side, 0.05), heatmap_targets(pts, visible, side, 0.1)
+    assert loss(narrow) == 0.0 and loss(wide) > 0.0
+    assert loss(wide, target_sigma=0.1) == 0.0 and loss(narrow, target_sigma=0.1) > 0.0
+    # the occluded keypoints' maps are free by default, supervised at their projections on request
+    assert loss(heatmap_targets(pts, every, side)) == 0.0
+    assert loss(narrow, supervise_occluded=True) > 0.0
+    assert loss(heatmap_targets(pts, every, side), supervise_occluded=True) == 0.0
+    with pytest.raises(ValueError, match="target_sigma"):
+        KeypointPoseHead(template.verts, in_channels=CHANNELS, target_sigma=0.0)
+
+
+def test_model_heatmap_settings_reach_the_keypoint_head():
+    """``model.heatmap_sigma``, ``model.heatmap_occluded`` and ``model.heatmap_size`` build the head they name."""
+    from slopekp.config import load_config
+    from slopekp.models.reconstructor import build_model
+
+    template = load_template("procedural")
+    over = ["model.pose_head=keypoints", "model.keypoint_width=4"]
+    default = build_model(load_config(overrides=over).model, template)
+    assert default.pose.target_sigma == keypoints.TARGET_SIGMA and not default.pose.supervise_occluded
+    assert default.pose.target_size(default.encoder) == default.encoder.image_size // 2
+    cfg = load_config(overrides=[*over, "model.heatmap_sigma=0.12", "model.heatmap_occluded=true",
+                                 "model.heatmap_size=48"]).model  # fmt: skip
+    model = build_model(cfg, template).eval()
+    assert model.pose.target_sigma == 0.12 and model.pose.supervise_occluded
+    assert model.pose.target_size(model.encoder) == 48
+    img = torch.zeros(1, 3, cfg.image_size, cfg.image_size)
+    assert model.pose.decoder(model.encoder(img).features).shape[-2:] == (48, 48)

@@ -216,7 +216,7 @@ def test_training_reads_no_ground_truth(stage1, tmp_path):
     for r in records:
         r.parts = r.parts * 0
     write_cub_cleaned(blind / "train_cub_cleaned.mat", records)
-    cfg = load_config(overrides=SMOKE)
+    cfg = load_config(overrides=[*SMOKE, "train.reselect_every=1"])  # self-training too (one step per epoch)
     runs = {}
     for name, d in (("seen", data), ("blind", blind)):
         run_stage1(cfg, d, tmp_path / name / "s1", progress=False, report=False)
@@ -468,3 +468,30 @@ def test_stage3_pose_targets_from_the_stage1_store(stage1, stage2, tmp_path):
     changed.unlink()
     with pytest.raises(FileNotFoundError, match="is gone"):
         targets_store(cfg, moved)
+
+
+def test_stage3_self_training_reselects_and_resumes_exactly(stage2, tmp_path):
+    """``train.reselect_every=1``: after each epoch (one step here) the network re-chooses every image's target; the
+    outputs say so, the choice is in the checkpoint, and a run cut in two ends where an uncut one does."""
+    data, s2, _ = stage2
+    cfg = load_config(overrides=[*SMOKE, "train.reselect_every=1", "train.reselect_top=2"])
+    ref = run_stage3(cfg, data, s2, tmp_path / "ref", "keypoints", progress=False, max_steps=3)
+    done = ref.metrics["reselections"]
+    assert [r["epoch"] for r in done] == [1, 2, 3] and all(r["images"] == 4 for r in done)
+    assert "re-selected by the network every 1 epoch" in ref.metrics["targets"]
+    quality = ref.metrics["targets_train"]  # the report's view against the true cameras
+    assert set(quality) == {"initial", "final"} and all(q["num_images"] == 4 for q in quality.values())
+    assert all(0 <= q["median_deg_up_to_mirror"] <= q["median_deg"] <= 180 for q in quality.values())
+    ck = torch.load(ref.checkpoint, weights_only=True)
+    assert ck["targets_state"]["choice"].shape == (4,) and int(ck["targets_state"]["choice"].max()) < 2 * 2
+    run_stage3(cfg, data, s2, tmp_path / "cut", "keypoints", progress=False, max_steps=2)
+    again = run_stage3(cfg, data, s2, tmp_path / "cut", "keypoints", progress=False, max_steps=1)
+    assert again.metrics["last_losses"]["total"] == ref.metrics["last_losses"]["total"]
+    assert again.metrics["reselections"] == done
+    cut = torch.load(again.checkpoint, weights_only=True)["targets_state"]
+    assert torch.equal(cut["choice"], ck["targets_state"]["choice"])
+    assert torch.equal(cut["mirrored"], ck["targets_state"]["mirrored"])
+    # without self-training the targets stay the best hypotheses: no re-selection is reported
+    plain = run_stage3(load_config(overrides=SMOKE), data, s2, tmp_path / "plain", "keypoints", progress=False,
+                       max_steps=2)  # fmt: skip
+    assert "reselections" not in plain.metrics

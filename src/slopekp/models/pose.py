@@ -22,6 +22,7 @@ METHOD §10 item 4).
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from typing import ClassVar
 
@@ -36,6 +37,7 @@ from slopekp.models.base import EncoderOutput, PoseLoss, PoseLossContext, PoseOu
 from slopekp.models.encoder import ResNetEncoder
 from slopekp.models.keypoints import (
     CONFIDENCE_SIGMA,
+    TARGET_SIGMA,
     HeatmapDecoder,
     PnPSettings,
     heatmap_targets,
@@ -226,6 +228,8 @@ class KeypointPoseHead(PoseHead):
         end2end: bool = False,
         pnp: PnPSettings | None = None,
         confidence_sigma: float = CONFIDENCE_SIGMA,
+        target_sigma: float = TARGET_SIGMA,
+        supervise_occluded: bool = False,
     ) -> None:
         """
         Args:
@@ -237,6 +241,9 @@ class KeypointPoseHead(PoseHead):
             end2end: let camera losses reach the network through PnP (see the class docstring).
             pnp: PnP settings; default :class:`~slopekp.models.keypoints.PnPSettings()`.
             confidence_sigma: soft-argmax confidence window in NDC (13.5 px at 256²).
+            target_sigma: width (NDC) of the Gaussian heatmap targets of :meth:`loss` (METHOD: 0.05).
+            supervise_occluded: :meth:`loss` also supervises the keypoints that the target camera does not see,
+                at their projections (METHOD: visible ones only; an occluded keypoint's map is then free).
         """
         super().__init__()
         if not isinstance(template_verts, Tensor) or template_verts.dim() != 2 or template_verts.shape[1] != 3:
@@ -249,6 +256,10 @@ class KeypointPoseHead(PoseHead):
         self.end2end = bool(end2end)
         self.pnp = pnp if pnp is not None else PnPSettings()
         self.confidence_sigma = float(confidence_sigma)
+        if not (target_sigma > 0 and math.isfinite(target_sigma)):
+            raise ValueError(f"target_sigma must be a positive finite number (NDC), got {target_sigma!r}")
+        self.target_sigma = float(target_sigma)
+        self.supervise_occluded = bool(supervise_occluded)
         self.num_verts = int(template_verts.shape[0])
         self.register_buffer("keypoint_index", farthest_point_sampling(template_verts.detach().cpu(), num_keypoints))
         self.decoder = HeatmapDecoder(in_channels, num_keypoints, base_width, heatmap_size)
@@ -256,10 +267,12 @@ class KeypointPoseHead(PoseHead):
     @classmethod
     def for_network(cls, encoder: ResNetEncoder, template_verts: Tensor, cfg: ModelConfig) -> PoseHead:
         """On the encoder's ``layer1 .. layer4`` features, with ``cfg.num_keypoints`` keypoints, the decoder width
-        ``cfg.keypoint_width`` and ``cfg.end2end``."""
+        ``cfg.keypoint_width``, the heatmaps' side ``cfg.heatmap_size`` (0: half the input's), the targets' width
+        ``cfg.heatmap_sigma``, ``cfg.heatmap_occluded`` and ``cfg.end2end``."""
         chans = tuple(encoder.feature_channels[f"layer{i}"] for i in range(1, 5))
         return cls(template_verts=template_verts, in_channels=chans, num_keypoints=cfg.num_keypoints,
-                   base_width=cfg.keypoint_width, end2end=cfg.end2end)  # fmt: skip
+                   base_width=cfg.keypoint_width, heatmap_size=cfg.heatmap_size or None, end2end=cfg.end2end,
+                   target_sigma=cfg.heatmap_sigma, supervise_occluded=cfg.heatmap_occluded)  # fmt: skip
 
     def heatmap_side(self, layer1_side: int) -> int:
         """Side of the (square) heatmaps for a ``layer1`` feature map of side ``layer1_side``."""
@@ -278,8 +291,9 @@ class KeypointPoseHead(PoseHead):
         heat = self.decoder(enc.features)
         with torch.no_grad():
             vis = keypoint_visibility(verts.detach(), ctx.faces, target, self.keypoint_index, ctx.hard_renderer)
-            goal = heatmap_targets(vis.points2d, vis.visible, tuple(heat.shape[-2:]))
-        loss = heatmap_loss(heat, goal, vis.visible, weight=ctx.heatmap_weight)
+            supervised = torch.ones_like(vis.visible) if self.supervise_occluded else vis.visible
+            goal = heatmap_targets(vis.points2d, supervised, tuple(heat.shape[-2:]), self.target_sigma)
+        loss = heatmap_loss(heat, goal, supervised, weight=ctx.heatmap_weight)
         logs = {"heatmap": loss.detach(), "visible_keypoints": vis.visible.float().mean()}
         if self.end2end and ctx.camera_weight > 0:
             l_cam = ctx.camera_weight * camera_loss(self.pose_from_heatmaps(heat, verts).camera, target).mean()

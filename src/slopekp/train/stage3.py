@@ -5,7 +5,9 @@ The targets are self-supervised: each image's best-scoring hypothesis of the Sta
 sample. No ground-truth camera or keypoint is read (the data set returns none; the loop refuses one that does).
 Two options that are not in the paper (docs/training.md measures them): ``train.pose_targets=stage1`` takes them
 from the Stage I store that the Stage II run started from, and ``train.mirror_by_appearance`` replaces each one by
-its depth mirror where a colouring shared by the training set says so (:mod:`slopekp.train.appearance`).
+its depth mirror where a colouring shared by the training set says so (:mod:`slopekp.train.appearance`), and
+``train.reselect_every`` lets the network's own predictions re-choose each target among the image's best hypotheses
+and their depth mirrors every few epochs (self-training, :mod:`slopekp.train.targets`).
 
 * Regression heads (``quaternion``, ``gramschmidt``, ``svd``): ``w_cam · camera_loss(π̂, π*)`` (§7.8).
 * The keypoint head: heatmap targets are Gaussians at the keypoint vertices of the predicted shape (detached)
@@ -38,12 +40,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.data import DataLoader
 
 from slopekp.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state, template_payload
 from slopekp.config import CHOICES, Config, config_to_yaml, load_config
+from slopekp.data.cub import collate_samples
 from slopekp.data.synth.writer import GENERATOR_NAME
 from slopekp.eval.evaluate import benchmark_dataset, evaluate_model
-from slopekp.geometry.camera import depth_mirror_cameras
+from slopekp.eval.metrics import rotation_error, rotation_error_stats, rotation_error_up_to_mirror
 from slopekp.manifest import Manifest, cmr_data_fingerprint, file_digest, file_input, flat_settings
 from slopekp.mesh import load_template, template_fingerprint
 from slopekp.models.base import EncoderOutput, PoseLossContext
@@ -53,8 +57,9 @@ from slopekp.render import Lighting, Renderer, RenderSettings
 from slopekp.train import distributed as D
 from slopekp.train import run
 from slopekp.train.appearance import choose_depth_mirrors
-from slopekp.train.multiplex import CameraMultiplex, split_image_ids
+from slopekp.train.multiplex import CameraMultiplex
 from slopekp.train.stage2 import CHECKPOINT, STORE_NAME, build_renderer, build_train_dataset
+from slopekp.train.targets import PoseTargets, Reselection
 from slopekp.utils import atomic_save_json
 from slopekp.version import __version__
 
@@ -71,6 +76,8 @@ def targets_label(cfg: Config, supervised: bool) -> str:
     label = "multiplex best cameras" if cfg.train.pose_targets == "stage2" else "Stage I multiplex best cameras"
     if cfg.train.mirror_by_appearance:
         label += ", depth mirror chosen by appearance"
+    if cfg.train.reselect_every > 0:
+        label += f", re-selected by the network every {cfg.train.reselect_every} epoch(s)"
     return label + " (self-supervised)"
 
 
@@ -210,6 +217,9 @@ def run_stage3(
     mirror_of, mirror_choice = None, None
     if cfg.train.mirror_by_appearance and not supervised:
         mirror_of, mirror_choice = appearance_mirrors(cfg, data_dir, store, template, device)
+    targets = None if supervised else PoseTargets.from_id_mirrors(store, mirror_of)
+    initial_targets = None if supervised else PoseTargets.from_id_mirrors(store, mirror_of)
+    reselections: list[dict] = []
     trained = ("pose.",) if cfg.train.freeze_backbone else ("pose.", "encoder.")
     for n, p in model.named_parameters():
         p.requires_grad_(n.startswith(trained))
@@ -225,6 +235,9 @@ def run_stage3(
     if ck is not None:
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
+        if targets is not None and ck.get("targets_state") is not None:
+            targets.load_state_dict(ck["targets_state"])
+            reselections = list(ck.get("reselections") or [])
         at = run.LoopState(ck["epoch"], ck["step"], ck["batch_in_epoch"])
         set_rng_state(ck["rng"])
 
@@ -238,7 +251,8 @@ def run_stage3(
             "config": config_to_yaml(cfg), "manifest": manifest.to_dict(), "model": model.state_dict(),
             "optimizer": opt.state_dict(), "multiplex": None, "epoch": at.epoch, "step": at.step,
             "batch_in_epoch": at.in_epoch, "rng": rng_state(), "metrics": logs, "template": template_payload(template),
-            "card": card,
+            "card": card, "targets_state": None if targets is None else targets.state_dict(),
+            "reselections": reselections,
         })  # fmt: skip
 
     def train_step(batch) -> dict[str, float]:
@@ -248,10 +262,7 @@ def run_stage3(
         elif batch.gt_camera is not None:
             raise ValueError("Stage III received ground-truth cameras")
         else:
-            target = store.best_cameras(batch.id, batch.crop)
-            if mirror_of is not None:
-                flip = mirror_of[split_image_ids(batch.id).canonical.to(device)]
-                target = torch.where(flip[:, None], depth_mirror_cameras(target), target)
+            target = targets.cameras(batch.id, batch.crop)
         loss, logs = stage3_loss(model, batch, target, cfg, template.faces, hard)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -268,12 +279,25 @@ def run_stage3(
             set_train_modes(model, cfg)
         return D.all_reduce_mean(logs, dist)
 
+    def on_epoch_end(epochs_done: int) -> None:
+        every = cfg.train.reselect_every
+        if targets is None or every <= 0 or epochs_done % every or epochs_done >= cfg.train.pose_epochs:
+            return
+        done = reselect_targets(model, targets, build_train_dataset(cfg, data_dir, augment=False), cfg, device)
+        targets.load_state_dict(D.broadcast_object(targets.state_dict(), dist))  # rank 0's choice everywhere
+        reselections.append({"epoch": epochs_done, **done.summary()})
+        if writer is not None:
+            for k in ("changed", "mirrored_share", "best_share", "mean_shift_deg"):
+                writer.add_scalar(f"stage3/reselect_{k}", getattr(done, k), at.step)
+        set_train_modes(model, cfg)
+
     set_train_modes(model, cfg)
     writer = run.summary_writer(out_dir / "tb") if dist.is_main else None
     t0 = time.perf_counter()
     try:
         loop = run.LoopSettings(cfg.train.pose_epochs, "stage3", train_step, checkpoint, max_steps=max_steps,
-                                progress=progress, desc=f"Stage III {head}", checkpoint_path=ckpt_path)  # fmt: skip
+                                progress=progress, desc=f"Stage III {head}", checkpoint_path=ckpt_path,
+                                on_epoch_end=on_epoch_end)  # fmt: skip
         logs, _ = run.train_loop(dataset, cfg, dist, at, loop, writer)
     finally:
         if writer is not None:
@@ -286,6 +310,12 @@ def run_stage3(
         metrics = {"steps": at.step, "last_losses": logs, "head": head, "targets": targets_label(cfg, supervised)}
         if mirror_choice is not None:
             metrics["mirror_by_appearance"] = mirror_choice
+        if reselections:
+            metrics["reselections"] = reselections
+        if targets is not None:
+            quality = targets_quality({"initial": initial_targets, "final": targets}, cfg, data_dir, device)
+            if quality is not None:
+                metrics["targets_train"] = quality
         test = evaluate_split(model, cfg, data_dir, template.faces, "test")
         if test is not None:
             metrics["test"] = test
@@ -344,6 +374,52 @@ def write_examples(writer, step: int, model, batch, target, faces, n: int = 4) -
         rows.append(run.image_row(*panels))
     writer.add_image("stage3/input|mesh_pred|mesh_target" + ("|heatmaps" if heat is not None else ""),
                      torch.cat(rows, dim=-2), step)  # fmt: skip
+
+
+@torch.no_grad()
+def targets_quality(targets: dict[str, PoseTargets], cfg: Config, data_dir, device) -> dict | None:
+    """The report's view of the pose targets (it reads ground truth; training never does): for each named
+    :class:`PoseTargets`, the rotation error of every training image's target against its true camera, strictly
+    and up to the depth mirror (:func:`~slopekp.eval.metrics.rotation_error_stats`). None without true cameras."""
+
+    d = cfg.data
+    try:
+        ds = benchmark_dataset(data_dir, d.split, cfg.model.image_size, images_dir=d.images_dir or None,
+                               sfm_dir=d.sfm_dir or None, max_items=d.max_items)  # fmt: skip
+    except (FileNotFoundError, ValueError):
+        return None
+    errs: dict[str, list] = {name: [] for name in targets}
+    mirror: dict[str, list] = {name: [] for name in targets}
+    for batch in DataLoader(ds, batch_size=64, collate_fn=collate_samples):
+        gt = batch.gt_camera.to(device)
+        for name, t in targets.items():
+            cams = t.cameras(batch.id, batch.crop).to(device)
+            errs[name].append(rotation_error(cams, gt).cpu())
+            mirror[name].append(rotation_error_up_to_mirror(cams, gt).cpu())
+    if not any(errs.values()):
+        return None
+    return {name: {"num_images": int(sum(e.numel() for e in errs[name])), **rotation_error_stats(torch.cat(errs[name])),
+                   "median_deg_up_to_mirror": rotation_error_stats(torch.cat(mirror[name]))["median_deg"]}
+            for name in targets}  # fmt: skip
+
+
+@torch.no_grad()
+def reselect_targets(model, targets: PoseTargets, dataset, cfg: Config, device) -> Reselection:
+    """Self-training (``train.reselect_every``): the network, in eval mode, predicts every unaugmented training
+    image's camera, and :meth:`PoseTargets.reselect` moves each target to its candidate nearest that prediction
+    (``train.reselect_top`` best hypotheses and their depth mirrors). Leaves the model in eval mode."""
+
+    model.eval()
+    ids, preds, crops = [], [], []
+    for batch in DataLoader(dataset, batch_size=max(cfg.train.batch_size, 32), collate_fn=collate_samples):
+        img = normalize_image(batch.img.to(device))
+        with run.autocast(img.device, cfg.train.amp):
+            preds.append(model(img).camera.float())
+        ids.append(batch.id)
+        crops.append(batch.crop)
+    if not ids:
+        raise ValueError("reselect_targets: the training set is empty")
+    return targets.reselect(torch.cat(ids), torch.cat(preds), torch.cat(crops), cfg.train.reselect_top)
 
 
 def appearance_mirrors(cfg: Config, data_dir, store, template, device) -> tuple[torch.Tensor, dict]:
