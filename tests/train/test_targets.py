@@ -29,7 +29,8 @@ def _store(n: int = 5, seed: int = 0) -> CameraMultiplex:
 
 def _near(q: torch.Tensor, deg: float, seed: int) -> torch.Tensor:
     """``q`` turned by ``deg`` degrees about a random axis."""
-    axis = torch.nn.functional.normalize(torch.randn(q.shape[0], 3, generator=torch.Generator().manual_seed(seed)), dim=-1)
+    g = torch.Generator().manual_seed(seed)
+    axis = torch.nn.functional.normalize(torch.randn(q.shape[0], 3, generator=g), dim=-1)
     half = torch.deg2rad(torch.tensor(deg / 2))
     return quat_multiply(q, torch.cat([half.cos().expand(q.shape[0], 1), half.sin() * axis], -1))
 

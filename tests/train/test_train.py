@@ -495,3 +495,17 @@ def test_stage3_self_training_reselects_and_resumes_exactly(stage2, tmp_path):
     plain = run_stage3(load_config(overrides=SMOKE), data, s2, tmp_path / "plain", "keypoints", progress=False,
                        max_steps=2)  # fmt: skip
     assert "reselections" not in plain.metrics
+
+
+def test_stage3_takes_the_pose_head_settings_from_its_own_config(stage2):
+    """Every ``model.*`` setting of the pose head comes from Stage III's config (the head is new in Stage III); the
+    backbone's come from the Stage II run."""
+    from slopekp.train.stage3 import stage3_config
+
+    _, s2, _ = stage2
+    cfg = load_config(overrides=[*SMOKE, "model.keypoint_width=6", "model.heatmap_sigma=0.11", "model.heatmap_size=20",
+                                 "model.heatmap_occluded=true", "model.num_keypoints=12", "model.encoder_width=32"])
+    model = stage3_config(cfg, s2, "keypoints").model
+    assert (model.keypoint_width, model.heatmap_sigma, model.heatmap_size) == (6, 0.11, 20)
+    assert model.heatmap_occluded and model.num_keypoints == 12 and model.pose_head == "keypoints"
+    assert model.encoder_width == 8  # the Stage II run's backbone

@@ -64,7 +64,10 @@ from slopekp.utils import atomic_save_json
 from slopekp.version import __version__
 
 STAGE3_COMMAND = "train stage3"
-_POSE_FIELDS = ("pose_head", "num_keypoints", "end2end")
+#: the pose head's settings: Stage III takes them from its own config, the rest of ``model.*`` from Stage II's
+_POSE_FIELDS = (
+    "pose_head", "num_keypoints", "keypoint_width", "end2end", "heatmap_sigma", "heatmap_size", "heatmap_occluded",
+)
 TARGETS = {False: "multiplex best cameras (self-supervised)", True: "SfM cameras (supervised ablation)"}
 POSE_TARGETS = CHOICES["train.pose_targets"]
 
