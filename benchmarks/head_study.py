@@ -7,8 +7,8 @@ scratch (no Stage II: the shape is the template's, as the head sees it at the st
 1. sets the BatchNorm running statistics from ``--calibrate`` batches of training images (train mode, no
    gradient), as a Stage II run leaves them; with ``train.frozen_batchnorm`` (the default) they then stay;
 2. trains the pose head and the encoder (``train.freeze_backbone=false``, as the quickstart) for
-   ``train.pose_epochs`` epochs with Stage III's loss (:func:`slopekp.train.stage3.stage3_loss`) against the
-   true camera of each (jittered, flipped) crop;
+   ``train.pose_epochs`` epochs with Stage III's loss (:func:`slopekp.train.stage3.stage3_loss`) and learning-rate
+   schedule against the true camera of each (jittered, flipped) crop;
 3. evaluates on the test split with the product's evaluation (:func:`slopekp.eval.evaluate.evaluate_model`).
 
 Keys: ``case``; ``settings`` (the case's overrides, then ``--set``'s); ``head``; ``seed``; ``images`` (training);
@@ -47,6 +47,10 @@ CASES = {
     "kp_sigma20": (*KP, "model.heatmap_sigma=0.2"),
     "kp_sigma15_lr2e-3": (*KP, "model.heatmap_sigma=0.15", "train.lr=0.002"),
     "quat_lr2e-3": (*QUAT, "train.lr=0.002"),
+    "kp_sigma10_cos": (*KP, "model.heatmap_sigma=0.1", "train.pose_lr_schedule=cosine"),
+    "kp_sigma15_cos": (*KP, "model.heatmap_sigma=0.15", "train.pose_lr_schedule=cosine"),
+    "quat_cos": (*QUAT, "train.pose_lr_schedule=cosine"),
+    "quat_cos_lr2e-3": (*QUAT, "train.pose_lr_schedule=cosine", "train.lr=0.002"),
     "kp_occ": (*KP, "model.heatmap_occluded=true"),
     "kp_occ_sigma10": (*KP, "model.heatmap_occluded=true", "model.heatmap_sigma=0.1"),
     "kp_hm64": (*KP, "model.heatmap_size=64"),
@@ -122,11 +126,12 @@ def _run_case(name: str, args: argparse.Namespace, queue) -> None:
     params = [p for p in model.parameters() if p.requires_grad]
     opt = run.adam(params, cfg.train.lr)
     hard = Renderer(RenderSettings.from_config(cfg.render, model.pose.target_size(model.encoder)))
-    steps = 0
+    steps, total = 0, cfg.train.pose_epochs * len(loader)
     set_train_modes(model, cfg)
     for _ in range(cfg.train.pose_epochs):
         for batch in loader:
             loss, _ = stage3_loss(model, batch, batch.gt_camera, cfg, template.faces, hard)
+            run.set_lr(opt, run.scheduled_lr(cfg.train.lr, steps, total, cfg.train.pose_lr_schedule))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.train.grad_clip > 0:

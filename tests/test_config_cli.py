@@ -203,11 +203,13 @@ def test_choices_follow_the_code_that_reads_them():
     from slopekp.data.verify import CMR_SPLITS
     from slopekp.models.pose import POSE_HEADS
     from slopekp.render.fused import FUSED_MODES
+    from slopekp.train.run import LR_SCHEDULES
     from slopekp.train.stage3 import POSE_TARGETS
 
     assert set(CHOICES["model.pose_head"]) == set(POSE_HEADS)
     assert CHOICES["render.fused"] == FUSED_MODES and CHOICES["data.split"] == CMR_SPLITS
     assert CHOICES["train.pose_targets"] == POSE_TARGETS
+    assert CHOICES["train.pose_lr_schedule"] == LR_SCHEDULES
     str_fields = {k for k, v in flat_config(Config()).items() if isinstance(v, str)}
     assert set(CHOICES) <= str_fields
 

@@ -238,6 +238,9 @@ class TrainConfig:
     """Stage III: replace each image's best camera by its depth mirror where a colouring shared by the whole
     training set says so (:mod:`slopekp.train.appearance`; slopekp's addition, not in U-CMR or SLOPE-KP). A mask
     cannot tell the two apart."""
+    pose_lr_schedule: str = "constant"
+    """Stage III's learning rate over its steps: ``constant`` (``train.lr`` throughout) or ``cosine`` (from
+    ``train.lr`` down towards 0 at the last step)."""
     reselect_every: int = 0
     """Stage III self-training: every this many epochs, the network's own predictions re-choose each image's pose
     target among its ``reselect_top`` best hypotheses and their depth mirrors (:mod:`slopekp.train.targets`;
@@ -407,6 +410,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "render.fused": ("never", "auto", "always"),
     "model.pose_head": ("keypoints", "quaternion", "gramschmidt", "svd"),
     "train.pose_targets": ("stage2", "stage1"),
+    "train.pose_lr_schedule": ("constant", "cosine"),
 }
 """The allowed values of every string field that names one of a fixed set, by dotted key: CMR's splits, the fused
 renderer's modes, the pose heads (:data:`slopekp.models.pose.POSE_HEADS`) and the Stage III targets (a test keeps

@@ -4,6 +4,7 @@ exactly the step an uninterrupted one takes, and no ground truth is read (issue 
 from __future__ import annotations
 
 import dataclasses
+import math
 import shutil
 
 import pytest
@@ -509,3 +510,31 @@ def test_stage3_takes_the_pose_head_settings_from_its_own_config(stage2):
     assert (model.keypoint_width, model.heatmap_sigma, model.heatmap_size) == (6, 0.11, 20)
     assert model.heatmap_occluded and model.num_keypoints == 12 and model.pose_head == "keypoints"
     assert model.encoder_width == 8  # the Stage II run's backbone
+
+
+def test_scheduled_lr_hand_values_and_resume():
+    """``train.pose_lr_schedule``: constant, or a half cosine from the base rate to 0 over the run."""
+    from slopekp.train.run import scheduled_lr
+
+    assert scheduled_lr(1e-3, 7, 10, "constant") == 1e-3
+    assert scheduled_lr(1e-3, 0, 10, "cosine") == pytest.approx(1e-3)
+    assert scheduled_lr(1e-3, 5, 10, "cosine") == pytest.approx(0.5e-3)
+    assert scheduled_lr(2.0, 1, 3, "cosine") == pytest.approx(2.0 * 0.5 * (1 + 0.5))  # cos(π/3) = 1/2
+    assert scheduled_lr(1e-3, 10, 10, "cosine") == pytest.approx(0.0, abs=1e-12)
+    with pytest.raises(ValueError, match="cosine"):
+        scheduled_lr(1e-3, 0, 10, "linear")
+
+
+def test_stage3_cosine_schedule_changes_the_steps_and_resumes_exactly(stage2, tmp_path):
+    data, s2, _ = stage2
+    cfg = load_config(overrides=[*SMOKE, "train.pose_lr_schedule=cosine", "train.pose_epochs=3"])
+    ref = run_stage3(cfg, data, s2, tmp_path / "ref", "quaternion", progress=False)
+    assert torch.load(ref.checkpoint, weights_only=True)["optimizer"]["param_groups"][0]["lr"] == pytest.approx(
+        1e-3 * 0.5 * (1 + math.cos(math.pi * 2 / 3)))  # the last (third) step's rate
+    run_stage3(cfg, data, s2, tmp_path / "cut", "quaternion", progress=False, max_steps=2)
+    again = run_stage3(cfg, data, s2, tmp_path / "cut", "quaternion", progress=False)
+    assert again.metrics["last_losses"]["total"] == ref.metrics["last_losses"]["total"]
+    flat = run_stage3(load_config(overrides=[*SMOKE, "train.pose_epochs=3"]), data, s2, tmp_path / "flat",
+                      "quaternion", progress=False)  # fmt: skip
+    assert _losses(flat.out_dir)[:2] == _losses(ref.out_dir)[:2]  # the first step's rate is the same
+    assert _losses(flat.out_dir)[2] != _losses(ref.out_dir)[2]

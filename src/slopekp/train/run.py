@@ -8,6 +8,7 @@ The stages (:mod:`slopekp.train.stage2`, :mod:`slopekp.train.stage3`) read top t
 from __future__ import annotations
 
 import contextlib
+import math
 import signal
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from tqdm.auto import tqdm
 
 from slopekp.checkpoint import CheckpointError, load_checkpoint
 from slopekp.checkpoint import resume_checkpoint as pick_checkpoint
-from slopekp.config import Config, save_config
+from slopekp.config import CHOICES, Config, save_config
 from slopekp.manifest import prepare_output_dir
 from slopekp.train import distributed as D
 from slopekp.utils import resolve_device, seed_everything
@@ -86,6 +87,26 @@ def adam(params, lr: float) -> torch.optim.Adam:
     one call per operation for all tensors instead of about ten Python-dispatched ones per tensor; on CUDA it is
     already PyTorch's default. (``fused`` would be faster still on a CPU, but rounds differently.)"""
     return torch.optim.Adam(params, lr=lr, foreach=True)
+
+
+LR_SCHEDULES = CHOICES["train.pose_lr_schedule"]
+
+
+def scheduled_lr(base: float, step: int, total: int, schedule: str) -> float:
+    """The learning rate of step ``step`` (0-based) of ``total``: ``base`` throughout (``constant``), or
+    ``base · ½(1 + cos(π·step/total))`` (``cosine``: from ``base`` down towards 0 at the last step). A function of
+    the step alone, so a resumed run sets the same rates as an uninterrupted one."""
+    if schedule not in LR_SCHEDULES:
+        raise ValueError(f"learning-rate schedule must be one of {', '.join(LR_SCHEDULES)}, got {schedule!r}")
+    if schedule == "constant" or total <= 0:
+        return float(base)
+    return float(base) * 0.5 * (1.0 + math.cos(math.pi * min(max(step, 0), total) / total))
+
+
+def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+    """Set every parameter group's learning rate."""
+    for group in opt.param_groups:
+        group["lr"] = lr
 
 
 def summary_writer(path: Path):

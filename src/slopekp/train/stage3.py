@@ -267,6 +267,7 @@ def run_stage3(
         else:
             target = targets.cameras(batch.id, batch.crop)
         loss, logs = stage3_loss(model, batch, target, cfg, template.faces, hard)
+        run.set_lr(opt, run.scheduled_lr(cfg.train.lr, at.step, total_steps, cfg.train.pose_lr_schedule))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         D.average_gradients(params, dist)
@@ -281,6 +282,8 @@ def run_stage3(
             write_examples(writer, step, model, batch, target, template.faces)
             set_train_modes(model, cfg)
         return D.all_reduce_mean(logs, dist)
+
+    total_steps = cfg.train.pose_epochs * D.num_steps(len(dataset), cfg.train.batch_size, dist.world_size)
 
     def on_epoch_end(epochs_done: int) -> None:
         every = cfg.train.reselect_every
