@@ -36,40 +36,43 @@ import time
 from _cases import peak_mb_since, rss_mb, run_each, selected_cases
 
 CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs", "synthbirds_train.yaml")
-KP = ("model.pose_head=keypoints",)
-QUAT = ("model.pose_head=quaternion",)
-#: case -> overrides on configs/synthbirds_train.yaml
+#: the settings before this study (configs/synthbirds_train.yaml's defaults then); every case starts from them
+BEFORE = ("model.heatmap_sigma=0.05", "train.pose_lr_schedule=constant")
+KP = ("model.pose_head=keypoints", *BEFORE)
+QUAT = ("model.pose_head=quaternion", *BEFORE)
+#: case -> overrides on configs/synthbirds_train.yaml (a later override wins)
 CASES = {
     "kp_base": KP,
     "quat_base": QUAT,
+    "kp_default": ("model.pose_head=keypoints",),  # today's configs/synthbirds_train.yaml
+    "quat_default": ("model.pose_head=quaternion",),
     "kp_sigma10": (*KP, "model.heatmap_sigma=0.1"),
     "kp_sigma15": (*KP, "model.heatmap_sigma=0.15"),
     "kp_sigma20": (*KP, "model.heatmap_sigma=0.2"),
-    "kp_sigma15_lr2e-3": (*KP, "model.heatmap_sigma=0.15", "train.lr=0.002"),
-    "quat_lr2e-3": (*QUAT, "train.lr=0.002"),
-    "kp_sigma10_cos": (*KP, "model.heatmap_sigma=0.1", "train.pose_lr_schedule=cosine"),
     "kp_sigma15_cos": (*KP, "model.heatmap_sigma=0.15", "train.pose_lr_schedule=cosine"),
-    "quat_cos": (*QUAT, "train.pose_lr_schedule=cosine"),
-    "quat_cos_lr2e-3": (*QUAT, "train.pose_lr_schedule=cosine", "train.lr=0.002"),
+    "kp_sigma15_lr2e-3": (*KP, "model.heatmap_sigma=0.15", "train.lr=0.002"),
+    "kp_sigma15_cos_lr2e-3": (*KP, "model.heatmap_sigma=0.15", "train.pose_lr_schedule=cosine", "train.lr=0.002"),
     "kp_occ": (*KP, "model.heatmap_occluded=true"),
     "kp_occ_sigma10": (*KP, "model.heatmap_occluded=true", "model.heatmap_sigma=0.1"),
     "kp_hm64": (*KP, "model.heatmap_size=64"),
-    "kp_hm64_sigma10": (*KP, "model.heatmap_size=64", "model.heatmap_sigma=0.1"),
     "kp_in128": (*KP, "model.image_size=128"),
-    "quat_in128": (*QUAT, "model.image_size=128"),
     "kp_w32": (*KP, "model.encoder_width=32"),
-    "quat_w32": (*QUAT, "model.encoder_width=32"),
     "kp_kw32": (*KP, "model.keypoint_width=32"),
     "kp_ep20": (*KP, "train.pose_epochs=20"),
-    "quat_ep20": (*QUAT, "train.pose_epochs=20"),
     "kp_bn_train": (*KP, "train.frozen_batchnorm=false"),
-    "quat_bn_train": (*QUAT, "train.frozen_batchnorm=false"),
     "kp_end2end": (*KP, "model.end2end=true"),
     "kp_hmw100": (*KP, "train.heatmap_weight=100"),
     "kp_k16": (*KP, "model.num_keypoints=16"),
     "kp_k64": (*KP, "model.num_keypoints=64"),
-    "kp_lr3e-4": (*KP, "train.lr=0.0003"),
+    "quat_cos": (*QUAT, "train.pose_lr_schedule=cosine"),
+    "quat_cos_lr2e-3": (*QUAT, "train.pose_lr_schedule=cosine", "train.lr=0.002"),
+    "quat_cos_ep20": (*QUAT, "train.pose_lr_schedule=cosine", "train.pose_epochs=20"),
+    "quat_in128": (*QUAT, "model.image_size=128"),
+    "quat_w32": (*QUAT, "model.encoder_width=32"),
+    "quat_ep20": (*QUAT, "train.pose_epochs=20"),
+    "quat_bn_train": (*QUAT, "train.frozen_batchnorm=false"),
     "quat_lr3e-4": (*QUAT, "train.lr=0.0003"),
+    "quat_lr2e-3": (*QUAT, "train.lr=0.002"),
 }
 
 

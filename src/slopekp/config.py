@@ -173,9 +173,11 @@ class ModelConfig:
     free saving: one quickstart run with 16 (and 15 pose epochs) ended at chance (mask IoU 0.38, median 83°)."""
     end2end: bool = False
     """Keypoint head: back-propagate a camera loss through PnP into the keypoints and confidences."""
-    heatmap_sigma: float = 0.05
-    """Keypoint head: width (NDC) of the Gaussian heatmap targets (METHOD §7.7: 0.05, 6.4 px at 256², but 0.8 px
-    on the 32² heatmaps of a 64² input)."""
+    heatmap_sigma: float = 0.15
+    """Keypoint head: width (NDC) of the Gaussian heatmap targets. METHOD §7.7's 0.05 (6.4 px on 256² heatmaps, 3.2 px
+    on the 128² heatmaps of a 256² input; ``configs/cub_train.yaml``) is 0.8 px on the 32² heatmaps of a 64² input,
+    where the head trained on ground-truth poses reached a 30.1° median error against 24.5°, 23.6° and 24.3° with
+    0.1, 0.15 and 0.2 (docs/results/head_study.md)."""
     heatmap_occluded: bool = False
     """Keypoint head: the heatmap loss also supervises the keypoints that the target camera does not see, at their
     projections (METHOD §7.7 supervises the visible ones only and leaves the others' maps free)."""

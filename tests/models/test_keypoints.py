@@ -7,6 +7,7 @@ cast against every face for the z-buffer visibility.
 from __future__ import annotations
 
 import doctest
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -373,7 +374,9 @@ def test_model_heatmap_settings_reach_the_keypoint_head():
     template = load_template("procedural")
     over = ["model.pose_head=keypoints", "model.keypoint_width=4"]
     default = build_model(load_config(overrides=over).model, template)
-    assert default.pose.target_sigma == keypoints.TARGET_SIGMA and not default.pose.supervise_occluded
+    assert default.pose.target_sigma == 0.15 and not default.pose.supervise_occluded  # the CPU-sized default
+    cub = load_config(Path(__file__).resolve().parents[2] / "configs" / "cub_train.yaml").model
+    assert cub.heatmap_sigma == keypoints.TARGET_SIGMA  # METHOD's 0.05 at the paper's 256² input
     assert default.pose.target_size(default.encoder) == default.encoder.image_size // 2
     cfg = load_config(overrides=[*over, "model.heatmap_sigma=0.12", "model.heatmap_occluded=true",
                                  "model.heatmap_size=48"]).model  # fmt: skip
