@@ -44,6 +44,8 @@ def test_targets_start_as_the_best_cameras_with_the_chosen_mirrors():
     t = PoseTargets.from_id_mirrors(store, mirror_of)
     cams, best = t.cameras(ids, crops), store.best_cameras(ids, crops)
     flagged = torch.tensor([False, True, False, True, False])
+    short = PoseTargets.from_id_mirrors(store, mirror_of[:12])  # ids 12.. are not in the data set's flags
+    assert short.mirrored.tolist() == [False, True, False, False, False]
     torch.testing.assert_close(cams[flagged], depth_mirror_cameras(best[flagged]))
     torch.testing.assert_close(cams[~flagged], best[~flagged])
     # a mirrored sample reads the reflection of its image's target (the depth mirror commutes with it)

@@ -74,10 +74,14 @@ class PoseTargets:
 
     @classmethod
     def from_id_mirrors(cls, store: CameraMultiplex, mirror_of: Tensor | None) -> PoseTargets:
-        """The best hypotheses, mirrored where ``mirror_of[id]`` (indexed by unflipped image id) is True."""
+        """The best hypotheses, mirrored where ``mirror_of[id]`` (indexed by unflipped image id) is True; ids past
+        its end (images of the store that the data set does not use) are not mirrored."""
         if mirror_of is None:
             return cls(store)
-        return cls(store, mirror_of.to(store.device)[store.ids])
+        ids = store.ids
+        inside = ids < mirror_of.numel()
+        flags = mirror_of.to(store.device)[ids.clamp(max=max(mirror_of.numel() - 1, 0))] & inside
+        return cls(store, flags)
 
     def cameras(self, ids: Tensor, crops: Tensor) -> Tensor:
         """``(B, 7)``: the targets of image ids ``ids (B,)`` (mirrored ids give the reflected camera) for their
