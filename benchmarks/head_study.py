@@ -52,6 +52,7 @@ CASES = {
     "kp_sigma15_cos": (*KP, "model.heatmap_sigma=0.15", "train.pose_lr_schedule=cosine"),
     "kp_sigma15_lr2e-3": (*KP, "model.heatmap_sigma=0.15", "train.lr=0.002"),
     "kp_sigma15_cos_lr2e-3": (*KP, "model.heatmap_sigma=0.15", "train.pose_lr_schedule=cosine", "train.lr=0.002"),
+    "kp_sigma15_cos_ep20": (*KP, "model.heatmap_sigma=0.15", "train.pose_lr_schedule=cosine", "train.pose_epochs=20"),
     "kp_occ": (*KP, "model.heatmap_occluded=true"),
     "kp_occ_sigma10": (*KP, "model.heatmap_occluded=true", "model.heatmap_sigma=0.1"),
     "kp_hm64": (*KP, "model.heatmap_size=64"),
