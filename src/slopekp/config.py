@@ -177,7 +177,7 @@ class ModelConfig:
     """Keypoint head: width (NDC) of the Gaussian heatmap targets. METHOD §7.7's 0.05 (6.4 px on 256² heatmaps, 3.2 px
     on the 128² heatmaps of a 256² input; ``configs/cub_train.yaml``) is 0.8 px on the 32² heatmaps of a 64² input,
     where the head trained on ground-truth poses reached a 30.1° median error against 24.5°, 23.6° and 24.3° with
-    0.1, 0.15 and 0.2 (docs/results/head_study.md)."""
+    0.1, 0.15 and 0.2 (seed 0; docs/results/head_study.md)."""
     heatmap_occluded: bool = False
     """Keypoint head: the heatmap loss also supervises the keypoints that the target camera does not see, at their
     projections (METHOD §7.7 supervises the visible ones only and leaves the others' maps free)."""
