@@ -2,7 +2,7 @@
 by case, printing one JSON object per line and case, with cost and accuracy side by side.
 
 A case is a list of config overrides on ``configs/synthbirds_train.yaml``. Each case builds the network from
-scratch (no Stage II: the shape is the template's, as the head sees it at the start of Stage III), then
+scratch (no Stage II: the shape comes from an untrained shape head, close to the template), then
 
 1. sets the BatchNorm running statistics from ``--calibrate`` batches of training images (train mode, no
    gradient), as a Stage II run leaves them; with ``train.frozen_batchnorm`` (the default) they then stay;
