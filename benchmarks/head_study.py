@@ -91,10 +91,9 @@ def _run_case(name: str, args: argparse.Namespace, queue) -> None:
     from slopekp.mesh import load_template
     from slopekp.models.encoder import normalize_image
     from slopekp.models.reconstructor import build_model
-    from slopekp.render import Renderer, RenderSettings
     from slopekp.train import run
     from slopekp.train.stage2 import build_train_dataset
-    from slopekp.train.stage3 import set_train_modes, stage3_loss
+    from slopekp.train.stage3 import pose_training, set_train_modes, stage3_loss
 
     overrides = [*CASES[name], *args.set, f"seed={args.seed}", "device=cpu"]
     cfg = load_config(CONFIG, overrides)
@@ -124,12 +123,7 @@ def _run_case(name: str, args: argparse.Namespace, queue) -> None:
             m.momentum = 0.1
 
     # 2. the pose head and the encoder on the true cameras
-    trained = ("pose.",) if cfg.train.freeze_backbone else ("pose.", "encoder.")
-    for n, p in model.named_parameters():
-        p.requires_grad_(n.startswith(trained))
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = run.adam(params, cfg.train.lr)
-    hard = Renderer(RenderSettings.from_config(cfg.render, model.pose.target_size(model.encoder)))
+    params, opt, hard = pose_training(model, cfg)
     steps, total = 0, cfg.train.pose_epochs * len(loader)
     set_train_modes(model, cfg)
     for _ in range(cfg.train.pose_epochs):

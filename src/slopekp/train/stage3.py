@@ -218,17 +218,15 @@ def run_stage3(
     if missing_ids:
         raise ValueError(f"{store_path}: no pose target for {len(missing_ids)} image(s), e.g. {missing_ids[:5]}")
     mirror_of, mirror_choice = None, None
+    plain = None  # the unaugmented training crops, built once for the appearance choice and the re-selections
+    if not supervised and (cfg.train.mirror_by_appearance or cfg.train.reselect_every > 0):
+        plain = build_train_dataset(cfg, data_dir, augment=False)
     if cfg.train.mirror_by_appearance and not supervised:
-        mirror_of, mirror_choice = appearance_mirrors(cfg, data_dir, store, template, device)
+        mirror_of, mirror_choice = appearance_mirrors(cfg, plain, store, template, device)
     targets = None if supervised else PoseTargets.from_id_mirrors(store, mirror_of)
     initial_targets = None if supervised else PoseTargets.from_id_mirrors(store, mirror_of)
     reselections: list[dict] = []
-    trained = ("pose.",) if cfg.train.freeze_backbone else ("pose.", "encoder.")
-    for n, p in model.named_parameters():
-        p.requires_grad_(n.startswith(trained))
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = run.adam(params, cfg.train.lr)
-    hard = Renderer(RenderSettings.from_config(cfg.render, model.pose.target_size(model.encoder)))
+    params, opt, hard = pose_training(model, cfg)
     ckpt_path = out_dir / CHECKPOINT
     at = run.LoopState()
     ck = None
@@ -289,7 +287,7 @@ def run_stage3(
         every = cfg.train.reselect_every
         if targets is None or every <= 0 or epochs_done % every or epochs_done >= cfg.train.pose_epochs:
             return
-        done = reselect_targets(model, targets, build_train_dataset(cfg, data_dir, augment=False), cfg, device)
+        done = reselect_targets(model, targets, plain, cfg, device)
         targets.load_state_dict(D.broadcast_object(targets.state_dict(), dist))  # rank 0's choice everywhere
         reselections.append({"epoch": epochs_done, **done.summary()})
         if writer is not None:
@@ -331,6 +329,18 @@ def run_stage3(
         atomic_save_json(metrics, out_dir / "report" / "metrics.json")
     metrics = D.broadcast_object(metrics, dist)
     return Stage3Result(out_dir, ckpt_path, at.step, seconds, metrics)
+
+
+def pose_training(model, cfg: Config) -> tuple[list[torch.nn.Parameter], torch.optim.Adam, Renderer]:
+    """What Stage III trains and with what: marks the pose head's parameters trainable (and the encoder's unless
+    ``train.freeze_backbone``), the others frozen, and returns them, their Adam and the hard renderer of the
+    pose loss's targets (:meth:`~slopekp.models.pose.PoseHead.target_size`)."""
+    trained = ("pose.",) if cfg.train.freeze_backbone else ("pose.", "encoder.")
+    for n, p in model.named_parameters():
+        p.requires_grad_(n.startswith(trained))
+    params = [p for p in model.parameters() if p.requires_grad]
+    hard = Renderer(RenderSettings.from_config(cfg.render, model.pose.target_size(model.encoder)))
+    return params, run.adam(params, cfg.train.lr), hard
 
 
 def model_card_entries(data_dir, manifest: Manifest, num_images: int) -> dict[str, Any]:
@@ -428,12 +438,11 @@ def reselect_targets(model, targets: PoseTargets, dataset, cfg: Config, device) 
     return targets.reselect(torch.cat(ids), torch.cat(preds), torch.cat(crops), cfg.train.reselect_top)
 
 
-def appearance_mirrors(cfg: Config, data_dir, store, template, device) -> tuple[torch.Tensor, dict]:
-    """:func:`slopekp.train.appearance.choose_depth_mirrors` over the training set: ``(mirror_of, summary)`` with
-    ``mirror_of[id]`` True where the target is the depth mirror of the best camera."""
+def appearance_mirrors(cfg: Config, dataset, store, template, device) -> tuple[torch.Tensor, dict]:
+    """:func:`slopekp.train.appearance.choose_depth_mirrors` over the unaugmented training set ``dataset``:
+    ``(mirror_of, summary)`` with ``mirror_of[id]`` True where the target is the depth mirror of the best camera."""
 
     renderer = build_renderer(cfg)
-    dataset = build_train_dataset(cfg, data_dir, augment=False)
     ids, choice = choose_depth_mirrors(store, dataset, template.verts, template.faces, renderer,
                                        batch_size=max(cfg.train.batch_size, 32), device=device)  # fmt: skip
     mirror_of = torch.zeros(int(ids.max()) + 1, dtype=torch.bool, device=device)

@@ -86,11 +86,13 @@ class PoseTargets:
     def cameras(self, ids: Tensor, crops: Tensor) -> Tensor:
         """``(B, 7)``: the targets of image ids ``ids (B,)`` (mirrored ids give the reflected camera) for their
         crops ``(B, 3)``, as :meth:`CameraMultiplex.best_cameras` expresses them."""
-        rows = self.store.rows(ids)
-        cams = self.store.cameras(ids, crops)  # (B, P, 7)
-        picked = cams[torch.arange(cams.shape[0], device=cams.device), self.choice[rows]]
         # the depth mirror commutes with the horizontal reflection of a mirrored sample (both are symmetries of the
         # bird), so flipping the target after reading it reflected is the reflection of the flipped target
+        return self._pick(self.store.cameras(ids, crops), self.store.rows(ids))
+
+    def _pick(self, cams: Tensor, rows: Tensor) -> Tensor:
+        """``(B, 7)``: the targets of store rows ``rows (B,)`` among their hypotheses ``cams (B, P, 7)``."""
+        picked = cams[torch.arange(cams.shape[0], device=cams.device), self.choice[rows]]
         return torch.where(self.mirrored[rows][:, None], depth_mirror_cameras(picked), picked)
 
     @torch.no_grad()
@@ -125,8 +127,7 @@ class PoseTargets:
         pred = predicted.to(cand.device, cand.dtype)
         angle = quat_geodesic_angle(cand[..., 3:], pred[:, None, 3:].expand_as(cand[..., 3:]))  # (B, 2k)
         pick = angle.argmin(-1)  # the first (plain, better-scored) of equally near candidates
-        previous = cams[torch.arange(len(rows), device=cams.device), self.choice[rows]]
-        previous = torch.where(self.mirrored[rows][:, None], depth_mirror_cameras(previous), previous)
+        previous = self._pick(cams, rows)
         new_choice = order.gather(1, (pick % k)[:, None])[:, 0]
         new_mirror = pick >= k
         chosen = cand[torch.arange(len(rows), device=cand.device), pick]
