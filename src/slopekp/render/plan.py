@@ -267,10 +267,13 @@ class Grid(NamedTuple):
 def block_grid(blk: Block, plan: Plan, dtype) -> Grid:
     """Pixel centres and flat pixel indices of the elements of block ``blk``."""
     device = blk.g.device
-    jj = blk.col0.view(1, 1, -1) + torch.arange(blk.wx, device=device).view(1, blk.wx, 1)
-    ii = blk.row0.view(1, 1, -1) + torch.arange(blk.wy, device=device).view(blk.wy, 1, 1)
-    n = torch.div(blk.g, plan.faces_per_image, rounding_mode="floor").view(1, 1, -1)
-    pix = (n * plan.height + ii) * plan.width + jj
+    di = torch.arange(blk.wy, device=device).view(blk.wy, 1, 1)
+    dj = torch.arange(blk.wx, device=device).view(1, blk.wx, 1)
+    jj = blk.col0.view(1, 1, -1) + dj
+    ii = blk.row0.view(1, 1, -1) + di
+    n = torch.div(blk.g, plan.faces_per_image, rounding_mode="floor")
+    corner = ((n * plan.height + blk.row0) * plan.width + blk.col0).view(1, 1, -1)  # the window's first pixel
+    pix = corner + (di * plan.width + dj)  # one pass over the block's elements (integers: exact)
     px = (2 * jj + 1).to(dtype) / plan.width - 1
     py = (2 * ii + 1).to(dtype) / plan.height - 1
     return Grid(px, py, pix)

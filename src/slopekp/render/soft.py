@@ -10,9 +10,9 @@ than the cut-off radius ``r``) are ignored by definition, as in SoftRas. The sil
 (``torch.autograd.Function``, chosen by measurement: on ``soft16_64`` its backward took 0.03 s where
 autograd through the same arithmetic took 0.36 s, and the forward no longer records a graph): with ``c_j =
 dL/d(d_j²)`` and the closest boundary point ``q = sum_v beta_v v_v``, ``d(d²)/dv_v = -2 beta_v (p - q)``. The
-forward pass keeps ``beta``, ``p - q`` and ``d log(1 - D)/d(d²)`` per block element (6 floats; this, not
-``max_pairs``, sets the memory kept for backward), and the backward is one gather and a few reductions per
-block.
+forward pass keeps ``beta``, ``p - q``, ``d log(1 - D)/d(d²)`` and the pixel index per block element (6 floats and
+an int64; this, not ``max_pairs``, sets the memory kept for backward), and the backward is one gather and a few
+reductions per block.
 
 RGB pairs (``return_pairs``) come out of the same pass and share its backward (chosen by measurement: on
 ``rgb16_64``, one core, autograd through separately enumerated pairs took 0.03 s forward and 0.06 s backward;
@@ -65,6 +65,7 @@ class _SilhouetteBlock(NamedTuple):
     coef: Tensor  # (wy, wx, Fb) d(log(1 - D))/d(d²), 0 for dropped pairs
     beta: list[Tensor]  # 3 x (wy, wx, Fb) closest boundary point as a combination of the face's vertices
     r: list[Tensor]  # 2 x (wy, wx, Fb) pixel centre minus the closest boundary point
+    pix: Tensor  # (wy, wx, Fb) flat pixel index of each element (the forward's, not planned again)
 
 
 class _PairBlock(NamedTuple):
@@ -146,7 +147,7 @@ def _silhouette_block(
     saved = None
     if need_grad:
         coef = (one_minus_d - 1).mul_(delta).mul_(1.0 / sigma)  # -D·delta/sigma
-        saved = _SilhouetteBlock(coef, beta, [brx, bry])
+        saved = _SilhouetteBlock(coef, beta, [brx, bry], grid.pix)
     pairs = None
     if want_pairs:
         # kept elements (z = -delta d²/sigma is +inf exactly where the pair was dropped), face-major: the
@@ -216,8 +217,7 @@ class _SoftSilhouette(torch.autograd.Function):
             scatter = grad_prob * (1 - pd.prob)  # (1 - D)·dL/dD, folded into c below
         start = 0
         for i, (blk, data) in enumerate(zip(plan.blocks, ctx.blocks)):
-            pix = block_grid(blk, plan, grad.dtype).pix
-            gl = grad_log_t.index_select(0, pix.reshape(-1))
+            gl = grad_log_t.index_select(0, data.pix.reshape(-1))
             if scatter is not None:
                 n = pd.counts[i]
                 gl.index_add_(0, pd.idx[start : start + n], scatter[start : start + n], alpha=-1.0)
