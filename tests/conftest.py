@@ -31,6 +31,7 @@ SMOKE_OVERRIDES = (
     "model.texture_width=4", "model.num_keypoints=8", "train.render_size=16", "train.batch_size=4",
     "train.epochs=1", "train.pose_epochs=1", "data.flip=false", "data.jitter_frac=0", "threads=1",
     "multiplex.workers=1",  # Stage I in the test process (tests/train/test_stage1.py runs it in workers too)
+    "jobs=1",  # the heads one after another in the test process (tests/eval/test_benchmark.py runs them in two)
 )  # fmt: skip
 
 

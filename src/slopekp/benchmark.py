@@ -11,7 +11,9 @@ the test split (:func:`slopekp.eval.report.evaluate_checkpoint`) and the heads a
     seed<S>/eval_<head>/         its evaluation (metrics.json, per_image.csv, plots, worst cases)
     report.json, report.md       Table 1: mean ± std over the seeds, the paper's numbers beside
 
-Every stage resumes (rerun the same command after an interruption); finished stages are reused. ``slopekp
+One seed's heads train at once in ``cfg.jobs`` processes on the CPU (0: one per core, at most one per head), each
+with the results of a run alone. Every stage resumes (rerun the same command after an interruption); finished
+stages are reused. ``slopekp
 benchmark`` writes only into an empty folder or one it made (each stage's own manifest checks the settings):
 :func:`prepare_benchmark_dir`. This module sits above training and evaluation: it runs both.
 """
@@ -19,11 +21,15 @@ benchmark`` writes only into an empty folder or one it made (each stage's own ma
 from __future__ import annotations
 
 import dataclasses
+import multiprocessing
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import torch
+from tqdm.auto import tqdm
 
 from slopekp.config import Config
 from slopekp.eval.report import evaluate_checkpoint
@@ -32,9 +38,9 @@ from slopekp.manifest import MANIFEST_NAME, Manifest, cmr_data_fingerprint, prep
 from slopekp.train.stage1 import run_stage1
 from slopekp.train.stage2 import run_stage2
 from slopekp.train.stage3 import run_stage3
-from slopekp.utils import resolve_device
+from slopekp.utils import resolve_device, spawned_map, usable_cores
 
-__all__ = ["BENCHMARK_COMMAND", "BenchmarkResult", "prepare_benchmark_dir", "run_benchmark"]
+__all__ = ["BENCHMARK_COMMAND", "BenchmarkResult", "head_jobs", "prepare_benchmark_dir", "run_benchmark"]
 
 BENCHMARK_COMMAND = "benchmark"
 #: What a benchmark folder holds (the module docstring), to recognise one made before benchmarks had a manifest.
@@ -73,20 +79,78 @@ def run_benchmark(
     _say(progress, f"Stage I -> {s1}")
     run_stage1(cfg, data_dir, s1, progress=progress)
     runs: dict[str, dict[int, dict[str, Any]]] = {h: {} for h in heads}
+    jobs = head_jobs(cfg.jobs, len(heads), device)
     for k in range(seeds):
         seed = cfg.seed + k
         cfg_s = dataclasses.replace(cfg, seed=seed)
         root = out_dir / f"seed{seed}"
         _say(progress, f"seed {seed}: Stage II -> {root / 'stage2'}")
         run_stage2(cfg_s, data_dir, s1 / "multiplex.npz", root / "stage2", progress=progress)
-        for head in heads:
-            _say(progress, f"seed {seed}: Stage III {head} -> {root / f'stage3_{head}'}")
-            res = run_stage3(cfg_s, data_dir, root / "stage2", root / f"stage3_{head}", head, progress=progress)
-            runs[head][seed] = evaluate_checkpoint(res.checkpoint, data_dir, root / f"eval_{head}", split="test",
-                                                   device=device, pck_pairs=pck_pairs)  # fmt: skip
+        job = _HeadJob(cfg_s, data_dir, root, str(device), pck_pairs, progress)
+        if jobs <= 1:
+            for head in heads:
+                _say(progress, f"seed {seed}: Stage III {head} -> {root / f'stage3_{head}'}")
+                runs[head][seed] = job.run(head)
+            continue
+        _say(progress, f"seed {seed}: Stage III of {', '.join(heads)} in {jobs} processes -> {root}/stage3_<head>")
+        for head, metrics in zip(heads, _run_in_processes(job, heads, jobs)):
+            runs[head][seed] = metrics
     summary = summarise(runs)
     write_report(out_dir, summary, runs, data_dir=data_dir, command=command)
     return BenchmarkResult(out_dir, summary, runs)
+
+
+def head_jobs(requested: int, num_heads: int, device: torch.device) -> int:
+    """How many heads train at once (``cfg.jobs``): ``requested``, or for 0 one per core this process may use, at
+    most ``num_heads``; 1 on an accelerator (one process drives it)."""
+    if device.type != "cpu":
+        return 1
+    return max(1, min(num_heads, requested if requested > 0 else usable_cores()))
+
+
+@dataclass(frozen=True)
+class _HeadJob:
+    """What one seed's Stage III and evaluation of a head need (sent once to each worker process)."""
+
+    cfg: Config
+    data_dir: Path
+    root: Path
+    device: str
+    pck_pairs: int
+    progress: bool
+
+    def run(self, head: str, bar_position: int | None = None) -> dict[str, Any]:
+        """Stage III of ``head`` from this seed's Stage II, then its evaluation on the test split: the metrics."""
+        root = self.root
+        res = run_stage3(self.cfg, self.data_dir, root / "stage2", root / f"stage3_{head}", head,
+                         progress=self.progress, bar_position=bar_position)  # fmt: skip
+        return evaluate_checkpoint(res.checkpoint, self.data_dir, root / f"eval_{head}", split="test",
+                                   device=self.device, pck_pairs=self.pck_pairs)  # fmt: skip
+
+
+def _run_in_processes(job: _HeadJob, heads: tuple[str, ...], jobs: int) -> list[dict[str, Any]]:
+    """``job.run`` of every head, ``jobs`` at a time in spawned processes, each with ``cfg.threads`` threads (with 0,
+    an equal share of the cores); each head's progress bar on its own line."""
+    if job.cfg.threads == 0:
+        job = dataclasses.replace(job, cfg=dataclasses.replace(job.cfg, threads=max(1, usable_cores() // jobs)))
+    lock = multiprocessing.get_context("spawn").RLock()  # the bars' shared write lock (tqdm's own is fork-made)
+    items = list(enumerate(heads))
+    with spawned_map(_run_head_in_worker, items, jobs, _start_head_worker, (job, lock)) as results:
+        return list(results)
+
+
+_HEAD_WORKER: dict = {}
+"""A head worker process's :class:`_HeadJob`."""
+
+
+def _start_head_worker(job: _HeadJob, lock) -> None:
+    tqdm.set_lock(lock)
+    _HEAD_WORKER["job"] = job
+
+
+def _run_head_in_worker(item: tuple[int, str]) -> dict[str, Any]:
+    position, head = item
+    return _HEAD_WORKER["job"].run(head, bar_position=position)
 
 
 def prepare_benchmark_dir(out_dir: str | os.PathLike, data_dir: str | os.PathLike, *, overwrite: bool = False,

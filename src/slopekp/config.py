@@ -268,6 +268,12 @@ class Config:
     out_dir: str = "outputs/run"
     threads: int = 0
     """torch intra-op threads (0 = leave torch's default)."""
+    jobs: int = 0
+    """``slopekp benchmark`` and ``quickstart``: how many of one seed's pose heads train (and are evaluated) at once,
+    each in its own process on the CPU: 0 = one per core this process may use (at most one per head), 1 = one after
+    another in this process. A process's results are those of a run alone with the same ``threads``; with
+    ``threads: 0`` each takes an equal share of the cores. Speed only (left out of manifests); on an accelerator the
+    heads run one after another."""
     template: TemplateConfig = field(default_factory=TemplateConfig)
     render: RenderConfig = field(default_factory=RenderConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -333,6 +339,7 @@ _IMAGE_SIDE = Range(8, MAX_IMAGE_SIZE)
 RULES: dict[str, Range] = {
     "seed": Range(0, 2**32 - 1, hi_text="2**32 - 1"),
     "threads": _NON_NEGATIVE,
+    "jobs": _NON_NEGATIVE,
     "template.symmetry_tol": _POSITIVE,
     "render.sigma": _POSITIVE,
     "render.gamma": _POSITIVE,

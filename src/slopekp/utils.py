@@ -78,6 +78,14 @@ def current_umask() -> int:
     return mask
 
 
+def usable_cores() -> int:
+    """How many cores this process may run on (``os.sched_getaffinity``; ``os.cpu_count`` where that is missing)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 @contextlib.contextmanager
 def spawned_map(fn, items, workers: int, initializer, initargs: tuple = ()) -> Iterator[Iterator[Any]]:
     """``map(fn, items)`` in ``workers`` spawned processes, each set up once by ``initializer(*initargs)``; yields

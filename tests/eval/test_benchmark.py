@@ -47,6 +47,50 @@ def test_benchmark_runs_every_head_and_seed_and_reports_them(tmp_path, capsys, s
     assert json.loads((out / "report.json").read_text())["summary"] == rep["summary"]
 
 
+def test_heads_in_processes_train_as_they_would_alone(tmp_path, capsys, smoke_overrides):
+    """``jobs=2``: the two heads train in two processes at once, each exactly as Stage III alone in this process."""
+    import torch
+
+    from slopekp.checkpoint import load_checkpoint
+    from slopekp.config import load_config
+    from slopekp.data.synth.writer import generate_synthbirds
+    from slopekp.train.stage3 import run_stage3
+
+    data = generate_synthbirds(tmp_path / "sb", n_train=4, n_test=2, size=32, seed=3, progress=False)
+    out = tmp_path / "bench"
+    overrides = [*smoke_overrides, "jobs=2"]
+    assert main(["benchmark", "--data", str(data), "--out", str(out), "--heads", "quaternion", "keypoints",
+                 "--seeds", "1", "--pck-pairs", "10", *overrides]) == 0  # fmt: skip
+    assert "in 2 processes" in capsys.readouterr().out
+    cfg = load_config(None, overrides)
+    alone = run_stage3(cfg, data, out / "seed0" / "stage2", tmp_path / "alone", "keypoints", progress=False)
+    together = load_checkpoint(out / "seed0" / "stage3_keypoints" / "checkpoints" / "last.pt")["model"]
+    weights = load_checkpoint(alone.checkpoint)["model"]
+    assert weights.keys() == together.keys()
+    assert all(torch.equal(weights[k], together[k]) for k in weights)
+
+
+@pytest.mark.parametrize(("requested", "heads", "device", "expected"), [
+    (1, 4, "cpu", 1), (3, 2, "cpu", 2), (2, 4, "cpu", 2), (0, 4, "cuda", 1), (5, 1, "cpu", 1),
+])  # fmt: skip
+def test_head_jobs(requested, heads, device, expected):
+    import torch
+
+    from slopekp.benchmark import head_jobs
+
+    assert head_jobs(requested, heads, torch.device(device)) == expected
+
+
+def test_head_jobs_zero_is_one_per_core_up_to_the_heads():
+    import torch
+
+    from slopekp.benchmark import head_jobs
+    from slopekp.utils import usable_cores
+
+    assert head_jobs(0, 64, torch.device("cpu")) == min(64, usable_cores())
+    assert head_jobs(0, 1, torch.device("cpu")) == 1
+
+
 def test_verdict_names_the_leader_and_calls_a_tie():
     from slopekp.eval.table1 import verdict
 

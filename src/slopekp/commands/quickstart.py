@@ -90,8 +90,9 @@ FULL_SEEDS = 3
 
 QUICKSTART_COMMAND = "quickstart"
 #: Settings that do not change the results (speed, where the output goes).
-_NOT_RESULT_SETTINGS = ("device", "threads", "out_dir", "multiplex.workers", "synth.workers", "multiplex.save_every",
-                        "train.checkpoint_every", "train.image_every", "train.num_workers", "render.fused")  # fmt: skip
+_NOT_RESULT_SETTINGS = ("device", "threads", "jobs", "out_dir", "multiplex.workers", "synth.workers",
+                        "multiplex.save_every", "train.checkpoint_every", "train.image_every", "train.num_workers",
+                        "render.fused")  # fmt: skip
 
 #: the quickstart's side-by-side summary: label -> (report metric, format)
 _SUMMARY_ROWS = (

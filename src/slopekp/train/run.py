@@ -193,6 +193,8 @@ class LoopSettings:
     """Show a progress bar (rank 0)."""
     desc: str | None = None
     """The bar's label (default: ``tag``)."""
+    bar_position: int | None = None
+    """The bar's line when several processes show one each (tqdm's ``position``; None: the next free line)."""
     postfix: tuple[str, ...] = ()
     """Log keys shown on the bar beside ``total``."""
     checkpoint_path: Path | None = None
@@ -221,7 +223,8 @@ def train_loop(
     per_epoch = D.num_steps(len(dataset), B, dist.world_size)
     total = loop.epochs * per_epoch
     bar = tqdm(total=total, initial=min(state.step, total), unit="step", desc=loop.desc or loop.tag,
-               disable=not loop.progress or not dist.is_main, dynamic_ncols=True)  # fmt: skip
+               disable=not loop.progress or not dist.is_main, dynamic_ncols=True,
+               position=loop.bar_position)  # fmt: skip
     logs: dict[str, float] = {}
     pending: list[tuple[int, dict]] = []  # steps whose logs are still on the device
 

@@ -49,7 +49,7 @@ from slopekp.train.losses import mask_loss
 from slopekp.train.multiplex import CameraMultiplex
 from slopekp.train.report import MultiplexMetrics, write_multiplex_report
 from slopekp.train.scores import hypothesis_scores
-from slopekp.utils import resolve_device, seed_everything, spawned_map
+from slopekp.utils import resolve_device, seed_everything, spawned_map, usable_cores
 
 STORE_NAME = "multiplex.npz"
 
@@ -437,12 +437,7 @@ def stage1_workers(requested: int, device: torch.device) -> int:
     process may run on; 1 on an accelerator (one process drives it; ``configs/cub_stage1_gpu.yaml`` batches)."""
     if device.type != "cpu":
         return 1
-    if requested > 0:
-        return requested
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+    return requested if requested > 0 else usable_cores()
 
 
 class FitArgs(NamedTuple):

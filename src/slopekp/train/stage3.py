@@ -174,9 +174,11 @@ def run_stage3(
     max_steps: int | None = None,
     supervised: bool = False,
     dist: D.DistInfo = D.SINGLE,
+    bar_position: int | None = None,
 ) -> Stage3Result:
     """Stage III end to end for pose head ``head``; see the module docstring (``supervised``: targets are the
-    ground-truth SfM cameras, an ablation).
+    ground-truth SfM cameras, an ablation; ``bar_position``: the progress bar's line when several runs show theirs
+    at once).
 
     Under ``torchrun`` (``dist`` from :func:`slopekp.train.distributed.init_distributed`) every rank takes its
     share of each global batch of ``train.batch_size × world_size`` images and the trained weights' gradients are
@@ -301,7 +303,7 @@ def run_stage3(
     try:
         loop = run.LoopSettings(cfg.train.pose_epochs, "stage3", train_step, checkpoint, max_steps=max_steps,
                                 progress=progress, desc=f"Stage III {head}", checkpoint_path=ckpt_path,
-                                on_epoch_end=on_epoch_end)  # fmt: skip
+                                on_epoch_end=on_epoch_end, bar_position=bar_position)  # fmt: skip
         logs, _ = run.train_loop(dataset, cfg, dist, at, loop, writer)
     finally:
         if writer is not None:
