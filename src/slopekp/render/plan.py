@@ -17,6 +17,7 @@ Triton path (:mod:`slopekp.render.fused`) uses the same face tensors and windows
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple
 
@@ -125,6 +126,11 @@ def _size_levels(limit: int) -> list[int]:
 
 def _level_lut(levels: list[int], device) -> Tensor:
     """``lut[n]`` = index of the smallest level ``>= n``, for ``n`` in ``[0, levels[-1]]``."""
+    return _cached_level_lut(tuple(levels), torch.device(device))
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_level_lut(levels: tuple[int, ...], device: torch.device) -> Tensor:
     lut = torch.zeros(levels[-1] + 1, dtype=torch.long)
     prev = 0
     for i, lv in enumerate(levels):
@@ -231,10 +237,10 @@ def make_plan(
         hist = torch.bincount(key, minlength=len(lx) * len(ly)).tolist()
         counts = {(k // len(lx), k % len(lx)): c for k, c in enumerate(hist) if c > 0}
         target = _merge_buckets(counts, ly, lx)
-        remap = torch.arange(len(lx) * len(ly), device=key.device)
+        remap = list(range(len(lx) * len(ly)))
         for (iy, ix), (ty, tx) in target.items():
             remap[iy * len(lx) + ix] = ty * len(lx) + tx
-        key = remap[key]
+        key = torch.tensor(remap, device=key.device)[key]
         key, order = torch.sort(key.to(torch.int16), stable=True)  # few distinct keys: int16 sorts fast
         ids = ids[order]
         keys, sizes = torch.unique_consecutive(key, return_counts=True)
