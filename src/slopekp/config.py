@@ -209,6 +209,7 @@ class TrainConfig:
     """Stage II: after ``top_k_after`` epochs keep each image's ``top_k`` best hypotheses (U-CMR: 4 after 21; 0 =
     never)."""
     top_k_after: int = 0
+    """Epochs before the pruning to ``top_k`` (0: from the start, by the Stage I scores)."""
     mask_weight: float = 10.0
     texture_weight: float = 1.0
     ssim_weight: float = 1.0

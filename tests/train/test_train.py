@@ -329,6 +329,21 @@ def test_stage2_prunes_to_the_top_k_hypotheses(stage1, tmp_path):
     assert store.num_hypotheses == 2 and res.steps == 2  # 4 hypotheses in epoch 0, the best 2 in epoch 1
 
 
+@pytest.mark.parametrize(("after", "fitted"), [(0, 2), (1, 4)])
+def test_stage2_top_k_after_zero_prunes_before_the_first_step(stage1, tmp_path, after, fitted):
+    """``top_k_after=0``: Stage II starts on each image's ``top_k`` best Stage I hypotheses (``CameraMultiplex.top_k``,
+    tested in tests/train/test_multiplex_store.py); 1: on all of them."""
+    from slopekp.train.multiplex import CameraMultiplex
+
+    data, mp = stage1
+    cfg = load_config(overrides=[*SMOKE, "train.top_k=2", f"train.top_k_after={after}", "train.epochs=2",
+                                 "train.batch_size=2"])  # two steps an epoch: the checkpoint after one is mid-epoch
+    run_stage2(cfg, data, mp, tmp_path / "run", progress=False, max_steps=1)
+    ck = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
+    store = CameraMultiplex.from_state_dict(ck["multiplex"])
+    assert store.num_hypotheses == fitted
+
+
 def test_a_no_op_stage2_rerun_does_not_invalidate_stage3(stage1, tmp_path):
     """Rerunning a Stage II command with nothing left to do rewrites its outputs with the same content; the
     Stage III runs made from it still resume."""

@@ -242,6 +242,7 @@ def run_stage2(
         set_rng_state(ck["rng"])
     else:
         store = initial_store(multiplex_path, fp, manifest.inputs["data"]["fingerprint"], cfg, device)
+        store = prune(store, 0, cfg)  # top_k_after = 0: the top k from the start
     missing = [i for i in range(len(dataset)) if i not in store]
     if missing:
         raise ValueError(
@@ -312,8 +313,9 @@ def run_stage2(
 
 
 def prune(store: CameraMultiplex, epoch: int, cfg: Config) -> CameraMultiplex:
-    """U-CMR's pruning (METHOD §5.6): once ``train.top_k_after`` epochs are done, keep each image's
-    ``train.top_k`` best hypotheses (offsets and Adam state follow them). Identical on every rank."""
+    """U-CMR's pruning (METHOD §5.6): once ``train.top_k_after`` epochs are done (``epoch`` of them; 0 before the
+    first), keep each image's ``train.top_k`` best hypotheses (offsets and Adam state follow them). Identical on every
+    rank."""
     k = cfg.train.top_k
     if k and epoch >= cfg.train.top_k_after and store.num_hypotheses > k:
         return store.top_k(k)
