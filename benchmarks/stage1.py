@@ -39,6 +39,8 @@ SCHEDULE_CASES = {
     "halve_4": ("multiplex.prune_every=4", "multiplex.prune_factor=2", "multiplex.keep=4"),
     "halve_8": ("multiplex.prune_every=8", "multiplex.prune_factor=2", "multiplex.keep=4"),
     "steps20_gain05": ("multiplex.steps=20", "multiplex.offset_gain=0.5"),
+    "steps30_gain033": ("multiplex.steps=30", "multiplex.offset_gain=0.333"),
+    "steps32_gain03": ("multiplex.steps=32", "multiplex.offset_gain=0.3"),
 }
 CASES = {
     "workers_1": ("multiplex.workers=1",),

@@ -34,16 +34,17 @@ QUICKSTART_DEFAULTS = (
     "synth.n_test=100",
     "synth.size=128",
     "synth.deform=0.0",  # birds of the template's shape: Stage I fits the template itself
-    # Stage I at 32² and 40 steps (the paper's defaults are 64² and 150, about 15x slower on a laptop CPU);
-    # a larger offset gain lets the angles move as far in fewer steps.
+    # Stage I at 32² and 30 steps (the paper's defaults are 64² and 150, about 20x slower on a laptop CPU); a larger
+    # offset gain lets the angles move as far in fewer steps (40 steps at 0.25 put the closest hypothesis 0.9° and
+    # 1.0° nearer on SynthBirds and CUB SfM views, at a third more time: docs/results/stage1_schedules.md)
     "multiplex.image_size=32",
-    "multiplex.steps=40",
-    "multiplex.offset_gain=0.25",
+    "multiplex.steps=30",
+    "multiplex.offset_gain=0.333",
     # the network of configs/synthbirds_train.yaml, trained briefly
     "model.texture_width=8",
     "train.epochs=2",
-    "train.top_k=8",  # Stage II's second epoch renders each image's 8 best hypotheses, not all 40 (U-CMR: 4 after 21)
-    "train.top_k_after=1",
+    "train.top_k=8",  # Stage II renders each image's 8 best Stage I hypotheses, not all 40 (U-CMR: 4 after 21 epochs)
+    "train.top_k_after=0",
     "train.pose_epochs=30",
     "train.pose_lr_schedule=cosine",  # on true poses the quaternion head: 39° -> 29° (docs/results/head_study.md)
     "train.lr=0.001",
@@ -57,8 +58,8 @@ QUICKSTART_DEFAULTS = (
     "train.pose_targets=stage1",
     "train.mirror_by_appearance=true",
     # Stages II and III on one thread: a second one measured no faster at these sizes, and one thread gives the same
-    # numbers on any number of cores (Stage I uses every core with one process each, whose results do not depend on
-    # their number)
+    # numbers on any number of cores (Stage I uses every core with one process each, and the two heads train at once
+    # in two processes, `jobs`; neither changes the results)
     "threads=1",
 )
 QUICKSTART_HEADS = ("keypoints", "quaternion")
