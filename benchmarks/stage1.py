@@ -15,10 +15,11 @@ holds its own copy of the data set besides); ``threads`` (each worker's intra-op
 torch's default in the case process); ``cores`` (``os.sched_getaffinity``); ``device``.
 
 Cases: ``workers_1`` (one process, as before issue 22), ``workers_2``, ``workers_all`` (``multiplex.workers=0``);
-then cheaper schedules on all cores (docs/results/stage1_schedules.md measures them on 400 SynthBirds images and
-100 real CUB SfM views): ``halve_4`` and ``halve_8`` (successive halving every 4 or 8 steps down to 4 hypotheses
-per image, ``multiplex.prune_every``) and ``steps20_gain05`` (half the steps with twice the offset gain, the same
-reach in angle).
+then other schedules on all cores (docs/results/stage1_schedules.md measures them on 400 SynthBirds images and
+100 real CUB SfM views): ``steps40_gain025`` (the quickstart's schedule before that study), ``halve_4`` and
+``halve_8`` (successive halving every 4 or 8 steps down to 4 hypotheses per image, ``multiplex.prune_every``),
+``steps20_gain05``, ``steps30_gain033`` (the quickstart's schedule since) and ``steps32_gain03`` (fewer steps with a
+larger offset gain, the same reach in angle as 40 steps at 0.25).
 
 Usage: ``python benchmarks/stage1.py [--cases workers_1,workers_all] [--images 48] [--size 64] [--deform 1]
 [--threads N]``; ``--images 400 --size 128 --deform 0`` is the quickstart's Stage I.
@@ -34,10 +35,12 @@ import time
 
 from _cases import peak_mb_since, rss_mb, run_each, selected_cases
 
-#: cheaper schedules than the quickstart's (all 40 hypotheses for 40 steps): case -> overrides
+_STEPS40 = ("multiplex.steps=40", "multiplex.offset_gain=0.25")  # the quickstart's schedule before the study
+#: Stage I schedules beside the quickstart's (all 40 hypotheses for 30 steps at gain 0.333): case -> overrides
 SCHEDULE_CASES = {
-    "halve_4": ("multiplex.prune_every=4", "multiplex.prune_factor=2", "multiplex.keep=4"),
-    "halve_8": ("multiplex.prune_every=8", "multiplex.prune_factor=2", "multiplex.keep=4"),
+    "steps40_gain025": _STEPS40,
+    "halve_4": (*_STEPS40, "multiplex.prune_every=4", "multiplex.prune_factor=2", "multiplex.keep=4"),
+    "halve_8": (*_STEPS40, "multiplex.prune_every=8", "multiplex.prune_factor=2", "multiplex.keep=4"),
     "steps20_gain05": ("multiplex.steps=20", "multiplex.offset_gain=0.5"),
     "steps30_gain033": ("multiplex.steps=30", "multiplex.offset_gain=0.333"),
     "steps32_gain03": ("multiplex.steps=32", "multiplex.offset_gain=0.3"),
