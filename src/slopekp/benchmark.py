@@ -13,9 +13,8 @@ the test split (:func:`slopekp.eval.report.evaluate_checkpoint`) and the heads a
 
 One seed's heads train at once in ``cfg.jobs`` processes on the CPU (0: one per core, at most one per head), each
 with the results of a run alone. Every stage resumes (rerun the same command after an interruption); finished
-stages are reused. ``slopekp
-benchmark`` writes only into an empty folder or one it made (each stage's own manifest checks the settings):
-:func:`prepare_benchmark_dir`. This module sits above training and evaluation: it runs both.
+stages are reused. ``slopekp benchmark`` writes only into an empty folder or one it made (each stage's own manifest
+checks the settings): :func:`prepare_benchmark_dir`. This module sits above training and evaluation: it runs both.
 """
 
 from __future__ import annotations
