@@ -37,7 +37,7 @@ from slopekp.manifest import MANIFEST_NAME, Manifest, cmr_data_fingerprint, prep
 from slopekp.train.stage1 import run_stage1
 from slopekp.train.stage2 import run_stage2
 from slopekp.train.stage3 import run_stage3
-from slopekp.utils import resolve_device, spawned_map, usable_cores
+from slopekp.utils import resolve_device, spawned_map, usable_cores, worker_processes
 
 __all__ = ["BENCHMARK_COMMAND", "BenchmarkResult", "head_jobs", "prepare_benchmark_dir", "run_benchmark"]
 
@@ -102,9 +102,7 @@ def run_benchmark(
 def head_jobs(requested: int, num_heads: int, device: torch.device) -> int:
     """How many heads train at once (``cfg.jobs``): ``requested``, or for 0 one per core this process may use, at
     most ``num_heads``; 1 on an accelerator (one process drives it)."""
-    if device.type != "cpu":
-        return 1
-    return max(1, min(num_heads, requested if requested > 0 else usable_cores()))
+    return max(1, min(num_heads, worker_processes(requested, device)))
 
 
 @dataclass(frozen=True)

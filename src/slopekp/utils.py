@@ -86,6 +86,14 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
+def worker_processes(requested: int, device: torch.device) -> int:
+    """How many processes share work that runs on ``device`` (a ``workers``/``jobs`` setting): ``requested``, or for 0
+    one per core this process may use (:func:`usable_cores`); 1 on an accelerator (one process drives it)."""
+    if device.type != "cpu":
+        return 1
+    return requested if requested > 0 else usable_cores()
+
+
 @contextlib.contextmanager
 def spawned_map(fn, items, workers: int, initializer, initargs: tuple = ()) -> Iterator[Iterator[Any]]:
     """``map(fn, items)`` in ``workers`` spawned processes, each set up once by ``initializer(*initargs)``; yields

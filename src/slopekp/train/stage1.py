@@ -49,7 +49,7 @@ from slopekp.train.losses import mask_loss
 from slopekp.train.multiplex import CameraMultiplex
 from slopekp.train.report import MultiplexMetrics, write_multiplex_report
 from slopekp.train.scores import hypothesis_scores
-from slopekp.utils import resolve_device, seed_everything, spawned_map, usable_cores
+from slopekp.utils import resolve_device, seed_everything, spawned_map, worker_processes
 
 STORE_NAME = "multiplex.npz"
 
@@ -435,9 +435,7 @@ def _fit_dataset(dataset, store, store_path, verts, faces, renderer, init, cfg, 
 def stage1_workers(requested: int, device: torch.device) -> int:
     """How many processes fit Stage I (``multiplex.workers``): ``requested``, or for 0 one per core that this
     process may run on; 1 on an accelerator (one process drives it; ``configs/cub_stage1_gpu.yaml`` batches)."""
-    if device.type != "cpu":
-        return 1
-    return requested if requested > 0 else usable_cores()
+    return worker_processes(requested, device)
 
 
 class FitArgs(NamedTuple):
