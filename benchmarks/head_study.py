@@ -20,7 +20,7 @@ IoU at 0.5 of the template under the predicted camera); ``train_median_deg`` (th
 Usage::
 
     python benchmarks/head_study.py --data DATA [--cases kp_base,quat_base] [--seed 0] [--threads 1] \
-        [--set train.pose_epochs=2 ...]
+        [--set train.pose_epochs=2 ...] [--save FOLDER]
 
 ``DATA`` is a SynthBirds folder (``slopekp data synth --out DATA --n-train 2000 --n-test 400``). The results and
 commands are in docs/results/head_study.md.
@@ -137,6 +137,9 @@ def _run_case(name: str, args: argparse.Namespace, queue) -> None:
             opt.step()
             steps += 1
     train_s = time.perf_counter() - t0
+    if args.save:  # the trained network, for diagnostics (a plain state dict: loads with weights_only=True)
+        os.makedirs(args.save, exist_ok=True)
+        torch.save(model.state_dict(), os.path.join(args.save, f"{name}_seed{args.seed}.pt"))
 
     # 3. the product's evaluation, on the test split and on training images without augmentation
     t1 = time.perf_counter()
@@ -175,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch threads of each case (default 1)")
     p.add_argument("--calibrate", type=int, default=20, help="batches that set the BatchNorm statistics")
     p.add_argument("--train-eval", type=int, default=200, help="training images evaluated without augmentation")
+    p.add_argument("--save", default="", help="folder to write each case's trained state dict into (CASE_seedS.pt)")
     p.add_argument("--set", nargs="*", default=[], help="extra overrides for every case (e.g. train.pose_epochs=2)")
     args = p.parse_args(argv)
     if not os.path.isdir(args.data):

@@ -14,6 +14,7 @@ from slopekp.data.synth.options import SynthOptions
 from slopekp.data.synth.writer import generate_synthbirds
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "head_study.py"
+ERRORS = SCRIPT.with_name("keypoint_errors.py")
 
 
 @pytest.fixture(scope="module")
@@ -22,8 +23,8 @@ def synth(tmp_path_factory) -> Path:
     return Path(generate_synthbirds(out, options=SynthOptions(n_train=24, n_test=8, size=64, seed=0), progress=False))
 
 
-def _study(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=300)
+def _study(*args: str, script: Path = SCRIPT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=300)
 
 
 def test_head_study_smoke_run_trains_and_scores_each_case(synth):
@@ -46,3 +47,29 @@ def test_head_study_rejects_unknown_case_and_missing_data(synth, tmp_path):
     assert res.returncode != 0 and "kp_nonsense" in res.stderr
     res = _study("--data", str(tmp_path / "absent"))
     assert res.returncode != 0 and "absent" in res.stderr
+
+
+def test_saved_head_is_diagnosed_by_keypoint_errors(synth, tmp_path):
+    """``--save`` writes each case's state dict (it loads with ``weights_only=True``), and
+    ``benchmarks/keypoint_errors.py`` reads it back with the same overrides and splits its error; its ``ceiling``
+    case solves exact projections of the true shapes without error."""
+    import torch
+
+    over = ["model.heatmap_visibility=true", "model.keypoint_width=4"]
+    res = _study("--data", str(synth), "--cases", "kp_default", "--calibrate", "1", "--train-eval", "2",
+                 "--save", str(tmp_path / "models"), "--set", "train.pose_epochs=1", "data.max_items=8",
+                 *over)  # fmt: skip
+    assert res.returncode == 0, res.stderr[-2000:]
+    state = tmp_path / "models" / "kp_default_seed0.pt"
+    assert "pose.decoder.out_conv.weight" in torch.load(state, weights_only=True)
+    res = _study("--cases", "trained,ceiling", "--data", str(synth), "--state", str(state), "--images", "6",
+                 "--set", *over, script=ERRORS)  # fmt: skip
+    assert res.returncode == 0, res.stderr[-2000:]
+    trained, ceiling = (json.loads(line) for line in res.stdout.splitlines())
+    assert trained["case"] == "trained" and trained["images"] == 8
+    assert 0.0 <= trained["visibility_auc"] <= 1.0 and 0.0 < trained["visible_share"] < 1.0
+    for key in ("head", "true_visibility", "true_visibility_inliers", "no_ransac"):
+        assert 0.0 <= trained[key] <= 180.0
+    assert ceiling["true_shape_median_deg"] < 0.1 and ceiling["median_deg"] < 30.0
+    res = _study("--cases", "trained", "--data", str(synth), "--state", str(tmp_path / "none.pt"), script=ERRORS)
+    assert res.returncode != 0 and "none.pt" in res.stderr

@@ -181,6 +181,15 @@ class ModelConfig:
     heatmap_occluded: bool = False
     """Keypoint head: the heatmap loss also supervises the keypoints that the target camera does not see, at their
     projections (METHOD §7.7 supervises the visible ones only and leaves the others' maps free)."""
+    heatmap_visibility: bool = False
+    """Keypoint head: the heatmap loss trains the maps of the keypoints that the target camera does not see towards
+    zero, and each keypoint's PnP weight is its map's un-normalised mass near the peak (METHOD §4.6's ``Σ G·H``), so
+    PnP leans on the keypoints the network sees. Off: occluded maps are free (METHOD §7.7) and the weight is the
+    share of the map's mass near its peak, which cannot tell a seen keypoint from a hidden one."""
+    heatmap_loss: str = "mse"
+    """Keypoint head: ``mse``, the squared error of the maps against the Gaussian targets (METHOD §7.7), or ``kl``,
+    the maps as logits of a spatial softmax trained towards the normalised Gaussians (a classification over pixels;
+    the soft-argmax then reads the softmax)."""
     heatmap_size: int = 0
     """Keypoint head: side of the heatmaps (0 = half the input side, twice ``layer1``'s resolution)."""
 
@@ -219,6 +228,10 @@ class TrainConfig:
     edge_weight: float = 0.0
     camera_weight: float = 1.0
     heatmap_weight: float = 10.0
+    coordinate_weight: float = 0.0
+    """Keypoint head: weight of the L1 distance between each visible keypoint's soft-argmax position and its
+    target (NDC), beside the heatmap loss (integral regression: it trains the position PnP reads, not only the
+    map's shape)."""
     grad_clip: float = 100.0
     """Gradient-norm clipping of the network (0 = off)."""
     checkpoint_every: int = 50
@@ -405,6 +418,7 @@ RULES: dict[str, Range] = {
     "train.edge_weight": _NON_NEGATIVE,
     "train.camera_weight": _NON_NEGATIVE,
     "train.heatmap_weight": _NON_NEGATIVE,
+    "train.coordinate_weight": _NON_NEGATIVE,
     "train.grad_clip": _NON_NEGATIVE,
     "train.checkpoint_every": _AT_LEAST_ONE,
     "train.num_workers": _NON_NEGATIVE,
@@ -419,6 +433,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.split": ("train", "val", "test"),
     "render.fused": ("never", "auto", "always"),
     "model.pose_head": ("keypoints", "quaternion", "gramschmidt", "svd"),
+    "model.heatmap_loss": ("mse", "kl"),
     "train.pose_targets": ("stage2", "stage1"),
     "train.pose_lr_schedule": ("constant", "cosine"),
 }

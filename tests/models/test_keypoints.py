@@ -385,3 +385,120 @@ def test_model_heatmap_settings_reach_the_keypoint_head():
     assert model.pose.target_size(model.encoder) == 48
     img = torch.zeros(1, 3, cfg.image_size, cfg.image_size)
     assert model.pose.decoder(model.encoder(img).features).shape[-2:] == (48, 48)
+
+
+def test_coordinate_loss_is_the_mean_l1_over_visible_keypoints():
+    """Hand-derived: |0.1| + |−0.2| = 0.3 for the one visible keypoint; occluded ones and empty batches add 0."""
+    from slopekp.models.pose_losses import coordinate_loss
+
+    target = torch.zeros(1, 3, 2)
+    pred = torch.tensor([[[0.1, -0.2], [5.0, 5.0], [0.0, 0.0]]])
+    vis = torch.tensor([[True, False, True]])
+    assert float(coordinate_loss(pred, target, vis)) == pytest.approx(0.15)  # (0.3 + 0) / 2 visible
+    assert float(coordinate_loss(pred, target, torch.zeros_like(vis))) == 0.0
+    with pytest.raises(ValueError, match="disagree"):
+        coordinate_loss(pred, target[:, :2], vis)
+
+
+def test_coordinate_weight_moves_soft_argmax_towards_the_targets(template):
+    """With ``coordinate_weight`` the keypoint head's loss also pulls each visible keypoint's soft-argmax onto its
+    target: a few gradient steps on heatmaps peaked one pixel off shrink the distance; with weight 0 the term and
+    its log are absent (the loss is the heatmap loss alone)."""
+    from slopekp.models.base import PoseLossContext
+
+    bsz, side = 2, 32
+    cam = _cameras(bsz, seed=5)
+    verts = template.verts.expand(bsz, -1, -1).contiguous()
+    hard = Renderer(RenderSettings(image_size=side))
+    idx = farthest_point_sampling(template.verts, 32)
+    visible, pts = keypoint_visibility(verts, template.faces, cam, idx, hard)
+    off = heatmap_targets(pts + 2.0 / side, visible, side, 0.15)  # one pixel off in x and y
+
+    def run(weight: float, steps: int) -> tuple[float, dict]:
+        maps = off.clone().requires_grad_(True)
+        head = KeypointPoseHead(template.verts, in_channels=CHANNELS, base_width=4, pnp=FAST_PNP, target_sigma=0.15)
+        head.decoder = _FixedHeatmaps(maps)
+        ctx = PoseLossContext(template.faces, hard, 1.0, heatmap_weight=0.0, coordinate_weight=weight)
+        opt = torch.optim.Adam([maps], lr=0.02)
+        for _ in range(steps):
+            out = head.loss(_features(bsz), verts, cam, ctx)
+            opt.zero_grad()
+            out.loss.backward()
+            opt.step()
+        p = soft_argmax(maps.detach(), head.confidence_sigma, window=2 * head.confidence_sigma).points2d
+        return float((p - pts).norm(dim=-1)[visible].mean()), out.logs
+
+    before, logs0 = run(0.0, 1)
+    after, logs = run(1.0, 20)
+    assert "coordinate" in logs and "coordinate" not in logs0
+    assert after < 0.5 * before, (before, after)
+
+
+def test_scaled_soft_argmax_weighs_a_map_by_its_height():
+    """``scaled=True``: two identical peaks, one at a tenth of the height, get confidences 10:1 (the same
+    position); the default shape-only confidence gives them equal weight."""
+    side = 32
+    pts = torch.tensor([[[0.2, -0.3], [0.2, -0.3]]])
+    maps = heatmap_targets(pts, torch.ones(1, 2, dtype=torch.bool), side, 0.15)
+    maps[:, 1] *= 0.1
+    shape_only = soft_argmax(maps, window=0.2)
+    scaled = soft_argmax(maps, window=0.2, scaled=True)
+    assert torch.allclose(scaled.points2d, shape_only.points2d)
+    assert torch.allclose(shape_only.confidence, torch.tensor([[0.5, 0.5]]))
+    assert float(scaled.confidence[0, 0] / scaled.confidence[0, 1]) == pytest.approx(10.0, rel=1e-4)
+
+
+def test_heatmap_visibility_trains_hidden_maps_to_zero(template):
+    """``occluded_zero``: the loss is zero only when the occluded keypoints' maps are zero (by default they are
+    free), the head's confidences follow the maps' heights, and it refuses ``supervise_occluded`` beside it."""
+    from slopekp.models.base import PoseLossContext
+
+    bsz, side = 2, 32
+    cam = _cameras(bsz, seed=6)
+    verts = template.verts.expand(bsz, -1, -1).contiguous()
+    hard = Renderer(RenderSettings(image_size=side))
+    ctx = PoseLossContext(template.faces, hard, camera_weight=1.0, heatmap_weight=10.0)
+    idx = farthest_point_sampling(template.verts, 32)
+    visible, pts = keypoint_visibility(verts, template.faces, cam, idx, hard)
+    assert not visible.all() and visible.any()
+    seen = heatmap_targets(pts, visible, side, 0.15)
+    every = heatmap_targets(pts, torch.ones_like(visible), side, 0.15)
+
+    def head(**kw) -> KeypointPoseHead:
+        h = KeypointPoseHead(template.verts, in_channels=CHANNELS, base_width=4, pnp=FAST_PNP, target_sigma=0.15, **kw)
+        return h
+
+    def loss(maps, **kw) -> float:
+        h = head(**kw)
+        h.decoder = _FixedHeatmaps(maps)
+        return float(h.loss(_features(bsz), verts, cam, ctx).loss)
+
+    assert loss(seen) == 0.0 and loss(every) == 0.0  # default: hidden maps are free
+    assert loss(seen, occluded_zero=True) == 0.0 and loss(every, occluded_zero=True) > 0.0
+    weak = seen + 0.05 * (every - seen)  # hidden keypoints' maps at 5% height
+    out = head(occluded_zero=True).pose_from_heatmaps(weak, verts)
+    conf = out.extras["confidence"]
+    assert conf[visible].min() > 5 * conf[~visible].max()
+    default = head().pose_from_heatmaps(weak, verts).extras["confidence"]
+    assert default[~visible].max() > 0.5 * default[visible].min()  # shape alone: the hidden ones weigh as much
+    with pytest.raises(ValueError, match="contradict"):
+        head(occluded_zero=True, supervise_occluded=True)
+
+
+def test_kl_head_reads_its_maps_as_logits(template):
+    """``heatmap_loss="kl"``: logits that are the log of Gaussians give their centres (the spatial softmax is the
+    Gaussian itself); read through a ReLU as the ``mse`` head does, the same logits (all negative) give nothing.
+    An unknown loss name is refused."""
+    side = 32
+    cam = _cameras(1, seed=7)
+    verts = template.verts[None]
+    idx = farthest_point_sampling(template.verts, 32)
+    pts = project_points(verts[:, idx], cam)[..., :2].clamp(-0.8, 0.8)
+    logits = torch.log(heatmap_targets(pts, torch.ones(1, 32, dtype=torch.bool), side, 0.1)) - 1.0
+    kl = KeypointPoseHead(template.verts, in_channels=CHANNELS, base_width=4, pnp=FAST_PNP, heatmap_loss="kl")
+    got = kl.pose_from_heatmaps(logits, verts).extras["points2d"]
+    assert (got - pts).abs().max() < 0.02
+    mse = KeypointPoseHead(template.verts, in_channels=CHANNELS, base_width=4, pnp=FAST_PNP)
+    assert (mse.pose_from_heatmaps(logits, verts).extras["points2d"] - pts).abs().max() > 0.1
+    with pytest.raises(ValueError, match="heatmap_loss"):
+        KeypointPoseHead(template.verts, in_channels=CHANNELS, heatmap_loss="l1")

@@ -107,3 +107,25 @@ def test_hypothesis_weights_texture_share():
     torch.testing.assert_close(hypothesis_weights(lm, lt, texture_share=0.0), hypothesis_weights(lm))
     assert hypothesis_weights(lm, lt, texture_share=1.0).argmax().item() == 1  # the texture's best
     assert hypothesis_weights(lm, lt, texture_share=0.0).argmax().item() == 0  # the mask's best
+
+
+def test_heatmap_kl_loss_is_zero_exactly_at_its_targets():
+    """KL(target ‖ softmax): 0 when the logits are the log of the normalised Gaussian (any offset), positive for
+    a peak a pixel off; a zero target map asks for the uniform distribution; untrained maps add nothing."""
+    from slopekp.models.keypoints import heatmap_targets
+    from slopekp.models.pose_losses import heatmap_kl_loss
+
+    pts = torch.tensor([[[0.1, -0.2], [0.0, 0.0]]])
+    vis = torch.tensor([[True, False]])
+    goal = heatmap_targets(pts, vis, 16, 0.15)
+    exact = torch.log(goal[:, :1].clamp_min(1e-30)) + 3.0  # an offset does not change a softmax
+    flat = torch.zeros(1, 1, 16, 16)
+    logits = torch.cat([exact, flat], dim=1)
+    assert float(heatmap_kl_loss(logits, goal, torch.ones_like(vis))) == pytest.approx(0.0, abs=1e-5)
+    shifted = torch.cat([torch.roll(exact, 1, dims=-1), flat], dim=1)
+    assert float(heatmap_kl_loss(shifted, goal, vis)) > 0.05
+    # the second map is trained towards uniform: a peaked one costs, a flat one does not
+    assert float(heatmap_kl_loss(torch.cat([exact, exact], 1), goal, torch.ones_like(vis))) > 0.5
+    assert float(heatmap_kl_loss(logits, goal, torch.zeros_like(vis))) == 0.0
+    with pytest.raises(ValueError, match="disagree"):
+        heatmap_kl_loss(logits, goal[:, :1], vis)

@@ -54,6 +54,8 @@ class PoseLossContext:
     """Weight of the camera loss (``train.camera_weight``)."""
     heatmap_weight: float
     """Weight of the heatmap loss (``train.heatmap_weight``)."""
+    coordinate_weight: float = 0.0
+    """Weight of the keypoint head's coordinate loss (``train.coordinate_weight``)."""
 
 
 @dataclass(frozen=True)

@@ -96,6 +96,8 @@ def soft_argmax(
     eps: float = 1e-6,
     floor: float = 1e-8,
     window: float | None = None,
+    scaled: bool = False,
+    softmax: bool = False,
 ) -> SoftArgmax:
     """Differentiable 2D keypoints and confidences from raw heatmaps (METHOD §4.6, the ``is_training`` path).
 
@@ -119,6 +121,12 @@ def soft_argmax(
             background mass pulls the global expectation towards the image centre (the 2D points, and then the
             PnP scale, collapse); around the peak the position is the peak's, as in METHOD's argmax inference,
             and still differentiable. The confidence is then the mass near the peak relative to the whole map.
+        scaled: step 3 on the un-normalised ``Hₖ`` (METHOD's ``Σ G·H``, up to the constant ``1/σ²``): the map's
+            mass near its mean, so a low map weighs little. Meant for decoders trained to output zero maps for the
+            keypoints they cannot see (``KeypointPoseHead(occluded_zero=True)``).
+        softmax: step 1 is a spatial softmax, ``Ĥₖ = softmax_xy(heatmapₖ)``, for decoders trained with
+            :func:`~slopekp.models.pose_losses.heatmap_kl_loss` (the maps are logits); ``scaled`` then has no
+            effect (every map sums to 1).
     Returns:
         :class:`SoftArgmax` ``(points2d (B, K, 2), confidence (B, K))``, differentiable w.r.t. ``heatmaps``.
     """
@@ -127,8 +135,12 @@ def soft_argmax(
         raise ValueError(f"confidence_sigma must be a positive finite number, got {confidence_sigma!r}")
     _, _, h, w = heatmaps.shape
     gx, gy = heatmap_grid(h, w, device=heatmaps.device, dtype=heatmaps.dtype)
-    hm = F.relu(heatmaps)
-    total = hm.sum(dim=(-2, -1), keepdim=True) + eps
+    if softmax:
+        hm = torch.softmax(heatmaps.flatten(-2), dim=-1).view_as(heatmaps)
+        total = torch.ones_like(hm[..., :1, :1])
+    else:
+        hm = F.relu(heatmaps)
+        total = hm.sum(dim=(-2, -1), keepdim=True) + eps
     if window is not None:
         if not (window > 0 and math.isfinite(window)):
             raise ValueError(f"window must be a positive finite number (NDC), got {window!r}")
@@ -150,7 +162,7 @@ def soft_argmax(
     inv = -0.5 / confidence_sigma**2
     wx = torch.exp(inv * (gx - px[..., None]) ** 2)  # (B, K, W)
     wy = torch.exp(inv * (gy - py[..., None]) ** 2)  # (B, K, H)
-    mass = torch.einsum("bkhw,bkh,bkw->bk", prob, wy, wx)
+    mass = torch.einsum("bkhw,bkh,bkw->bk", hm if scaled else prob, wy, wx)
     conf = mass + floor
     return SoftArgmax(torch.stack((px, py), dim=-1), conf / conf.sum(-1, keepdim=True))
 

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from slopekp.config import ModelConfig
+from slopekp.config import CHOICES, ModelConfig
 from slopekp.geometry.rotations import quat_normalize, rot6d_to_rotmat, rot9d_to_rotmat, rotmat_to_quat
 from slopekp.mesh.template import farthest_point_sampling
 from slopekp.models.base import EncoderOutput, PoseLoss, PoseLossContext, PoseOutput
@@ -44,7 +44,7 @@ from slopekp.models.keypoints import (
     keypoint_visibility,  # fmt: skip
     soft_argmax,
 )
-from slopekp.models.pose_losses import camera_loss, heatmap_loss
+from slopekp.models.pose_losses import camera_loss, coordinate_loss, heatmap_kl_loss, heatmap_loss
 from slopekp.models.shape import fc_stack
 
 __all__ = [
@@ -197,6 +197,10 @@ class SVDPoseHead(_RegressionPoseHead):
 # ------------------------------------------------------------------------------------------------------------
 # keypoint head (METHOD §4.6)
 # ------------------------------------------------------------------------------------------------------------
+HEATMAP_LOSSES = CHOICES["model.heatmap_loss"]
+"""The keypoint head's heatmap losses (``model.heatmap_loss``): ``mse`` and ``kl``."""
+
+
 class KeypointPoseHead(PoseHead):
     """(d) SLOPE-KP: heatmaps of K keypoint vertices → soft-argmax → robust weighted orthographic PnP.
 
@@ -230,6 +234,8 @@ class KeypointPoseHead(PoseHead):
         confidence_sigma: float = CONFIDENCE_SIGMA,
         target_sigma: float = TARGET_SIGMA,
         supervise_occluded: bool = False,
+        occluded_zero: bool = False,
+        heatmap_loss: str = "mse",
     ) -> None:
         """
         Args:
@@ -244,6 +250,14 @@ class KeypointPoseHead(PoseHead):
             target_sigma: width (NDC) of the Gaussian heatmap targets of :meth:`loss` (METHOD: 0.05).
             supervise_occluded: :meth:`loss` also supervises the keypoints that the target camera does not see,
                 at their projections (METHOD: visible ones only; an occluded keypoint's map is then free).
+            occluded_zero: :meth:`loss` trains the occluded keypoints' maps towards zero, and the confidences are
+                the maps' un-normalised mass near their peaks (:func:`~slopekp.models.keypoints.soft_argmax`'s
+                ``scaled``), so a keypoint the network does not see weighs little in PnP. Excludes
+                ``supervise_occluded``. With ``heatmap_loss="kl"`` the hidden maps are trained towards the uniform
+                distribution instead, and a flat map has little mass near its mean.
+            heatmap_loss: ``"mse"``, the squared error against the Gaussians (METHOD §7.7), the maps read through a
+                ReLU; or ``"kl"``, :func:`~slopekp.models.pose_losses.heatmap_kl_loss`, the maps read as logits
+                of a spatial softmax (for training and for the soft-argmax alike).
         """
         super().__init__()
         if not isinstance(template_verts, Tensor) or template_verts.dim() != 2 or template_verts.shape[1] != 3:
@@ -260,6 +274,15 @@ class KeypointPoseHead(PoseHead):
             raise ValueError(f"target_sigma must be a positive finite number (NDC), got {target_sigma!r}")
         self.target_sigma = float(target_sigma)
         self.supervise_occluded = bool(supervise_occluded)
+        self.occluded_zero = bool(occluded_zero)
+        if heatmap_loss not in HEATMAP_LOSSES:
+            raise ValueError(f"heatmap_loss must be one of {HEATMAP_LOSSES}, got {heatmap_loss!r}")
+        self.heatmap_loss = heatmap_loss
+        if self.supervise_occluded and self.occluded_zero:
+            raise ValueError(
+                "supervise_occluded (targets at the occluded keypoints' projections) and occluded_zero (zero maps "
+                "for them) contradict each other: choose one (model.heatmap_occluded, model.heatmap_visibility)"
+            )
         self.num_verts = int(template_verts.shape[0])
         self.register_buffer("keypoint_index", farthest_point_sampling(template_verts.detach().cpu(), num_keypoints))
         self.decoder = HeatmapDecoder(in_channels, num_keypoints, base_width, heatmap_size)
@@ -268,11 +291,13 @@ class KeypointPoseHead(PoseHead):
     def for_network(cls, encoder: ResNetEncoder, template_verts: Tensor, cfg: ModelConfig) -> PoseHead:
         """On the encoder's ``layer1 .. layer4`` features, with ``cfg.num_keypoints`` keypoints, the decoder width
         ``cfg.keypoint_width``, the heatmaps' side ``cfg.heatmap_size`` (0: half the input's), the targets' width
-        ``cfg.heatmap_sigma``, ``cfg.heatmap_occluded`` and ``cfg.end2end``."""
+        ``cfg.heatmap_sigma``, ``cfg.heatmap_occluded``, ``cfg.heatmap_visibility``, ``cfg.heatmap_loss`` and
+        ``cfg.end2end``."""
         chans = tuple(encoder.feature_channels[f"layer{i}"] for i in range(1, 5))
         return cls(template_verts=template_verts, in_channels=chans, num_keypoints=cfg.num_keypoints,
                    base_width=cfg.keypoint_width, heatmap_size=cfg.heatmap_size or None, end2end=cfg.end2end,
-                   target_sigma=cfg.heatmap_sigma, supervise_occluded=cfg.heatmap_occluded)  # fmt: skip
+                   target_sigma=cfg.heatmap_sigma, supervise_occluded=cfg.heatmap_occluded,
+                   occluded_zero=cfg.heatmap_visibility, heatmap_loss=cfg.heatmap_loss)  # fmt: skip
 
     def heatmap_side(self, layer1_side: int) -> int:
         """Side of the (square) heatmaps for a ``layer1`` feature map of side ``layer1_side``."""
@@ -293,8 +318,15 @@ class KeypointPoseHead(PoseHead):
             vis = keypoint_visibility(verts.detach(), ctx.faces, target, self.keypoint_index, ctx.hard_renderer)
             supervised = torch.ones_like(vis.visible) if self.supervise_occluded else vis.visible
             goal = heatmap_targets(vis.points2d, supervised, tuple(heat.shape[-2:]), self.target_sigma)
-        loss = heatmap_loss(heat, goal, supervised, weight=ctx.heatmap_weight)
+        trained = torch.ones_like(vis.visible) if self.occluded_zero else supervised  # zero maps for the hidden
+        kl = self.heatmap_loss == "kl"
+        loss = (heatmap_kl_loss if kl else heatmap_loss)(heat, goal, trained, weight=ctx.heatmap_weight)
         logs = {"heatmap": loss.detach(), "visible_keypoints": vis.visible.float().mean()}
+        if ctx.coordinate_weight > 0:
+            points2d, _ = soft_argmax(heat, self.confidence_sigma, window=2 * self.confidence_sigma, softmax=kl)
+            l_xy = ctx.coordinate_weight * coordinate_loss(points2d, vis.points2d, supervised)
+            logs["coordinate"] = l_xy.detach()
+            loss = loss + l_xy
         if self.end2end and ctx.camera_weight > 0:
             l_cam = ctx.camera_weight * camera_loss(self.pose_from_heatmaps(heat, verts).camera, target).mean()
             logs["camera"] = l_cam.detach()
@@ -319,7 +351,13 @@ class KeypointPoseHead(PoseHead):
         if not isinstance(verts, Tensor) or tuple(verts.shape) != (bsz, self.num_verts, 3):
             shape = tuple(verts.shape) if isinstance(verts, Tensor) else type(verts).__name__
             raise ValueError(f"verts must have shape (B, V, 3) = ({bsz}, {self.num_verts}, 3), got {shape}")
-        points2d, confidence = soft_argmax(heatmaps, self.confidence_sigma, window=2 * self.confidence_sigma)
+        points2d, confidence = soft_argmax(
+            heatmaps,
+            self.confidence_sigma,
+            window=2 * self.confidence_sigma,
+            scaled=self.occluded_zero,
+            softmax=self.heatmap_loss == "kl",
+        )
         points3d = verts[:, self.keypoint_index].to(points2d.dtype)  # (B, K, 3)
         p2d, p3d, w = points2d, points3d, confidence
         if not self.end2end:

@@ -67,7 +67,8 @@ _NOT_RESULT = {
     "data": ("images_dir", "sfm_dir"),
     "model": ("pose_head", "num_keypoints", "end2end"),  # Stage II does not run the pose head
     "train": ("epochs", "pose_epochs", "checkpoint_every", "num_workers", "sync_every", "camera_weight",
-              "heatmap_weight", "freeze_backbone", "pose_targets", "mirror_by_appearance"),  # Stage III's; fmt: skip
+              "heatmap_weight", "coordinate_weight", "freeze_backbone", "pose_targets",
+              "mirror_by_appearance"),  # Stage III's; fmt: skip
 }
 
 

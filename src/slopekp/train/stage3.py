@@ -67,6 +67,7 @@ STAGE3_COMMAND = "train stage3"
 #: the pose head's settings: Stage III takes them from its own config, the rest of ``model.*`` from Stage II's
 _POSE_FIELDS = (
     "pose_head", "num_keypoints", "keypoint_width", "end2end", "heatmap_sigma", "heatmap_size", "heatmap_occluded",
+    "heatmap_visibility", "heatmap_loss",
 )
 TARGETS = {False: "multiplex best cameras (self-supervised)", True: "SfM cameras (supervised ablation)"}
 POSE_TARGETS = CHOICES["train.pose_targets"]
@@ -157,7 +158,7 @@ def stage3_loss(model, batch, target: torch.Tensor, cfg: Config, faces, hard_ren
         verts = model.shape(enc.flat).verts.float()
     if enc.flat.dtype != torch.float32:  # bf16 backbone: the pose head (and PnP) run in float32
         enc = EncoderOutput({k: v.float() for k, v in enc.features.items()}, enc.conv.float(), enc.flat.float())
-    ctx = PoseLossContext(faces, hard_renderer, w.camera_weight, w.heatmap_weight)
+    ctx = PoseLossContext(faces, hard_renderer, w.camera_weight, w.heatmap_weight, w.coordinate_weight)
     return model.pose.loss(enc, verts, target, ctx)  # logs: on the device, read back by the training loop
 
 
