@@ -4,7 +4,9 @@ Cases:
 
 * ``trained`` — a keypoint head saved by ``benchmarks/head_study.py --save`` on a SynthBirds test split. Against
   the true camera's projections of the head's own 3D keypoints (the predicted shape's keypoint vertices), it
-  reports the 2D error of the visible keypoints (NDC: the image spans 2), how well the head's PnP weights tell a
+  reports the 2D error of the visible keypoints (NDC: the image spans 2), the share of the visible keypoints off the
+  symmetry plane that are more than 0.1 off and nearer their mirror partner's projection (``mirror_swap_share``:
+  left taken for right), how well the head's PnP weights tell a
   visible keypoint from a hidden one (``visibility_auc``: 0.5 = not at all, 1 = perfectly), and the median rotation
   error of PnP fed with: the head's own points and weights (``head``, what the evaluation scores); its points with
   the true visibility as weights (``true_visibility``); the same without the points more than 0.1 off
@@ -12,7 +14,8 @@ Cases:
 * ``ceiling`` — no network: random SynthBirds shapes (:func:`slopekp.data.synth.bird.sample_bird`) under random
   rotations, their keypoints projected exactly (visible ones only) and solved by the head's PnP against the
   **template's** keypoints, as the head does with an untrained shape. The error is what the shape difference
-  alone costs (``median_deg``), also with Gaussian noise of ``--noise`` NDC on the 2D points (``noisy_median_deg``).
+  alone costs (``median_deg``), also with Gaussian noise of ``--noise`` NDC on the 2D points (``noisy_median_deg``);
+  ``shape_shift_median_ndc`` is how far the shape difference moves a visible keypoint's projection (scale 0.7).
 
 Keys: ``case``, the numbers above, ``images``, ``seconds``, ``peak_mb``, ``threads``, ``device``.
 
@@ -66,6 +69,7 @@ def _trained(args) -> dict:
     from slopekp.data.cub import collate_samples
     from slopekp.eval.evaluate import benchmark_dataset
     from slopekp.eval.metrics import rotation_error
+    from slopekp.geometry.camera import project_points
     from slopekp.mesh import load_template
     from slopekp.models.encoder import normalize_image
     from slopekp.models.keypoints import PnPSettings, keypoint_visibility
@@ -80,7 +84,11 @@ def _trained(args) -> dict:
     head = model.pose
     hard = Renderer(RenderSettings(image_size=head.target_size(model.encoder)))
     data = benchmark_dataset(args.data, "test", cfg.model.image_size)
-    parts: dict[str, list] = {k: [] for k in ("p2", "conf", "true2", "vis", "p3", "gt", "cam")}
+    sym = template.symmetry()
+    mirror = torch.arange(template.verts.shape[0])
+    mirror[sym.left], mirror[sym.right] = sym.right, sym.left
+    partner = mirror[head.keypoint_index]  # each keypoint's mirror vertex (itself on the plane)
+    parts: dict[str, list] = {k: [] for k in ("p2", "conf", "true2", "vis", "p3", "gt", "cam", "partner2")}
     with torch.no_grad():
         for batch in DataLoader(data, batch_size=32, collate_fn=collate_samples):
             pred = model(normalize_image(batch.img))
@@ -89,9 +97,13 @@ def _trained(args) -> dict:
                          ("true2", vis.points2d), ("vis", vis.visible), ("p3", pred.verts[:, head.keypoint_index]),
                          ("gt", batch.gt_camera), ("cam", pred.camera)):  # fmt: skip
                 parts[k].append(v)
+            parts["partner2"].append(project_points(pred.verts[:, partner], batch.gt_camera)[..., :2])
     p = {k: torch.cat(v) for k, v in parts.items()}
     err2d = (p["p2"] - p["true2"]).norm(dim=-1)
     seen = err2d[p["vis"]]
+    # left/right swaps: a visible keypoint off the symmetry plane, > INLIER_NDC off, nearer its mirror partner
+    off_plane = p["vis"] & (partner != head.keypoint_index)[None]
+    swapped = (err2d > INLIER_NDC) & ((p["p2"] - p["partner2"]).norm(dim=-1) < err2d)
 
     def median_deg(camera) -> float:
         return round(float(rotation_error(camera, p["gt"]).rad2deg().median()), 2)
@@ -109,6 +121,7 @@ def _trained(args) -> dict:
         "err2d_visible_median": round(float(seen.median()), 4),
         "err2d_visible_p90": round(float(seen.quantile(0.9)), 4),
         "err2d_hidden_median": round(float(err2d[~p["vis"]].median()), 4),
+        "mirror_swap_share": round(float(swapped[off_plane].float().mean()), 3),
         "visibility_auc": round(auc(p["vis"], p["conf"]), 3),
         "head": median_deg(p["cam"]),
         "true_visibility": median_deg(solved(vis)),
@@ -123,7 +136,7 @@ def _ceiling(args) -> dict:
 
     from slopekp.data.synth.bird import sample_bird
     from slopekp.eval.metrics import rotation_error
-    from slopekp.geometry.camera import join_camera
+    from slopekp.geometry.camera import join_camera, project_points
     from slopekp.geometry.rotations import random_quat
     from slopekp.mesh import farthest_point_sampling, load_template
     from slopekp.models.keypoints import PnPSettings, keypoint_visibility
@@ -144,9 +157,11 @@ def _ceiling(args) -> dict:
     exact = pnp.solve(vis.points2d, p3, weights).camera
     noisy = pnp.solve(vis.points2d + noise, p3, weights).camera
     truth = pnp.solve(vis.points2d, verts[:, idx], weights).camera  # the true shape: exact up to PnP itself
+    shift = (vis.points2d - project_points(p3, cams)[..., :2]).norm(dim=-1)[vis.visible]  # true vs template
     return {
         "images": n,
         "visible_share": round(float(vis.visible.float().mean()), 3),
+        "shape_shift_median_ndc": round(float(shift.median()), 4),
         "median_deg": round(float(rotation_error(exact, cams).rad2deg().median()), 2),
         "noise_ndc": args.noise,
         "noisy_median_deg": round(float(rotation_error(noisy, cams).rad2deg().median()), 2),
