@@ -79,6 +79,8 @@ def test_summary_table_puts_the_heads_side_by_side():
     assert median.split()[-2:] == ["31.2°", "90.0°"]
     pck = next(ln for ln in lines if ln.startswith("keypoint transfer"))
     assert pck.split()[-2:] == ["-", "-"]
+    chamfer = next(ln for ln in lines if ln.startswith("shape: Chamfer"))  # not in these metrics at all
+    assert chamfer.split()[-2:] == ["-", "-"]
 
 
 @pytest.mark.parametrize("bad", ["train.epochs=-1", "synth.n_train=0"])

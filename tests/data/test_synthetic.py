@@ -384,3 +384,34 @@ def test_generating_in_this_process_gives_back_the_callers_threads(tmp_path):
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_true_meshes_of_the_test_split_fit_its_cameras_and_masks(tmp_path):
+    """``meshes_test.npz`` holds each test bird's mesh by record id, in the frame of its ground-truth camera: the
+    mesh rendered with that camera covers the image's mask (the occluder aside), a neighbour's mesh does not fit
+    as well; the file reads back, and a damaged one is refused by name."""
+    from slopekp.data.cub import CubDataset
+    from slopekp.data.meshes import meshes_path, read_true_meshes
+    from slopekp.eval.metrics import mask_iou
+    from slopekp.mesh import load_template
+    from slopekp.render import Renderer, RenderSettings
+
+    out = generate_synthbirds(tmp_path / "sb", 2, 6, size=64, seed=4, occlusion_prob=0.0, progress=False)
+    truth = read_true_meshes(out, "test")
+    ds = CubDataset(out, split="test", img_size=64, padding_frac=0.0, jitter_frac=0.0, flip=False, jitter=False,
+                    return_gt_camera=True)  # fmt: skip
+    assert read_true_meshes(out, "train") is None and len(truth) == len(ds) == 6
+    faces = torch.as_tensor(truth.faces)
+    verts = torch.as_tensor(truth.lookup([r.id for r in ds.records]))
+    assert torch.equal(faces, load_template("procedural").faces.cpu())
+    cams = torch.stack([ds[i].gt_camera for i in range(6)])
+    masks = torch.stack([ds[i].mask for i in range(6)])
+    r = Renderer(RenderSettings(image_size=64))
+    own = mask_iou(r(verts, faces, cams, mode="hard").alpha, masks)
+    other = mask_iou(r(verts.roll(1, 0), faces, cams, mode="hard").alpha, masks)
+    assert float(own.min()) > 0.9 and float(own.mean()) > float(other.mean())
+    meshes_path(out, "test").write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="meshes_test.npz"):
+        read_true_meshes(out, "test")
+    with pytest.raises(KeyError, match="no mesh"):
+        truth.lookup([999])

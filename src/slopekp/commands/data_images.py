@@ -24,7 +24,7 @@ def register(g) -> None:
         description="Render random textured birds (procedural template + symmetric deformation) on "
         "cluttered backgrounds with cameras drawn from the CUB viewpoint distribution, and write "
         "images/<class>/*.jpg, <split>_cub_cleaned.mat, anno_<split>.mat and meta.json (CMR's format; "
-        "docs/data.md).",
+        "docs/data.md), and the test birds' true meshes in meshes_test.npz (for the evaluation's shape accuracy).",
     )
     p.add_argument("--out", required=True, help="output folder (created; an existing one must be empty or "
                    "made by `data synth` with the same options, unless --overwrite)")

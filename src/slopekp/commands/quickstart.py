@@ -20,6 +20,7 @@ rerunning with the same settings resumes; with other settings (``seed=5``) the p
 
 from __future__ import annotations
 
+import math
 import shlex
 import time
 from pathlib import Path
@@ -104,6 +105,9 @@ _SUMMARY_ROWS = (
     ("under 30°", "% < 30°", "{:.0f}%"),
     ("median up to the depth mirror", "median up to the depth mirror (°)", "{:.1f}°"),
     ("keypoint transfer PCK@0.1", "PCK@0.1", "{:.3f}"),
+    ("shape: Chamfer / bird length", "Chamfer / length", "{:.3f}"),
+    ("shape: normal consistency", "normal consistency", "{:.2f}"),
+    ("texture: masked L1", "texture L1", "{:.3f}"),
 )
 
 
@@ -148,7 +152,7 @@ def summary_table(summary: dict, heads: tuple[str, ...]) -> str:
     for label, key, fmt in _SUMMARY_ROWS:
         cells = []
         for h in heads:
-            mean = summary[h][key]["mean"]
+            mean = summary[h].get(key, {}).get("mean", math.nan)  # absent: an evaluation without that metric
             cells.append(f"  {fmt.format(mean) if mean == mean else '-':>12s}")  # NaN: not measured
         lines.append(f"{label:<{width}s}" + "".join(cells))
     return "\n".join(lines)

@@ -33,6 +33,7 @@ import torch
 from slopekp.checkpoint import CheckpointError, load_checkpoint, model_card, template_from_payload
 from slopekp.config import ConfigError, config_from_yaml
 from slopekp.data.cub import collate_samples
+from slopekp.data.meshes import meshes_path, read_true_meshes
 from slopekp.data.viewpoints import rotations_to_azelcr
 from slopekp.eval.evaluate import benchmark_dataset, evaluate_model
 from slopekp.eval.transfer import pck_over_pairs
@@ -158,6 +159,7 @@ def evaluate_checkpoint(
         inputs={
             "checkpoint": file_input(checkpoint),
             "data": cmr_data_fingerprint(data_dir, split),
+            **({"meshes": file_input(meshes_path(data_dir, split))} if meshes_path(data_dir, split).is_file() else {}),
         },
         settings={"split": split, "template": template or tm.cfg.template.path, "gallery": gallery,
                   "pck_pairs": pck_pairs},
@@ -166,7 +168,8 @@ def evaluate_checkpoint(
                        inputs=[data_dir, checkpoint.parent])  # fmt: skip
     want_pck = pck_pairs > 0 and len(dataset) >= 2
     ev = evaluate_model(tm.model, dataset, tm.template.faces, batch_size=batch_size, device=device,
-                        keep_predictions=want_pck)  # fmt: skip
+                        keep_predictions=want_pck, verts_uv=tm.template.verts_uv,
+                        true_meshes=read_true_meshes(data_dir, split))  # fmt: skip
     pi = ev.per_image
     pred_v, gt_v = _viewpoints_deg(pi["pred_camera"]), _viewpoints_deg(pi["gt_camera"])
     paths = [str(dataset.image_path(int(i))) for i in pi["index"]]

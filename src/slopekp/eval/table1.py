@@ -37,6 +37,10 @@ METRICS = {
     "% < 45°": ("rotation_error", "pct_under_45deg"),
     "median up to the depth mirror (°)": ("rotation_error_up_to_mirror", "median_deg"),
     "PCK@0.1": ("keypoint_transfer", "pck"),
+    "Chamfer / length": ("shape", "chamfer"),
+    "normal consistency": ("shape", "normal_consistency"),
+    "texture L1": ("texture", "l1_pred_camera"),
+    "texture SSIM": ("texture", "ssim_pred_camera"),
 }
 
 

@@ -28,6 +28,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from slopekp.data.matfiles import CubRecord, SfmAnnotations, write_cub_cleaned, write_sfm_anno
+from slopekp.data.meshes import write_true_meshes
 from slopekp.data.synth.background import random_background, random_occluder
 from slopekp.data.synth.bird import BirdInstance, keypoint_vertices, sample_bird
 from slopekp.data.synth.options import SynthOptions
@@ -69,6 +70,8 @@ class _Instance:
     trans: np.ndarray
     occluded: bool
     truncated: bool
+    verts: np.ndarray
+    """(V, 3) float32 the bird's true mesh (object frame)."""
 
 
 @dataclass
@@ -139,6 +142,7 @@ def _finish(prep: _Prepared, render: BirdRender, kp_idx: Tensor, opts: SynthOpti
         trans=(cam[1:3] + 1) * size / 2 + 0.5,
         occluded=prep.occluded,
         truncated=prep.truncated,
+        verts=prep.bird.verts.detach().cpu().numpy().astype(np.float32),
     )
 
 
@@ -220,8 +224,9 @@ def generate_synthbirds(
     default.
 
     Files: ``images/<class>/synth_<split>_<index>.jpg``, ``train_cub_cleaned.mat``, ``test_cub_cleaned.mat``,
-    ``anno_train.mat``, ``anno_test.mat`` (``S`` = template keypoints) and ``meta.json`` (generator version,
-    options, keypoint vertex indices, which instances are occluded / truncated). Ids are 1-based: train
+    ``anno_train.mat``, ``anno_test.mat`` (``S`` = template keypoints), ``meshes_test.npz`` (the test birds' true
+    meshes, :mod:`slopekp.data.meshes`) and ``meta.json`` (generator version, options, keypoint vertex indices,
+    which instances are occluded / truncated). Ids are 1-based: train
     ``1..n_train``, test ``n_train + 1 ..``. Deterministic for a given ``seed`` whatever ``workers`` is
     (0 = in this process; N = N worker processes).
 
@@ -263,6 +268,10 @@ def generate_synthbirds(
                 S=S,
             ),
         )
+        if split == "test":  # the true shapes, for the evaluation's shape accuracy (slopekp.data.meshes)
+            write_true_meshes(out, split, [r.record.id for r in part],
+                              np.stack([r.verts for r in part]) if part else np.zeros((0, len(template.verts), 3)),
+                              template.faces.cpu().numpy())  # fmt: skip
         meta_splits[split] = {
             "n": n,
             "occluded": [i for i, r in enumerate(part) if r.occluded],
