@@ -202,12 +202,14 @@ def test_choices_follow_the_code_that_reads_them():
     from slopekp.config import CHOICES
     from slopekp.data.verify import CMR_SPLITS
     from slopekp.models.pose import HEATMAP_LOSSES, POSE_HEADS
+    from slopekp.models.shape import SHAPE_BIAS_INITS
     from slopekp.render.fused import FUSED_MODES
     from slopekp.train.run import LR_SCHEDULES
     from slopekp.train.stage3 import POSE_TARGETS
 
     assert set(CHOICES["model.pose_head"]) == set(POSE_HEADS)
     assert CHOICES["model.heatmap_loss"] == HEATMAP_LOSSES == ("mse", "kl")
+    assert CHOICES["model.shape_bias_init"] == SHAPE_BIAS_INITS
     assert CHOICES["render.fused"] == FUSED_MODES and CHOICES["data.split"] == CMR_SPLITS
     assert CHOICES["train.pose_targets"] == POSE_TARGETS
     assert CHOICES["train.pose_lr_schedule"] == LR_SCHEDULES

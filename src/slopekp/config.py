@@ -158,6 +158,12 @@ class ModelConfig:
     pretrained: str = ""
     """A torchvision-format ResNet-18 state dict file for the encoder (``.pth``; loaded with weights_only)."""
     shape_hidden: int = 200
+    shape_bias_init: str = "zero"
+    """The shape head's deformation-layer bias at initialisation: ``zero`` (the head starts at the mean shape) or
+    ``uniform``, PyTorch's default ``±1/√shape_hidden`` as in U-CMR and METHOD §4.3 (``configs/cub_train.yaml``).
+    The uniform bias moves every vertex by up to 0.07 per coordinate, the same for every image: the procedural
+    template's normal consistency drops from 0.94 to 0.27, and the quickstart's short Stage II left its meshes at
+    0.36-0.50 (docs/results/shape_texture_baseline.md). Only training reads it."""
     """Width of the shape head's fc stack (``nz_feat``)."""
     uv_height: int = 32
     """Height of the predicted UV texture (its width is twice this; 128 in the paper)."""
@@ -434,6 +440,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "render.fused": ("never", "auto", "always"),
     "model.pose_head": ("keypoints", "quaternion", "gramschmidt", "svd"),
     "model.heatmap_loss": ("mse", "kl"),
+    "model.shape_bias_init": ("zero", "uniform"),
     "train.pose_targets": ("stage2", "stage1"),
     "train.pose_lr_schedule": ("constant", "cosine"),
 }

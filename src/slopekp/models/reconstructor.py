@@ -60,7 +60,8 @@ def build_model(cfg, template, symmetry_tol: float = 1e-6) -> ReconstructionNet:
     enc = ResNetEncoder(image_size=cfg.image_size, width=cfg.encoder_width)
     if cfg.pretrained:
         enc.load_pretrained(cfg.pretrained)
-    shape = ShapeHead.from_template(enc.flat_dim, template, symmetry_tol, nz_feat=cfg.shape_hidden)
+    shape = ShapeHead.from_template(enc.flat_dim, template, symmetry_tol, nz_feat=cfg.shape_hidden,
+                                    bias_init=cfg.shape_bias_init)  # fmt: skip
     texture = TextureHead(enc.conv_channels, enc.conv_size, uv_size=(cfg.uv_height, 2 * cfg.uv_height),
                           nf=cfg.texture_width)  # fmt: skip
     pose = pose_head_class(cfg.pose_head).for_network(enc, template.verts, cfg)
