@@ -158,13 +158,14 @@ class ModelConfig:
     pretrained: str = ""
     """A torchvision-format ResNet-18 state dict file for the encoder (``.pth``; loaded with weights_only)."""
     shape_hidden: int = 200
-    shape_bias_init: str = "zero"
-    """The shape head's deformation-layer bias at initialisation: ``zero`` (the head starts at the mean shape) or
-    ``uniform``, PyTorch's default ``±1/√shape_hidden`` as in U-CMR and METHOD §4.3 (``configs/cub_train.yaml``).
-    The uniform bias moves every vertex by up to 0.07 per coordinate, the same for every image: the procedural
-    template's normal consistency drops from 0.94 to 0.27, and the quickstart's short Stage II left its meshes at
-    0.36-0.50 (docs/results/shape_texture_baseline.md). Only training reads it."""
     """Width of the shape head's fc stack (``nz_feat``)."""
+    shape_bias_init: str = "uniform"
+    """The shape head's deformation-layer bias at initialisation: ``uniform``, PyTorch's default ``±1/√shape_hidden``
+    as in U-CMR and METHOD §4.3, or ``zero`` (the head starts at the mean shape). The uniform bias moves every vertex
+    by up to 0.07 per coordinate, the same for every image (the procedural template's normal consistency 0.94 ->
+    0.27 at the first step), but the quickstart's meshes end as crumpled either way (normal consistency 0.38-0.50
+    with ``uniform``, 0.39-0.58 with ``zero``; keypoint head, three seeds; docs/results/shape_texture_baseline.md),
+    so METHOD's stays the default. Only training reads it."""
     uv_height: int = 32
     """Height of the predicted UV texture (its width is twice this; 128 in the paper)."""
     texture_width: int = 16

@@ -71,11 +71,10 @@ class ShapeHead(nn.Module):
     """Flat image feature → symmetric shape (METHOD §4.3).
 
     ``fc_stack(in_dim → nz_feat)`` then ``pred`` = ``Linear(nz_feat → 3·N_learn)`` with weights ``N(0, 1e-4)``
-    and a bias of 0 (``bias_init="zero"``: the head starts at the mean shape) or PyTorch's default (``"uniform"``,
-    ``±1/√nz_feat``, as U-CMR and METHOD §4.3: ``Δv`` starts at up to ±0.07 per coordinate, the same for every
-    image, which crumples the mesh until training removes it: the procedural template's normal consistency drops from
-    0.94 to 0.27, and the quickstart's short Stage II left it at 0.36–0.50), reshaped to ``(N_learn, 3)`` rows and
-    symmetrised to ``(V, 3)``.
+    and PyTorch's default bias (``bias_init="uniform"``, ``±1/√nz_feat``, as U-CMR and METHOD §4.3: ``Δv`` starts
+    at up to ±0.07 per coordinate, the same for every image, a crumpled mesh: the procedural template's normal
+    consistency drops from 0.94 to 0.27) or a bias of 0 (``"zero"``: the head starts at the mean shape), reshaped
+    to ``(N_learn, 3)`` rows and symmetrised to ``(V, 3)``.
 
     The mean shape is the parameter :attr:`mean_rows` ``(N_learn, 3)``, initialised from the template's
     ``[indep, left]`` rows. Symmetrising it drops the template's right vertices in favour of their mirrored left
@@ -99,7 +98,7 @@ class ShapeHead(nn.Module):
         nz_feat: int = 200,
         num_layers: int = 2,
         plane_tol: float = 1e-6,
-        bias_init: str = "zero",
+        bias_init: str = "uniform",
     ) -> None:
         """
         Args:
@@ -110,7 +109,7 @@ class ShapeHead(nn.Module):
             num_layers: fc_stack layers (2 in U-CMR).
             plane_tol: independent vertices with template ``|x| <= plane_tol`` are pinned to the plane (module
                 docstring); a negative value pins none.
-            bias_init: ``"zero"`` or ``"uniform"`` (PyTorch's default, U-CMR's), the deformation layer's bias.
+            bias_init: ``"uniform"`` (PyTorch's default, U-CMR's) or ``"zero"``, the deformation layer's bias.
         """
         super().__init__()
         if not isinstance(symmetry, Symmetry):
