@@ -8,8 +8,8 @@
    (``train.pose_targets=stage1``, ``train.mirror_by_appearance=true``; docs/training.md);
 5. evaluates both on the test split and writes the comparison (``report.md``, figures per head).
 
-This is :func:`slopekp.benchmark.run_benchmark` with two heads and one seed on a set sized for about
-8 minutes on a 2-core laptop CPU (docs/training.md gives the minutes per stage). ``--full`` runs the complete
+This is :func:`slopekp.benchmark.run_benchmark` with two heads and one seed on a set sized for
+8 to 9.5 minutes on a 2-core laptop CPU (docs/training.md gives the minutes per stage). ``--full`` runs the complete
 benchmark instead: 2,000 + 400 SynthBirds images of random shapes, all four heads, three seeds, the settings of
 ``configs/synthbirds_train.yaml`` (hours on a laptop CPU; every stage resumes).
 
@@ -28,7 +28,7 @@ from pathlib import Path
 from slopekp.commands import add_command, add_config_args
 from slopekp.eval.table1 import HEADS
 
-#: Overrides applied before the user's own: a 2-core laptop CPU runs the whole method in about 8 minutes.
+#: Overrides applied before the user's own: a 2-core laptop CPU runs the whole method in 8 to 9.5 minutes.
 QUICKSTART_DEFAULTS = (
     "out_dir=outputs/quickstart",
     "synth.n_train=400",
