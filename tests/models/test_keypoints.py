@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import doctest
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pytest
@@ -65,6 +66,25 @@ class _FixedHeatmaps(nn.Module):
 
     def forward(self, features):
         return self.heatmaps
+
+
+class _Scene(NamedTuple):
+    cam: torch.Tensor
+    verts: torch.Tensor
+    hard: Renderer
+    visible: torch.Tensor
+    pts: torch.Tensor
+
+
+def _scene(template, bsz: int, side: int, seed: int) -> _Scene:
+    """The template under ``bsz`` random cameras: keypoint visibility and projections at ``side``² (some keypoints
+    visible, some hidden)."""
+    cam = _cameras(bsz, seed=seed)
+    verts = template.verts.expand(bsz, -1, -1).contiguous()
+    hard = Renderer(RenderSettings(image_size=side))
+    visible, pts = keypoint_visibility(verts, template.faces, cam, farthest_point_sampling(template.verts, 32), hard)
+    assert not visible.all() and visible.any()
+    return _Scene(cam, verts, hard, visible, pts)
 
 
 def test_doctests():
@@ -341,13 +361,8 @@ def test_keypoint_loss_targets_follow_sigma_and_occlusion_settings(template):
     from slopekp.models.base import PoseLossContext
 
     bsz, side = 3, 32
-    cam = _cameras(bsz, seed=4)
-    verts = template.verts.expand(bsz, -1, -1).contiguous()
-    hard = Renderer(RenderSettings(image_size=side))
+    cam, verts, hard, visible, pts = _scene(template, bsz, side, seed=4)
     ctx = PoseLossContext(template.faces, hard, camera_weight=1.0, heatmap_weight=10.0)
-    idx = farthest_point_sampling(template.verts, 32)
-    visible, pts = keypoint_visibility(verts, template.faces, cam, idx, hard)
-    assert not visible.all() and visible.any()
     every = torch.ones_like(visible)
 
     def loss(maps, **kw) -> float:
@@ -407,11 +422,7 @@ def test_coordinate_weight_moves_soft_argmax_towards_the_targets(template):
     from slopekp.models.base import PoseLossContext
 
     bsz, side = 2, 32
-    cam = _cameras(bsz, seed=5)
-    verts = template.verts.expand(bsz, -1, -1).contiguous()
-    hard = Renderer(RenderSettings(image_size=side))
-    idx = farthest_point_sampling(template.verts, 32)
-    visible, pts = keypoint_visibility(verts, template.faces, cam, idx, hard)
+    cam, verts, hard, visible, pts = _scene(template, bsz, side, seed=5)
     off = heatmap_targets(pts + 2.0 / side, visible, side, 0.15)  # one pixel off in x and y
 
     def run(weight: float, steps: int) -> tuple[float, dict]:
@@ -454,13 +465,8 @@ def test_heatmap_visibility_trains_hidden_maps_to_zero(template):
     from slopekp.models.base import PoseLossContext
 
     bsz, side = 2, 32
-    cam = _cameras(bsz, seed=6)
-    verts = template.verts.expand(bsz, -1, -1).contiguous()
-    hard = Renderer(RenderSettings(image_size=side))
+    cam, verts, hard, visible, pts = _scene(template, bsz, side, seed=6)
     ctx = PoseLossContext(template.faces, hard, camera_weight=1.0, heatmap_weight=10.0)
-    idx = farthest_point_sampling(template.verts, 32)
-    visible, pts = keypoint_visibility(verts, template.faces, cam, idx, hard)
-    assert not visible.all() and visible.any()
     seen = heatmap_targets(pts, visible, side, 0.15)
     every = heatmap_targets(pts, torch.ones_like(visible), side, 0.15)
 
