@@ -6,6 +6,7 @@ import torch
 from mesh_testing import cube, tetrahedron
 
 from slopekp.mesh import (
+    adjacent_faces,
     check_faces,
     edges,
     euler_characteristic,
@@ -168,3 +169,15 @@ def test_check_faces_errors():
     with pytest.raises(ValueError, match="repeats a vertex"):
         check_faces(torch.tensor([[0, 1, 2], [1, 1, 2]]), 4)
     check_faces(torch.tensor([[0, 1, 2]]), 3)
+
+
+def test_adjacent_faces_pair_every_shared_edge_once():
+    """A closed mesh: one pair per edge (E = 3F/2 rows), each pair of distinct faces sharing exactly two vertices
+    (checked by brute force over all face pairs); an open single triangle has none."""
+    _, f = cube()
+    pairs = adjacent_faces(f)
+    assert pairs.shape == (edges(f).shape[0], 2) == (3 * f.shape[0] // 2, 2)
+    brute = {(i, j) for i, j in itertools.combinations(range(f.shape[0]), 2)
+             if len(set(f[i].tolist()) & set(f[j].tolist())) == 2}  # fmt: skip
+    assert {tuple(sorted(p)) for p in pairs.tolist()} == brute
+    assert adjacent_faces(torch.tensor([[0, 1, 2]])).shape == (0, 2)

@@ -38,7 +38,8 @@ class TrueMeshes:
             raise ValueError(f"{source}: a face index is outside [0, {verts.shape[1]})")
         if len(np.unique(ids)) != len(ids):
             raise ValueError(f"{source}: ids repeat")
-        self.ids, self.verts, self.faces, self.source = ids.astype(np.int64), verts.astype(np.float32), faces, source
+        self.ids, self.verts, self.faces = ids.astype(np.int64), verts.astype(np.float32), faces.astype(np.int64)
+        self.source = source
         self._row = {int(i): r for r, i in enumerate(self.ids)}
 
     def __len__(self) -> int:
@@ -62,9 +63,9 @@ def meshes_path(data_dir: str | os.PathLike, split: str) -> Path:
 
 def write_true_meshes(data_dir: str | os.PathLike, split: str, ids, verts, faces) -> Path:
     """Write ``meshes_<split>.npz`` atomically (validated as :class:`TrueMeshes` first)."""
-    meshes = TrueMeshes(np.asarray(ids, dtype=np.int64), np.asarray(verts), np.asarray(faces).astype(np.int64))
+    meshes = TrueMeshes(np.asarray(ids, dtype=np.int64), verts, faces)
     buf = io.BytesIO()
-    np.savez_compressed(buf, ids=meshes.ids, verts=meshes.verts, faces=meshes.faces.astype(np.int64))
+    np.savez_compressed(buf, ids=meshes.ids, verts=meshes.verts, faces=meshes.faces)
     path = meshes_path(data_dir, split)
     with atomic_write(path, "wb") as f:
         f.write(buf.getvalue())

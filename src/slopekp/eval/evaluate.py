@@ -97,12 +97,14 @@ def evaluate_model(model, dataset, faces: Tensor, *, batch_size: int = 16, devic
     for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_samples):
         batch = batch.to(device)
         pred = model(normalize_image(batch.img))
-        sil = renderer(pred.verts, faces, pred.camera, mode="hard").alpha
+        tex = {} if verts_uv is None else {"uv_image": pred.uv_image, "verts_uv": verts_uv}
+        seen = renderer(pred.verts, faces, pred.camera, mode="hard", **tex)  # silhouette (and texture) at once
+        sil = seen.alpha
         parts.setdefault("smooth", []).append(normal_consistency(pred.verts.float(), faces).cpu())
         if verts_uv is not None:
-            tex = {"uv_image": pred.uv_image, "verts_uv": verts_uv}
-            for name, cam in (("pred_camera", pred.camera), ("gt_camera", batch.gt_camera)):
-                rgb = renderer(pred.verts, faces, cam, mode="hard", **tex).rgb.float()
+            truth = renderer(pred.verts, faces, batch.gt_camera, mode="hard", **tex)
+            for name, frag in (("pred_camera", seen), ("gt_camera", truth)):
+                rgb = frag.rgb.float()
                 parts.setdefault(f"l1_{name}", []).append(masked_l1(rgb, batch.img, batch.mask).cpu())
                 parts.setdefault(f"ssim_{name}", []).append(masked_ssim(rgb, batch.img, batch.mask).cpu())
         if true_meshes is not None:

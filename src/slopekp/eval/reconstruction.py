@@ -17,7 +17,7 @@ import torch
 from pytorch_msssim import ssim
 from torch import Tensor
 
-from slopekp.mesh.topology import check_faces, face_normals
+from slopekp.mesh.topology import adjacent_faces, check_faces, face_normals
 
 __all__ = [
     "chamfer_distance",
@@ -48,7 +48,7 @@ def sample_surface(verts: Tensor, faces: Tensor, n: int, generator: torch.Genera
         raise ValueError(f"n must be >= 1, got {n}")
     faces = faces.to(verts.device).long()
     tri = verts[:, faces]  # (B, F, 3, 3)
-    area = torch.linalg.cross(tri[:, :, 1] - tri[:, :, 0], tri[:, :, 2] - tri[:, :, 0]).norm(dim=-1)  # (B, F)
+    area = face_normals(verts, faces, normalize=False).norm(dim=-1)  # (B, F), twice the areas
     bsz = verts.shape[0]
     dev = "cpu" if generator is None else generator.device
     face = torch.multinomial(area.detach().to(dev, torch.float64) + 1e-30, n, replacement=True, generator=generator)
@@ -81,19 +81,11 @@ def normal_consistency(verts: Tensor, faces: Tensor) -> Tensor:
     1 for a plane; a smooth closed mesh of many faces is near 1, a crumpled one lower."""
     _batched_verts(verts)
     check_faces(faces, verts.shape[1])
-    faces = faces.to(verts.device).long()
-    nf = faces.shape[0]
-    e = torch.cat([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]]).sort(dim=1).values  # (3F, 2)
-    owner = torch.arange(nf, device=faces.device).repeat(3)
-    key = e[:, 0] * verts.shape[1] + e[:, 1]
-    order = torch.argsort(key, stable=True)
-    key, owner = key[order], owner[order]
-    pair = (key[1:] == key[:-1]).nonzero().squeeze(-1)  # consecutive equal keys: two faces of one edge
-    if pair.numel() == 0:
+    pairs = adjacent_faces(faces).to(verts.device)
+    if pairs.numel() == 0:
         raise ValueError("faces share no edge: normal consistency is undefined")
-    fa, fb = owner[pair], owner[pair + 1]
-    n = face_normals(verts, faces)  # (B, F, 3) unit
-    return (n[:, fa] * n[:, fb]).sum(-1).mean(-1)
+    n = face_normals(verts, faces.to(verts.device).long())  # (B, F, 3) unit
+    return (n[:, pairs[:, 0]] * n[:, pairs[:, 1]]).sum(-1).mean(-1)
 
 
 def _check_images(render: Tensor, image: Tensor, mask: Tensor) -> None:

@@ -20,6 +20,7 @@ from slopekp.mesh.regularizers import (
 from slopekp.mesh.symmetry import Symmetry, find_symmetry
 from slopekp.mesh.template import Template, direction_uv, farthest_point_sampling, sphere_uv, template_fingerprint
 from slopekp.mesh.topology import (
+    adjacent_faces,
     check_faces,
     edges,
     euler_characteristic,
@@ -37,6 +38,7 @@ __all__ = [
     "MeshData",
     "Symmetry",
     "Template",
+    "adjacent_faces",
     "check_faces",
     "cotangent_laplacian",
     "cotangent_laplacian_loss",

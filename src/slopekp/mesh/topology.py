@@ -20,6 +20,7 @@ from slopekp.utils import tensor_memo
 __all__ = [
     "check_faces",
     "edges",
+    "adjacent_faces",
     "vertex_neighbors",
     "is_closed",
     "euler_characteristic",
@@ -76,6 +77,26 @@ def edges(faces: Tensor) -> Tensor:
     e = torch.cat([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]], dim=0)
     e = torch.sort(e, dim=1).values
     return torch.unique(e, dim=0)
+
+
+@tensor_memo
+def adjacent_faces(faces: Tensor) -> Tensor:
+    """Pairs of faces that share an edge: ``(P, 2)`` int64 face indices, one row per edge of two faces (an edge of
+    ``k > 2`` faces gives ``k − 1`` rows, consecutive faces in index order; a boundary edge none).
+
+    Computed once per faces tensor (:func:`slopekp.utils.tensor_memo`); the result is shared, do not modify it.
+
+    Args:
+        faces: ``(F, 3)`` int64.
+    """
+    faces = faces.long()
+    e = torch.cat([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]]).sort(dim=1).values  # (3F, 2)
+    owner = torch.arange(faces.shape[0], device=faces.device).repeat(3)
+    key = e[:, 0] * (int(faces.max()) + 1) + e[:, 1]
+    order = torch.argsort(key, stable=True)
+    key, owner = key[order], owner[order]
+    pair = (key[1:] == key[:-1]).nonzero().squeeze(-1)  # consecutive equal keys: two faces of one edge
+    return torch.stack([owner[pair], owner[pair + 1]], dim=1)
 
 
 def vertex_neighbors(faces: Tensor, num_verts: int) -> list[Tensor]:

@@ -137,7 +137,7 @@ def soft_argmax(
     gx, gy = heatmap_grid(h, w, device=heatmaps.device, dtype=heatmaps.dtype)
     if softmax:
         hm = torch.softmax(heatmaps.flatten(-2), dim=-1).view_as(heatmaps)
-        total = torch.ones_like(hm[..., :1, :1])
+        total = 1.0  # every map sums to 1
     else:
         hm = F.relu(heatmaps)
         total = hm.sum(dim=(-2, -1), keepdim=True) + eps

@@ -70,8 +70,8 @@ class _Instance:
     trans: np.ndarray
     occluded: bool
     truncated: bool
-    verts: np.ndarray
-    """(V, 3) float32 the bird's true mesh (object frame)."""
+    verts: np.ndarray | None
+    """(V, 3) float32 the bird's true mesh (object frame); test split only (the one written to disk)."""
 
 
 @dataclass
@@ -142,7 +142,7 @@ def _finish(prep: _Prepared, render: BirdRender, kp_idx: Tensor, opts: SynthOpti
         trans=(cam[1:3] + 1) * size / 2 + 0.5,
         occluded=prep.occluded,
         truncated=prep.truncated,
-        verts=prep.bird.verts.detach().cpu().numpy().astype(np.float32),
+        verts=prep.bird.verts.detach().cpu().numpy().astype(np.float32) if prep.split == "test" else None,
     )
 
 
