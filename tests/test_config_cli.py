@@ -203,6 +203,7 @@ def test_choices_follow_the_code_that_reads_them():
     from slopekp.data.verify import CMR_SPLITS
     from slopekp.models.pose import HEATMAP_LOSSES, POSE_HEADS
     from slopekp.models.shape import SHAPE_BIAS_INITS
+    from slopekp.models.texture import TEXTURE_HEADS
     from slopekp.render.fused import FUSED_MODES
     from slopekp.train.run import LR_SCHEDULES
     from slopekp.train.stage3 import POSE_TARGETS
@@ -210,6 +211,7 @@ def test_choices_follow_the_code_that_reads_them():
     assert set(CHOICES["model.pose_head"]) == set(POSE_HEADS)
     assert CHOICES["model.heatmap_loss"] == HEATMAP_LOSSES == ("mse", "kl")
     assert CHOICES["model.shape_bias_init"] == SHAPE_BIAS_INITS
+    assert CHOICES["model.texture_head"] == TEXTURE_HEADS
     assert CHOICES["render.fused"] == FUSED_MODES and CHOICES["data.split"] == CMR_SPLITS
     assert CHOICES["train.pose_targets"] == POSE_TARGETS
     assert CHOICES["train.pose_lr_schedule"] == LR_SCHEDULES

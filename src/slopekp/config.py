@@ -170,6 +170,13 @@ class ModelConfig:
     """Height of the predicted UV texture (its width is twice this; 128 in the paper)."""
     texture_width: int = 16
     """Base width ``nf`` of the texture generator."""
+    texture_head: str = "uv"
+    """``uv``: METHOD's generated UV image; ``flow``: CMR's texture flow, the UV image sampled from the input at
+    positions the generator predicts, symmetric across the mirror (:mod:`slopekp.models.texture`)."""
+    texture_from_photo: bool = True
+    """At inference (evaluation, predict, video), texture each mesh with the input's own colours through its predicted
+    camera (:func:`slopekp.models.texture.photo_texture`; slopekp's addition); false shows the texture head's UV image.
+    Training does not read it."""
     pose_head: str = "keypoints"
     """``quaternion``, ``gramschmidt``, ``svd`` or ``keypoints`` (SLOPE-KP: heatmaps → PnP)."""
     num_keypoints: int = 32
@@ -228,6 +235,11 @@ class TrainConfig:
     """Epochs before the pruning to ``top_k`` (0: from the start, by the Stage I scores)."""
     mask_weight: float = 10.0
     texture_weight: float = 1.0
+    texture_flow_weight: float = 0.5
+    """Texture-flow head: weight of the mask's distance transform at the sampled positions (CMR's ``tex_dt_loss``)."""
+    flow_projection_weight: float = 1.0
+    """Texture-flow head: weight of the L1 pull of each texel's flow to where the image's best camera sees it
+    (:mod:`slopekp.train.texture_flow`; slopekp's addition)."""
     ssim_weight: float = 1.0
     """Weight of ``1 − SSIM`` inside the texture loss (beside L1)."""
     deform_weight: float = 1.0
@@ -419,6 +431,8 @@ RULES: dict[str, Range] = {
     "train.top_k_after": _NON_NEGATIVE,
     "train.mask_weight": _NON_NEGATIVE,
     "train.texture_weight": _NON_NEGATIVE,
+    "train.texture_flow_weight": _NON_NEGATIVE,
+    "train.flow_projection_weight": _NON_NEGATIVE,
     "train.ssim_weight": _NON_NEGATIVE,
     "train.deform_weight": _NON_NEGATIVE,
     "train.laplacian_weight": _NON_NEGATIVE,
@@ -442,6 +456,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.pose_head": ("keypoints", "quaternion", "gramschmidt", "svd"),
     "model.heatmap_loss": ("mse", "kl"),
     "model.shape_bias_init": ("zero", "uniform"),
+    "model.texture_head": ("uv", "flow"),
     "train.pose_targets": ("stage2", "stage1"),
     "train.pose_lr_schedule": ("constant", "cosine"),
 }

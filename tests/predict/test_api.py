@@ -211,3 +211,28 @@ def test_a_tiny_box_gets_a_warning(reconstructor, tiny_model):
     with pytest.warns(CropWarning, match="under 16 pixels"):
         r = reconstructor.predict(img, bbox=[40, 40, 45, 60])
     assert torch.isfinite(r.camera).all()
+
+
+def test_the_glb_of_a_green_bird_is_green(tiny_model, tmp_path):
+    # issue 24: the texture is the photo's (model.texture_from_photo): a photo painted green (bird and background, so
+    # that the tiny model's rough pose does not matter) exports a green GLB; the texture head's own colour does not
+    import trimesh
+
+    rec = Reconstructor.from_checkpoint(tiny_model.checkpoint, device="cpu")
+    img, mask = _test_image(tiny_model, 0)
+    photo = np.empty_like(img)
+    photo[:] = (40, 170, 60)
+    colours = {}
+    for mode in (True, False):
+        rec.net.texture_from_photo = mode
+        r = rec.predict(photo, mask=mask)
+        r.export(tmp_path / f"{mode}.glb")
+        tex = np.asarray(trimesh.load(tmp_path / f"{mode}.glb", force="mesh").visual.material.baseColorTexture)
+        seen = r.render(size=64)  # under the predicted camera: the bird's colours where its silhouette is
+        colours[mode] = (tex[..., :3].reshape(-1, 3).astype(float), seen[:3, seen[3] > 0.99].T.numpy())
+    tex, seen = colours[True]
+    green = (tex[:, 1] > tex[:, 0] + 60) & (tex[:, 1] > tex[:, 2] + 60)
+    assert green.mean() > 0.5, green.mean()  # most texels: the side the camera sees and its mirror copy
+    assert np.median(seen[:, 1] - seen[:, 0]) > 0.3  # rendered green where the photo is
+    head_tex, _ = colours[False]
+    assert ((head_tex[:, 1] > head_tex[:, 0] + 60) & (head_tex[:, 1] > head_tex[:, 2] + 60)).mean() < 0.1

@@ -51,10 +51,10 @@ def test_predict_on_the_real_bird_photos(tiny_model, demo_images, tmp_path, caps
         obj = trimesh.load(d / "mesh.obj", force="mesh")
         assert len(glb.vertices) == len(obj.vertices) == nverts, name
         assert len(glb.faces) == len(obj.faces) == rec.template.num_faces
-        for m in (glb, obj):  # textured, with the predicted UV image
+        for m in (glb, obj):  # textured, with the photo texture (as large as the input: one texel per pixel)
             assert isinstance(m.visual, trimesh.visual.TextureVisuals) and m.visual.uv.shape == (nverts, 2)
-        assert np.asarray(obj.visual.material.image).shape[:2] == (rec.cfg.model.uv_height,
-                                                                   2 * rec.cfg.model.uv_height)  # fmt: skip
+        side = max(rec.cfg.model.uv_height, rec.cfg.model.image_size)
+        assert np.asarray(obj.visual.material.image).shape[:2] == (side, 2 * side)
         photo = Image.open(demo_images / name)
         mask = Image.open(d / "mask.png")
         assert mask.size == photo.size and set(np.unique(np.asarray(mask))) <= {0, 255}

@@ -553,3 +553,23 @@ def test_stage3_cosine_schedule_changes_the_steps_and_resumes_exactly(stage2, tm
                       "quaternion", progress=False)  # fmt: skip
     assert _losses(flat.out_dir)[:2] == _losses(ref.out_dir)[:2]  # the first step's rate is the same
     assert _losses(flat.out_dir)[2] != _losses(ref.out_dir)[2]
+
+
+def test_stage2_trains_the_texture_flow_head(stage1, tmp_path):
+    # model.texture_head=flow: the flow's two terms are logged and shrink on the same 4 images, and the flow-sampled
+    # UV image carries on into Stage III and its evaluation
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    data, mp = stage1
+    cfg = load_config(overrides=[*SMOKE, "model.texture_head=flow"])
+    run_stage2(cfg, data, mp, tmp_path / "s2", progress=False, max_steps=16)
+    acc = EventAccumulator(str(tmp_path / "s2" / "tb"))
+    acc.Reload()
+    proj = [e.value for e in acc.Scalars("stage2/flow_projection")]
+    assert "stage2/texture_flow" in acc.Tags()["scalars"] and len(proj) == 16
+    assert sum(proj[-4:]) < 0.9 * sum(proj[:4]), proj
+    from slopekp.eval.report import evaluate_checkpoint
+
+    res = run_stage3(cfg, data, tmp_path / "s2", tmp_path / "s3", "quaternion", progress=False, max_steps=2)
+    m = evaluate_checkpoint(res.checkpoint, data, tmp_path / "eval", gallery=0, pck_pairs=10)
+    assert 0 < m["texture"]["l1_pred_camera"] < 1

@@ -47,7 +47,8 @@ class Evaluation:
     metrics: dict[str, Any]
     """``num_images``, ``mask_iou_soft``, ``mask_iou_0.5`` (means), ``rotation_error`` and
     ``rotation_error_up_to_mirror`` (:func:`~slopekp.eval.metrics.rotation_error_stats`), ``shape`` and (given
-    ``verts_uv``) ``texture`` (:func:`evaluate_model`)."""
+    ``verts_uv``) ``texture``, and ``texture_head`` where the network showed its photo texture
+    (:func:`evaluate_model`)."""
     per_image: dict[str, Tensor]
     """``index``, ``rotation_error_deg``, ``rotation_error_up_to_mirror_deg``, ``iou_soft``, ``iou`` — ``(N,)`` —
     and ``pred_camera``, ``gt_camera`` — ``(N, 7)``; ``normal_consistency``, and where measured ``chamfer`` and the
@@ -77,7 +78,9 @@ def evaluate_model(model, dataset, faces: Tensor, *, batch_size: int = 16, devic
     object frame divided by the true bird's length, and the true meshes' own ``normal_consistency_true``. With
     ``verts_uv`` (the template's), ``metrics["texture"]``: the masked L1 and SSIM of the textured render against the
     input over the ground-truth mask, under the predicted camera (``*_pred_camera``) and the true one
-    (``*_gt_camera``).
+    (``*_gt_camera``). The texture is the one the network outputs: with ``model.texture_from_photo`` the photo
+    texture (:func:`slopekp.models.texture.photo_texture`), and then ``metrics["texture_head"]`` scores the texture
+    head's own UV image the same way.
 
     Raises:
         ValueError: the data set has no ground-truth cameras, or is empty.
@@ -103,10 +106,16 @@ def evaluate_model(model, dataset, faces: Tensor, *, batch_size: int = 16, devic
         parts.setdefault("smooth", []).append(normal_consistency(pred.verts.float(), faces).cpu())
         if verts_uv is not None:
             truth = renderer(pred.verts, faces, batch.gt_camera, mode="hard", **tex)
-            for name, frag in (("pred_camera", seen), ("gt_camera", truth)):
-                rgb = frag.rgb.float()
-                parts.setdefault(f"l1_{name}", []).append(masked_l1(rgb, batch.img, batch.mask).cpu())
-                parts.setdefault(f"ssim_{name}", []).append(masked_ssim(rgb, batch.img, batch.mask).cpu())
+            frags = {"": (seen, truth)}
+            if pred.uv_image_head is not None:  # the photo texture is shown: score the texture head's own too
+                head = {"uv_image": pred.uv_image_head, "verts_uv": verts_uv}
+                frags["head_"] = tuple(renderer(pred.verts, faces, c, mode="hard", **head)
+                                       for c in (pred.camera, batch.gt_camera))  # fmt: skip
+            for prefix, pair in frags.items():
+                for name, frag in zip(("pred_camera", "gt_camera"), pair):
+                    rgb = frag.rgb.float()
+                    parts.setdefault(f"{prefix}l1_{name}", []).append(masked_l1(rgb, batch.img, batch.mask).cpu())
+                    parts.setdefault(f"{prefix}ssim_{name}", []).append(masked_ssim(rgb, batch.img, batch.mask).cpu())
         if true_meshes is not None:
             ids = [dataset.records[int(i)].id for i in batch.index]
             true = torch.as_tensor(true_meshes.lookup(ids), device=pred.verts.device)
@@ -134,6 +143,7 @@ def evaluate_model(model, dataset, faces: Tensor, *, batch_size: int = 16, devic
         shape.update(chamfer=float(cat["chamfer"].double().mean()), chamfer_median=float(cat["chamfer"].median()),
                      normal_consistency_true=float(cat["smooth_true"].double().mean()))  # fmt: skip
     texture = {k: float(cat[k].double().nanmean()) for k in TEXTURE_KEYS if k in cat}
+    texture_head = {k: float(cat[f"head_{k}"].double().nanmean()) for k in TEXTURE_KEYS if f"head_{k}" in cat}
     metrics = {
         "num_images": int(cat["index"].numel()),
         "mask_iou_soft": float(cat["iou_soft"].double().mean()),
@@ -142,6 +152,7 @@ def evaluate_model(model, dataset, faces: Tensor, *, batch_size: int = 16, devic
         "rotation_error_up_to_mirror": rotation_error_stats(cat["err_m"]),
         "shape": shape,
         **({"texture": texture} if texture else {}),
+        **({"texture_head": texture_head} if texture_head else {}),
     }
     per_image = {
         "index": cat["index"],

@@ -74,3 +74,8 @@ class Prediction:
     """``(B, 7)`` the pose head's camera (None when the pose head was not run, as in Stage II)."""
     pose_extras: dict[str, Tensor] = field(default_factory=dict)
     """:attr:`PoseOutput.extras` of the pose head."""
+    texture_flow: Tensor | None = None
+    """``(B, 2, Hu, Wu)`` where each texel was sampled in the input (NDC), for the texture-flow head; else None."""
+    uv_image_head: Tensor | None = None
+    """The texture head's own UV image where :attr:`uv_image` is the photo texture (``model.texture_from_photo``,
+    inference only); else None."""

@@ -30,6 +30,7 @@ from slopekp.utils import device_constant
 
 __all__ = [
     "IMAGENET_MEAN",
+    "denormalize_image",
     "IMAGENET_STD",
     "BasicBlock",
     "PretrainedLoad",
@@ -66,6 +67,13 @@ def normalize_image(img: Tensor) -> Tensor:
     mean = device_constant(tuple(IMAGENET_MEAN), img.dtype, img.device).view(1, 3, 1, 1)
     std = device_constant(tuple(IMAGENET_STD), img.dtype, img.device).view(1, 3, 1, 1)
     return (img - mean) / std
+
+
+def denormalize_image(img: Tensor) -> Tensor:
+    """The inverse of :func:`normalize_image`: ``img·std + mean`` per channel, ``(B, 3, H, W)`` → RGB in [0, 1]."""
+    mean = device_constant(tuple(IMAGENET_MEAN), img.dtype, img.device).view(1, 3, 1, 1)
+    std = device_constant(tuple(IMAGENET_STD), img.dtype, img.device).view(1, 3, 1, 1)
+    return img * std + mean
 
 
 def _conv_out(n: int, kernel: int, stride: int, padding: int) -> int:

@@ -1,7 +1,22 @@
-"""The texture head (METHOD §4.4): a SPADE-style generator without SPADE modulation, conv feature → UV image.
+"""The texture heads: a UV image generated from the encoder (METHOD §4.4) or sampled from the input by a flow (CMR).
 
-The UV image is sampled on the template through the sphere-UV mapping by
-:class:`~slopekp.render.renderer.Renderer` (``mode="rgb", uv_image=..., verts_uv=template.verts_uv``).
+Both give a UV image that the renderer samples on the template through the sphere-UV mapping
+(:class:`~slopekp.render.renderer.Renderer`, ``mode="rgb", uv_image=..., verts_uv=template.verts_uv``); they are
+chosen by name (``model.texture_head``, :data:`TEXTURE_HEADS`):
+
+* ``uv`` (:class:`TextureHead`, METHOD's): a SPADE-style generator without SPADE modulation paints the UV image.
+* ``flow`` (:class:`TextureFlowHead`, CMR's texture flow): the same generator predicts, for every texel, where to
+  sample the input image (NDC ``x right, y down``, ``grid_sample`` with ``align_corners=False``, i.e. the pixel-centre
+  convention of ``docs/conventions.md``); the UV image is the input's colours there. The flow is symmetric across the
+  template's mirror: with U-CMR's ``texture_uvshift`` the sphere UV maps ``x → −x`` to ``u → −u``, i.e. column ``j`` to
+  ``Wu − 1 − j`` of the UV image (:func:`mirror_uv`), and the flow is averaged with its mirror, so a texel and its
+  mirror partner sample the same pixel: the side the camera cannot see copies the side it sees.
+
+And, whichever head: the **photo texture** (:func:`photo_texture`, slopekp's addition, ``model.texture_from_photo``):
+once the pose head has a camera, every texel that camera sees on the predicted mesh takes the input's colour at its
+projection (:func:`slopekp.render.uv_atlas.project_texels`), a hidden texel its visible mirror partner's, and a
+texel hidden on both sides the colour in front of it. No learning: the bird's own colours, through its predicted
+shape and pose.
 
 Layout for ``n`` upsamplings (``2^n = Hu / h``; METHOD's default is ``n = 5``, ``nf = 16``, ``4×4 → 128×256``)::
 
@@ -19,11 +34,28 @@ the extra blocks keep ``8·nf`` at the coarse end, for ``n < 5`` the first block
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["ResBlock", "TextureHead"]
+from slopekp.render.uv_atlas import TexelView
+
+__all__ = [
+    "TEXTURE_HEADS",
+    "ResBlock",
+    "TextureFlow",
+    "TextureFlowHead",
+    "TextureHead",
+    "mirror_uv",
+    "photo_texture",
+    "sample_image",
+    "texture_head_class",
+]
+
+TEXTURE_HEADS = ("uv", "flow")
+"""``model.texture_head`` names: METHOD's generated UV image, CMR's texture flow."""
 
 
 class ResBlock(nn.Module):
@@ -73,6 +105,9 @@ class TextureHead(nn.Module):
         num_upsamplings: ``n``, with ``Hu = h·2^n``.
         start_size: ``(Hu/2^n, Wu/2^n)``, the side the conv feature is resized to first.
     """
+
+    reads_image = False
+    """Whether :meth:`forward` takes the input image beside the conv feature (the texture-flow head's does)."""
 
     def __init__(
         self,
@@ -141,6 +176,10 @@ class TextureHead(nn.Module):
         Returns:
             ``(B, 3, Hu, Wu)`` UV image in ``[0, 1]`` (sigmoid).
         """
+        return self.conv_img(self.act(self._trunk(conv))).sigmoid()
+
+    def _trunk(self, conv: Tensor) -> Tensor:
+        """The generator up to its last convolution: ``(B, nf, Hu, Wu)``."""
         expected = (self.in_channels, *self.in_size)
         if not isinstance(conv, Tensor) or conv.dim() != 4 or tuple(conv.shape[1:]) != expected:
             shape = tuple(conv.shape) if isinstance(conv, Tensor) else type(conv).__name__
@@ -151,4 +190,86 @@ class TextureHead(nn.Module):
         x = self.middle_1(self.middle_0(x))
         for block in self.up_blocks:
             x = block(self.up(x))
-        return self.conv_img(self.act(x)).sigmoid()
+        return x
+
+
+def mirror_uv(uv: Tensor) -> Tensor:
+    """``(..., Hu, Wu)`` → the same UV map seen through the template's mirror ``x → −x``: its columns reversed.
+
+    With the renderer's UV look-up (:mod:`slopekp.render.texture`: ``u = wrap(atan2(y, x)/π + 0.5)``, sampled with
+    ``align_corners=True``) the mirror of a direction has ``u → −u`` (``v`` unchanged), and ``u = −1 + 2j/(Wu − 1)``
+    makes that column ``j → Wu − 1 − j``. A test checks this on every mirror pair of a template's vertices.
+    """
+    return uv.flip(-1)
+
+
+def sample_image(image: Tensor, flow: Tensor) -> Tensor:
+    """Colours of ``image (B, C, H, W)`` at the NDC positions ``flow (B, 2, Hu, Wu)`` (``x, y``; pixel centres at
+    ``(2j+1)/W − 1``, bilinear, border colours outside) → ``(B, C, Hu, Wu)``, differentiable in both."""
+    return F.grid_sample(image, flow.permute(0, 2, 3, 1), mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def photo_texture(image: Tensor, view: TexelView) -> Tensor:
+    """The input's colours on the mesh through a camera (module docstring).
+
+    Args:
+        image: ``(B, 3, H, W)`` the input, RGB in [0, 1].
+        view: :func:`~slopekp.render.uv_atlas.project_texels` of the predicted mesh and camera at the texture's
+            ``(Hu, Wu)``.
+
+    Returns:
+        ``(B, 3, Hu, Wu)``: a visible texel's pixel; a hidden texel whose mirror partner is visible, the partner's pixel
+        (the bird's other side); any other texel, the pixel in front of it (measured better than keeping the texture
+        head's colour there: docs/results/texture_flow.md).
+    """
+    vis = view.visible[:, None]
+    partner = mirror_uv(view.visible)[:, None] & ~vis
+    flow = torch.where(partner, mirror_uv(view.points2d), view.points2d)
+    return sample_image(image, flow.to(image.dtype))
+
+
+class TextureFlow(NamedTuple):
+    """What :class:`TextureFlowHead` returns."""
+
+    uv_image: Tensor
+    """``(B, 3, Hu, Wu)`` the input's colours at :attr:`flow`, in the input's range."""
+    flow: Tensor
+    """``(B, 2, Hu, Wu)`` symmetric sampling positions in the input image (NDC ``x right, y down``, in ``[−1, 1]``)."""
+
+
+class TextureFlowHead(TextureHead):
+    """CMR's texture flow on the UV generator of :class:`TextureHead` (module docstring).
+
+    The generator's last convolution gives two channels; ``tanh`` keeps the positions inside the image,
+    :func:`mirror_uv` averaging makes them symmetric, and :func:`sample_image` reads the input there. At
+    initialisation (small weights) every texel samples near the image centre. Stage II pulls the positions into
+    the mask with :func:`slopekp.train.losses.texture_flow_loss` (CMR's ``tex_dt_loss``).
+    """
+
+    reads_image = True
+
+    def __init__(self, in_channels: int, in_size: int | tuple[int, int], uv_size: tuple[int, int] = (128, 256),
+                 nf: int = 16) -> None:  # fmt: skip
+        """Arguments as :class:`TextureHead`."""
+        super().__init__(in_channels, in_size, uv_size=uv_size, nf=nf)
+        self.conv_img = nn.Conv2d(self.conv_img.in_channels, 2, 3, padding=1)
+        nn.init.normal_(self.conv_img.weight, 0.0, 0.02)
+        nn.init.zeros_(self.conv_img.bias)
+
+    def forward(self, conv: Tensor, image: Tensor) -> TextureFlow:  # type: ignore[override]
+        """``conv (B, C, h, w)`` and the input ``image (B, 3, H, W)`` (RGB in [0, 1], not ImageNet-normalised) →
+        :class:`TextureFlow`."""
+        if not isinstance(image, Tensor) or image.dim() != 4 or image.shape[0] != conv.shape[0]:
+            shape = tuple(image.shape) if isinstance(image, Tensor) else type(image).__name__
+            raise ValueError(f"image must have shape (B, C, H, W) with B = {conv.shape[0]}, got {shape}")
+        flow = torch.tanh(self.conv_img(self.act(self._trunk(conv))))
+        flow = 0.5 * (flow + mirror_uv(flow))
+        return TextureFlow(sample_image(image.to(flow.dtype), flow), flow)
+
+
+def texture_head_class(name: str) -> type[TextureHead]:
+    """The texture head of a ``model.texture_head`` name (:data:`TEXTURE_HEADS`)."""
+    heads = {"uv": TextureHead, "flow": TextureFlowHead}
+    if name not in heads:
+        raise ValueError(f"unknown texture head {name!r}; choose one of {', '.join(TEXTURE_HEADS)}")
+    return heads[name]

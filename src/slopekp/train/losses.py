@@ -9,6 +9,12 @@
   maintained implementation of Wang et al. 2004 with the standard 11-px Gaussian window; kornia would also do,
   but it is a large dependency for one function). The perceptual (AlexNet) distance of the original needs
   ImageNet weights and is not part of this package.
+* :func:`texture_flow_loss` — CMR's ``tex_dt_loss`` for the texture-flow head: the mask's distance transform ``D``
+  at the positions the flow samples, averaged over texels, so the texture is read from the bird, not the background.
+* :func:`flow_projection_loss` — slopekp's addition for the texture-flow head: the L1 pull of each texel's flow to
+  where the image's best camera sees it on the predicted mesh (:func:`slopekp.render.uv_atlas.project_texels`), over
+  the visible texels. CMR trains its flow through the rendered texture alone, which moves a texel only where the
+  image has a colour gradient; the cameras and the mesh say where to look directly.
 * :func:`camera_loss` — §7.8, ``(1 − |⟨q̂, q*⟩|) + mean((s, tx, ty) − (s*, tx*, ty*))²`` per image.
 * :func:`heatmap_loss` — §7.7, ``10 · mean_{b,k,i,j} (w_bk (Ĥ_bk − G_bk))²``.
 * :func:`hypothesis_weights` — §5.4, the detached per-hypothesis weights of Stage II's network loss.
@@ -18,9 +24,11 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from pytorch_msssim import ssim
 from torch import Tensor
 
+from slopekp.render.uv_atlas import TexelView
 from slopekp.train.scores import hypothesis_scores, minmax_rescale
 
 
@@ -55,6 +63,33 @@ def mask_loss(silhouette: Tensor, mask: Tensor, mask_dt: Tensor) -> Tensor:
         )
     per_px = d * silhouette + (silhouette - m).square()
     return per_px.flatten(-2).mean(-1)
+
+
+def texture_flow_loss(flow: Tensor, mask_dt: Tensor) -> Tensor:
+    """Mean of the mask's distance transform at the texture flow's sampling positions (CMR's ``tex_dt_loss``).
+
+    Args:
+        flow: ``(B, 2, Hu, Wu)`` NDC positions in the input (``x right, y down``; pixel centres at ``(2j+1)/W − 1``).
+        mask_dt: ``(B, H, W)`` the mask's distance transform (0 inside the mask, :func:`mask_loss`'s ``D``), sampled
+            bilinearly with the same convention, so its gradient pulls outside samples towards the mask.
+
+    Returns:
+        ``(B,)`` per image.
+    """
+    if flow.dim() != 4 or flow.shape[1] != 2 or mask_dt.dim() != 3 or mask_dt.shape[0] != flow.shape[0]:
+        raise ValueError(f"expected flow (B, 2, Hu, Wu) and mask_dt (B, H, W); got {tuple(flow.shape)} and "
+                         f"{tuple(mask_dt.shape)}")  # fmt: skip
+    at = F.grid_sample(mask_dt[:, None].to(flow.dtype), flow.permute(0, 2, 3, 1), mode="bilinear",
+                       padding_mode="border", align_corners=False)  # fmt: skip
+    return at.flatten(1).mean(1)
+
+
+def flow_projection_loss(flow: Tensor, view: TexelView) -> Tensor:
+    """``(B,)``: the mean L1 distance (NDC) between ``flow (B, 2, Hu, Wu)`` and ``view.points2d`` over each image's
+    visible texels (0 for an image without one); ``view`` from :func:`slopekp.render.uv_atlas.project_texels`."""
+    vis = view.visible.to(flow.dtype)
+    per_texel = (flow - view.points2d.to(flow.dtype)).abs().sum(1)  # (B, Hu, Wu)
+    return (per_texel * vis).flatten(1).sum(1) / vis.flatten(1).sum(1).clamp_min(1.0)
 
 
 def _masked(img: Tensor, mask: Tensor) -> Tensor:

@@ -6,7 +6,9 @@ batch's crops and mirrors):
 2. every hypothesis renders the predicted mesh: soft silhouette and texture, ``B·P`` renders;
 3. per hypothesis: ``L_mask (B, P)`` and ``L_tex (B, P)`` (:mod:`slopekp.train.losses`);
 4. **network loss** ``mean_b Σ_p q_bp (w_m L_mask + w_t L_tex)`` + shape priors, with the detached weights ``q``
-   of :func:`~slopekp.train.losses.hypothesis_weights`; it updates the network only;
+   of :func:`~slopekp.train.losses.hypothesis_weights`; it updates the network only. The ``flow`` texture head adds
+   two terms: the mask's distance transform at its samples (CMR's) and an L1 pull of each texel the image's best
+   hypothesis sees to its projection (:func:`~slopekp.train.losses.flow_projection_loss`);
 5. **camera loss** ``w_m mean L_mask + w_t mean L_tex`` (unweighted: every hypothesis moves to explain the image
    under the current shape and texture); it advances only the batch's rows of the store's per-image Adam;
 6. the batch's scores become ``q``.
@@ -43,10 +45,11 @@ from slopekp.models.base import Prediction
 from slopekp.models.encoder import normalize_image
 from slopekp.models.reconstructor import build_model
 from slopekp.render import Renderer, RenderResult, RenderSettings
+from slopekp.render.uv_atlas import TexelSurface, project_texels, texel_surface
 from slopekp.train import distributed as D
 from slopekp.train import run
 from slopekp.train.hypotheses import OffsetSettings
-from slopekp.train.losses import hypothesis_weights, mask_loss, texture_loss
+from slopekp.train.losses import flow_projection_loss, hypothesis_weights, mask_loss, texture_flow_loss, texture_loss
 from slopekp.train.multiplex import CameraMultiplex, MultiplexLookup
 from slopekp.train.report import evaluate_multiplex
 from slopekp.train.scores import best_hypothesis
@@ -65,7 +68,7 @@ IMAGE_CACHE_BYTES = 512 * 2**20
 _NOT_RESULT = {
     "render": ("fused",),  # speed only
     "data": ("images_dir", "sfm_dir"),
-    "model": ("pose_head", "num_keypoints", "end2end"),  # Stage II does not run the pose head
+    "model": ("pose_head", "num_keypoints", "end2end", "texture_from_photo"),  # no pose head in Stage II; inference
     "train": ("epochs", "pose_epochs", "checkpoint_every", "num_workers", "sync_every", "camera_weight",
               "heatmap_weight", "coordinate_weight", "freeze_backbone", "pose_targets",
               "mirror_by_appearance"),  # Stage III's; fmt: skip
@@ -157,9 +160,11 @@ class Stage2Losses(NamedTuple):
 
 
 def stage2_losses(model, store: CameraMultiplex, renderer: Renderer, template, batch, cfg: Config,
-                  ids: Tensor | None = None) -> Stage2Losses:  # fmt: skip
+                  ids: Tensor | None = None, atlas: TexelSurface | None = None) -> Stage2Losses:  # fmt: skip
     """One step's losses (:class:`Stage2Losses`). ``ids``: the batch's image ids on the host (default ``batch.id``;
-    reading ids on an accelerator makes the host wait for it)."""
+    reading ids on an accelerator makes the host wait for it). ``atlas``: the template's
+    :func:`~slopekp.render.uv_atlas.texel_surface` at the UV image's size, for the texture-flow head (made here when
+    not given)."""
 
     w = cfg.train
     with run.autocast(batch.img.device, w.amp):
@@ -175,10 +180,20 @@ def stage2_losses(model, store: CameraMultiplex, renderer: Renderer, template, b
     l_tex = texture_loss(res.rgb, img, mask, ssim_weight=w.ssim_weight) if w.texture_weight > 0 else None
     per_hyp = w.mask_weight * l_mask + (w.texture_weight * l_tex if l_tex is not None else 0)
     q = hypothesis_weights(l_mask, l_tex, texture_share=w.score_texture_weight)
-    priors = shape_priors(pred, template.faces, template.verts, w)
-    net = (q * per_hyp).sum(-1).mean() + sum(priors.values())
+    regs = shape_priors(pred, template.faces, template.verts, w)
+    if pred.texture_flow is not None:
+        flow = pred.texture_flow.float()
+        if w.texture_flow_weight > 0:  # the texture flow reads the bird, not the background (CMR's tex_dt_loss)
+            regs["texture_flow"] = w.texture_flow_weight * texture_flow_loss(flow, dt).mean()
+        if w.flow_projection_weight > 0:  # and, where the best camera sees a texel, its pixel
+            if atlas is None:
+                atlas = texel_surface(template.verts_uv, template.faces, tuple(flow.shape[-2:]))
+            best = lk.cameras[torch.arange(q.shape[0], device=q.device), q.argmax(-1)]
+            view = project_texels(pred.verts.detach(), template.faces, atlas, best.detach(), renderer)
+            regs["flow_projection"] = w.flow_projection_weight * flow_projection_loss(flow, view).mean()
+    net = (q * per_hyp).sum(-1).mean() + sum(regs.values())
     cam = per_hyp.mean()
-    logs = {"mask": l_mask.detach().mean(), "best_mask": l_mask.detach().amin(-1).mean(), **priors,
+    logs = {"mask": l_mask.detach().mean(), "best_mask": l_mask.detach().amin(-1).mean(), **regs,
             "total": net.detach(), "camera_update": cam.detach(), "best_score": q.amax(-1).mean()}  # fmt: skip
     if l_tex is not None:
         logs["texture"] = l_tex.detach().mean()
@@ -229,6 +244,9 @@ def run_stage2(
     params = [p for n, p in model.named_parameters() if not n.startswith("pose.")]
     opt = run.adam(params, cfg.train.lr)
     renderer = build_renderer(cfg)
+    atlas = None  # where each texel lies on the mesh, for the texture-flow head's projection target
+    if model.texture.reads_image and cfg.train.flow_projection_weight > 0:
+        atlas = texel_surface(template.verts_uv, template.faces, model.texture.uv_size)
     ckpt_path = out_dir / CHECKPOINT
     at = run.LoopState()
     ck = None
@@ -268,7 +286,7 @@ def run_stage2(
         batch = batch.to(device)
         if batch.gt_camera is not None:
             raise ValueError("Stage II received ground-truth cameras")
-        net, cam, lk, q, logs, pred, res = stage2_losses(ddp, store, renderer, template, batch, cfg, ids)
+        net, cam, lk, q, logs, pred, res = stage2_losses(ddp, store, renderer, template, batch, cfg, ids, atlas)
         opt.zero_grad(set_to_none=True)
         net.backward(inputs=params, retain_graph=True)
         if cfg.train.grad_clip > 0:

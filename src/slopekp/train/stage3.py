@@ -138,7 +138,7 @@ def stage3_manifest(
     }
     settings = {"seed": cfg.seed, **flat_settings(cfg.data, "data", ("images_dir", "sfm_dir"))}
     settings["targets"] = targets_label(cfg, supervised)
-    settings.update(flat_settings(cfg.model, "model"))
+    settings.update(flat_settings(cfg.model, "model", ("texture_from_photo",)))  # inference only
     not_result = ("pose_epochs", "epochs", "checkpoint_every", "num_workers", "sync_every")
     settings.update(flat_settings(cfg.train, "train", not_result))
     inputs = {"data": data, "template": {"fingerprint": template_fp, "path": cfg.template.path}, "stage2": s2}
