@@ -239,7 +239,7 @@ class TrainConfig:
     """Texture-flow head: weight of the mask's distance transform at the sampled positions (CMR's ``tex_dt_loss``)."""
     flow_projection_weight: float = 1.0
     """Texture-flow head: weight of the L1 pull of each texel's flow to where the image's best camera sees it
-    (:mod:`slopekp.train.texture_flow`; slopekp's addition)."""
+    (:func:`slopekp.train.losses.flow_projection_loss`; slopekp's addition)."""
     ssim_weight: float = 1.0
     """Weight of ``1 − SSIM`` inside the texture loss (beside L1)."""
     deform_weight: float = 1.0

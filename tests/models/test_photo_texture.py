@@ -50,9 +50,14 @@ def test_a_camera_sees_each_visible_texel_where_it_projects():
     # the hidden texels' own projections land on other texels
     hidden = ~vis & inner
     assert float(err[hidden].median()) > 4 * texel
-    # the photo texture: a visible texel's own pixel, a hidden one its visible mirror partner's (the partner's code),
-    # and a texel hidden on both sides the pixel in front of it
-    photo = photo_texture(img, tgt)[0]
+    # the photo texture: a visible texel's own pixel, a hidden one its visible mirror point's (the partner's code), and
+    # a texel hidden on both sides the pixel in front of it
+    hard = Renderer(RenderSettings(image_size=size))
+    mirror = project_texels(t.verts[None], t.faces, atlas, cam, hard, mirrored=True)
+    # the mirror view is the view of the mirror texel (the procedural template's triangulation is symmetric)
+    torch.testing.assert_close(mirror.points2d, mirror_uv(tgt.points2d), atol=1e-5, rtol=0)
+    assert torch.equal(mirror.visible, mirror_uv(tgt.visible))
+    photo = photo_texture(img, tgt, mirror)[0]
     own = sample_image(img, tgt.points2d)[0]
     torch.testing.assert_close(photo[:, vis], own[:, vis])
     both = hidden & mirror_uv(vis[None])[0]

@@ -48,4 +48,4 @@ def test_mirror_pairs_of_vertices_get_mirrored_texel_points():
     pts = texel_points(t.verts[None], t.faces, atlas)[0].view(16, 32, 3)
     mirrored = mirror_uv(pts.permute(2, 0, 1)).permute(1, 2, 0) * torch.tensor([-1.0, 1.0, 1.0])
     assert sym.left.numel() > 10
-    assert float((pts - mirrored)[1:-1].norm(dim=-1).median()) < 0.02
+    assert float((pts - mirrored)[1:-1].norm(dim=-1).max()) < 1e-4  # exact: the triangulation is symmetric

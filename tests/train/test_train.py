@@ -556,9 +556,13 @@ def test_stage3_cosine_schedule_changes_the_steps_and_resumes_exactly(stage2, tm
 
 
 def test_stage2_trains_the_texture_flow_head(stage1, tmp_path):
-    # model.texture_head=flow: the flow's two terms are logged and shrink on the same 4 images, and the flow-sampled
-    # UV image carries on into Stage III and its evaluation
+    # model.texture_head=flow: the flow's terms are logged and its projection loss shrinks on the same 4 images (the
+    # mask-distance term stays 0: the flow starts at the image centre, inside the mask); the evaluation scores the
+    # flow-sampled UV image as texture_head beside the photo texture, and a Stage III run told
+    # model.texture_from_photo=false shows the head's texture instead
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from slopekp.eval.report import evaluate_checkpoint
 
     data, mp = stage1
     cfg = load_config(overrides=[*SMOKE, "model.texture_head=flow"])
@@ -568,8 +572,10 @@ def test_stage2_trains_the_texture_flow_head(stage1, tmp_path):
     proj = [e.value for e in acc.Scalars("stage2/flow_projection")]
     assert "stage2/texture_flow" in acc.Tags()["scalars"] and len(proj) == 16
     assert sum(proj[-4:]) < 0.9 * sum(proj[:4]), proj
-    from slopekp.eval.report import evaluate_checkpoint
-
     res = run_stage3(cfg, data, tmp_path / "s2", tmp_path / "s3", "quaternion", progress=False, max_steps=2)
     m = evaluate_checkpoint(res.checkpoint, data, tmp_path / "eval", gallery=0, pck_pairs=10)
-    assert 0 < m["texture"]["l1_pred_camera"] < 1
+    assert 0 < m["texture"]["l1_pred_camera"] < 1 and 0 < m["texture_head"]["l1_pred_camera"] < 1
+    off = load_config(overrides=[*SMOKE, "model.texture_head=flow", "model.texture_from_photo=false"])
+    res = run_stage3(off, data, tmp_path / "s2", tmp_path / "s3off", "quaternion", progress=False, max_steps=2)
+    m = evaluate_checkpoint(res.checkpoint, data, tmp_path / "eval_off", gallery=0, pck_pairs=10)
+    assert "texture_head" not in m and 0 < m["texture"]["l1_pred_camera"] < 1

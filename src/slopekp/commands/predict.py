@@ -48,9 +48,9 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=int, default=8, help="photos per network batch")
     p.add_argument("--size", type=int, default=256, help="side of the figures' panels and renders (pixels)")
     p.add_argument("--turntable-frames", type=int, default=36, help="frames of turntable.gif (0: none)")
-    p.add_argument("--texture", choices=("photo", "head"), default="photo",
-                   help="photo: the bird's own colours through the predicted camera (default); head: the texture "
-                        "head's UV image")  # fmt: skip
+    p.add_argument("--texture", choices=("photo", "head"), default=None,
+                   help="photo: the bird's own colours through the predicted camera; head: the texture head's UV "
+                        "image (default: the checkpoint's model.texture_from_photo, on unless trained with it off)")
     p.add_argument("--template", default=None,
                    help="the template mesh, only for old checkpoints that do not carry theirs")  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -131,7 +131,8 @@ def _predict(args: argparse.Namespace) -> int:
     images = expand_images(args.images)
     pairs = pair_inputs(images, args.mask, args.bbox)
     rec = Reconstructor.from_checkpoint(args.checkpoint, device=args.device, template=args.template)
-    rec.net.texture_from_photo = args.texture == "photo"
+    if args.texture is not None:
+        rec.net.texture_from_photo = args.texture == "photo"
     out = Path(args.out)
     reads = [*args.images, args.checkpoint, *(args.mask or [])]
     state = prepare_output_dir(out, predict_manifest(args.checkpoint, rec.head), overwrite=args.overwrite,

@@ -107,7 +107,7 @@ _SUMMARY_ROWS = (
     ("keypoint transfer PCK@0.1", "PCK@0.1", "{:.3f}"),
     ("shape: Chamfer / bird length", "Chamfer / length", "{:.3f}"),
     ("shape: normal consistency", "normal consistency", "{:.2f}"),
-    ("texture: masked L1", "texture L1", "{:.3f}"),
+    ("texture: masked L1 under the true camera", "texture L1, true camera", "{:.3f}"),
 )
 
 

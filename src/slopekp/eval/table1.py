@@ -39,8 +39,9 @@ METRICS = {
     "PCK@0.1": ("keypoint_transfer", "pck"),
     "Chamfer / length": ("shape", "chamfer"),
     "normal consistency": ("shape", "normal_consistency"),
-    "texture L1": ("texture", "l1_pred_camera"),
-    "texture SSIM": ("texture", "ssim_pred_camera"),
+    "texture L1, true camera": ("texture", "l1_gt_camera"),
+    "texture SSIM, true camera": ("texture", "ssim_gt_camera"),
+    "texture L1, predicted camera": ("texture", "l1_pred_camera"),
 }
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import torch
 from torch import Tensor, nn
 
 from slopekp.models.base import Prediction
@@ -52,9 +53,11 @@ class ReconstructionNet(nn.Module):
         self.register_buffer("verts_uv", verts_uv, persistent=False)
         self._atlas: TexelSurface | None = None  # made on first use (a fraction of a second)
 
-    def forward(self, img: Tensor, pose: bool = True) -> Prediction:
+    def forward(self, img: Tensor, pose: bool = True, photo: bool | None = None) -> Prediction:
         """``img (B, 3, S, S)`` ImageNet-normalised RGB (:func:`~slopekp.models.encoder.normalize_image`) →
-        :class:`~slopekp.models.base.Prediction`; ``pose=False`` skips the pose head (``camera = None``)."""
+        :class:`~slopekp.models.base.Prediction`; ``pose=False`` skips the pose head (``camera = None``);
+        ``photo=False`` skips the photo texture (callers that read the camera only), ``None`` follows
+        ``texture_from_photo`` (in eval mode)."""
         enc = self.encoder(img)
         sh = self.shape(enc.flat)
         if self.texture.reads_image:
@@ -66,23 +69,30 @@ class ReconstructionNet(nn.Module):
             out = self.pose(enc, sh.verts)
             camera, extras = out.camera, out.extras
         pred = Prediction(sh.verts, sh.delta_v, sh.mean_shape, uv, camera, extras, flow)
-        if camera is not None and self.texture_from_photo and not self.training:
+        if photo is None:
+            photo = self.texture_from_photo and not self.training
+        if camera is not None and photo:
             pred = dataclasses.replace(pred, uv_image=self.photo_texture(img, pred), uv_image_head=uv)
         return pred
 
     def photo_texture(self, img: Tensor, pred: Prediction) -> Tensor:
         """:func:`~slopekp.models.texture.photo_texture` of the normalised input ``img (B, 3, S, S)`` under ``pred``'s
         camera and mesh (visibility from a hard render at ``S``): ``(B, 3, H, 2H)`` with ``H = max(Hu, S)`` (the head's
-        UV height ``Hu``), so that the texture keeps the input's detail."""
+        UV height ``Hu``), so that the texture keeps the input's detail. Computed in float32 whatever the caller's
+        autocast (projections to a fraction of a pixel)."""
         if self.faces is None or self.verts_uv is None:
             raise ValueError("this network was built without its template's faces and UVs (build_model passes them)")
         side = max(pred.uv_image.shape[-2], img.shape[-1])
         hw = (side, 2 * side)
-        if self._atlas is None or tuple(self._atlas.face.shape) != hw or self._atlas.face.device != self.faces.device:
+        dev = self.faces.device
+        if self._atlas is None or tuple(self._atlas.face.shape) != hw or self._atlas.face.device != dev:
             self._atlas = texel_surface(self.verts_uv, self.faces, hw)
         renderer = Renderer(RenderSettings(image_size=img.shape[-1]))
-        view = project_texels(pred.verts.detach(), self.faces, self._atlas, pred.camera.detach(), renderer)
-        return photo_texture(denormalize_image(img), view)
+        with torch.autocast(dev.type, enabled=False):
+            verts, camera = pred.verts.detach().float(), pred.camera.detach().float()
+            view = project_texels(verts, self.faces, self._atlas, camera, renderer)
+            mirror = project_texels(verts, self.faces, self._atlas, camera, renderer, mirrored=True)
+            return photo_texture(denormalize_image(img.float()), view, mirror)
 
     def backbone_parameters(self) -> list[nn.Parameter]:
         return [p for n, p in self.named_parameters() if n.startswith(BACKBONE)]

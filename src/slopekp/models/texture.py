@@ -14,9 +14,9 @@ chosen by name (``model.texture_head``, :data:`TEXTURE_HEADS`):
 
 And, whichever head: the **photo texture** (:func:`photo_texture`, slopekp's addition, ``model.texture_from_photo``):
 once the pose head has a camera, every texel that camera sees on the predicted mesh takes the input's colour at its
-projection (:func:`slopekp.render.uv_atlas.project_texels`), a hidden texel its visible mirror partner's, and a
-texel hidden on both sides the colour in front of it. No learning: the bird's own colours, through its predicted
-shape and pose.
+projection (:func:`slopekp.render.uv_atlas.project_texels`), a hidden texel the colour of its mirror point when that
+is visible, and a texel hidden on both sides the colour in front of it. No learning: the bird's own colours, through
+its predicted shape and pose.
 
 Layout for ``n`` upsamplings (``2^n = Hu / h``; METHOD's default is ``n = 5``, ``nf = 16``, ``4×4 → 128×256``)::
 
@@ -209,22 +209,21 @@ def sample_image(image: Tensor, flow: Tensor) -> Tensor:
     return F.grid_sample(image, flow.permute(0, 2, 3, 1), mode="bilinear", padding_mode="border", align_corners=False)
 
 
-def photo_texture(image: Tensor, view: TexelView) -> Tensor:
+def photo_texture(image: Tensor, view: TexelView, mirror: TexelView) -> Tensor:
     """The input's colours on the mesh through a camera (module docstring).
 
     Args:
         image: ``(B, 3, H, W)`` the input, RGB in [0, 1].
         view: :func:`~slopekp.render.uv_atlas.project_texels` of the predicted mesh and camera at the texture's
-            ``(Hu, Wu)``.
+            ``(Hu, Wu)``; ``mirror``: the same with ``mirrored=True`` (where each texel's mirror point is seen).
 
     Returns:
-        ``(B, 3, Hu, Wu)``: a visible texel's pixel; a hidden texel whose mirror partner is visible, the partner's pixel
+        ``(B, 3, Hu, Wu)``: a visible texel's pixel; a hidden texel whose mirror point is visible, that point's pixel
         (the bird's other side); any other texel, the pixel in front of it (measured better than keeping the texture
         head's colour there: docs/results/texture_flow.md).
     """
-    vis = view.visible[:, None]
-    partner = mirror_uv(view.visible)[:, None] & ~vis
-    flow = torch.where(partner, mirror_uv(view.points2d), view.points2d)
+    partner = (mirror.visible & ~view.visible)[:, None]
+    flow = torch.where(partner, mirror.points2d, view.points2d)
     return sample_image(image, flow.to(image.dtype))
 
 
@@ -262,9 +261,9 @@ class TextureFlowHead(TextureHead):
         if not isinstance(image, Tensor) or image.dim() != 4 or image.shape[0] != conv.shape[0]:
             shape = tuple(image.shape) if isinstance(image, Tensor) else type(image).__name__
             raise ValueError(f"image must have shape (B, C, H, W) with B = {conv.shape[0]}, got {shape}")
-        flow = torch.tanh(self.conv_img(self.act(self._trunk(conv))))
+        flow = torch.tanh(self.conv_img(self.act(self._trunk(conv))).float())  # positions in float32 under autocast
         flow = 0.5 * (flow + mirror_uv(flow))
-        return TextureFlow(sample_image(image.to(flow.dtype), flow), flow)
+        return TextureFlow(sample_image(image.float(), flow), flow)
 
 
 def texture_head_class(name: str) -> type[TextureHead]:

@@ -62,7 +62,8 @@ class Reconstruction:
         verts: ``(V, 3)`` the predicted shape in the object frame.
         faces: ``(F, 3)`` int64, the template's triangles.
         verts_uv: ``(V, 2)`` the template's sphere UVs in ``[−1, 1]``.
-        texture: ``(3, Hu, Wu)`` the predicted UV image, RGB in [0, 1].
+        texture: ``(3, Hu, Wu)`` the UV image, RGB in [0, 1]: the photo texture (``model.texture_from_photo``, the
+            photo's colours through the predicted camera, as large as the input) or the texture head's.
         camera: ``(7,)`` ``[s, tx, ty, qw, qx, qy, qz]`` in the NDC of :attr:`crop`.
         crop: the network's input and where it lies in the photo (:class:`slopekp.predict.inputs.PhotoCrop`).
         head: the pose head that gave the camera.

@@ -54,6 +54,8 @@ def texel_surface(verts_uv: Tensor, faces: Tensor, hw: tuple[int, int], *, chunk
     hu, wu = hw
     if hu < 2 or wu < 2:
         raise ValueError(f"hw must be at least (2, 2), got {hw!r}")
+    out_dev = verts_uv.device  # computed in float64 on the CPU (an MPS device has none), returned on this device
+    verts_uv, faces = verts_uv.cpu(), faces.cpu()
     dev, dt = verts_uv.device, torch.float64
     u = -1 + 2 * torch.arange(wu, device=dev, dtype=dt) / (wu - 1)
     v = -1 + 2 * torch.arange(hu, device=dev, dtype=dt) / (hu - 1)
@@ -96,14 +98,15 @@ def texel_surface(verts_uv: Tensor, faces: Tensor, hw: tuple[int, int], *, chunk
         face[t_idx[win]] = f_idx[win]
         bary[t_idx[win]] = b / b.sum(-1, keepdim=True)
         margin_best = torch.maximum(margin_best, best)
-    return TexelSurface(face.view(hu, wu), bary.to(verts_uv.dtype).view(hu, wu, 3))
+    return TexelSurface(face.view(hu, wu).to(out_dev), bary.to(verts_uv.dtype).view(hu, wu, 3).to(out_dev))
 
 
 def texel_points(verts: Tensor, faces: Tensor, atlas: TexelSurface) -> Tensor:
     """``verts (B, V, 3)`` → ``(B, Hu·Wu, 3)``: each texel's point on each mesh (row-major texels; a texel without
     a face gets vertex 0 of face 0 with zero weights, i.e. the origin)."""
-    f = faces.to(verts.device).long()[atlas.face.clamp_min(0).reshape(-1)]  # (T, 3)
-    w = atlas.bary.reshape(-1, 3).to(verts.dtype) * (atlas.face.reshape(-1, 1) >= 0)
+    face = atlas.face.to(verts.device)
+    f = faces.to(verts.device).long()[face.clamp_min(0).reshape(-1)]  # (T, 3)
+    w = atlas.bary.to(verts.device, verts.dtype).reshape(-1, 3) * (face.reshape(-1, 1) >= 0)
     return (verts[:, f] * w[None, :, :, None]).sum(-2)
 
 
@@ -118,20 +121,25 @@ class TexelView(NamedTuple):
 
 @torch.no_grad()
 def project_texels(verts: Tensor, faces: Tensor, atlas: TexelSurface, cameras: Tensor, renderer,
-                   depth_tol: float | None = None) -> TexelView:  # fmt: skip
+                   depth_tol: float | None = None, mirrored: bool = False) -> TexelView:  # fmt: skip
     """Project every texel's point on ``verts (B, V, 3)`` with ``cameras (B, 7)`` and test it against the hard
     z-buffer of ``renderer`` (a :class:`~slopekp.render.Renderer`; its size sets the pixel grid). ``depth_tol``: NDC
-    depth, default two pixel widths (as :func:`slopekp.models.keypoints.keypoint_visibility`)."""
+    depth, default two pixel widths (as :func:`slopekp.models.keypoints.keypoint_visibility`). ``mirrored``: project
+    each texel's mirror point ``(−x, y, z)`` instead, the point of the bird's other side that shows the same
+    texture on a symmetric bird (exact for any triangulation of a mirror-symmetric mesh)."""
     b = verts.shape[0]
     hu, wu = atlas.face.shape
     h, w = renderer.settings.hw
     tol = 4.0 / min(h, w) if depth_tol is None else depth_tol
-    pts = project_points(texel_points(verts, faces, atlas), cameras.to(verts.dtype), renderer.settings.z_offset)
+    points = texel_points(verts, faces, atlas)
+    if mirrored:
+        points = points * points.new_tensor([-1.0, 1.0, 1.0])
+    pts = project_points(points, cameras.to(verts.dtype), renderer.settings.z_offset)
     frag = renderer(verts, faces, cameras, mode="hard")
     col = torch.floor((pts[..., 0] + 1) * (w / 2)).long()
     row = torch.floor((pts[..., 1] + 1) * (h / 2)).long()
     inside = (col >= 0) & (col < w) & (row >= 0) & (row < h)
     pix = row.clamp(0, h - 1) * w + col.clamp(0, w - 1)
     depth = frag.depth.reshape(b, -1).gather(1, pix)
-    visible = inside & (pts[..., 2] <= depth + tol) & (atlas.face.reshape(1, -1) >= 0)
+    visible = inside & (pts[..., 2] <= depth + tol) & (atlas.face.to(verts.device).reshape(1, -1) >= 0)
     return TexelView(pts[..., :2].transpose(1, 2).reshape(b, 2, hu, wu), visible.view(b, hu, wu))

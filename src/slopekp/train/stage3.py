@@ -64,10 +64,11 @@ from slopekp.utils import atomic_save_json
 from slopekp.version import __version__
 
 STAGE3_COMMAND = "train stage3"
-#: the pose head's settings: Stage III takes them from its own config, the rest of ``model.*`` from Stage II's
+#: the pose head's settings and the inference-only ones: Stage III takes them from its own config, the rest of
+#: ``model.*`` from Stage II's
 _POSE_FIELDS = (
     "pose_head", "num_keypoints", "keypoint_width", "end2end", "heatmap_sigma", "heatmap_size", "heatmap_occluded",
-    "heatmap_visibility", "heatmap_loss",
+    "heatmap_visibility", "heatmap_loss", "texture_from_photo",
 )
 TARGETS = {False: "multiplex best cameras (self-supervised)", True: "SfM cameras (supervised ablation)"}
 POSE_TARGETS = CHOICES["train.pose_targets"]
@@ -433,7 +434,7 @@ def reselect_targets(model, targets: PoseTargets, dataset, cfg: Config, device) 
     for batch in DataLoader(dataset, batch_size=max(cfg.train.batch_size, 32), collate_fn=collate_samples):
         img = normalize_image(batch.img.to(device))
         with run.autocast(img.device, cfg.train.amp):
-            preds.append(model(img).camera.float())
+            preds.append(model(img, photo=False).camera.float())
         ids.append(batch.id)
         crops.append(batch.crop)
     if not ids:
