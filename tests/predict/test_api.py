@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from slopekp.predict import CropWarning, Reconstructor
-from slopekp.predict.api import OBJECT_TO_FILE
+from slopekp.predict.api import OBJECT_TO_FILE, TEXTURE_SIDE
 
 
 def _test_image(tiny_model, i: int = 0, scale: int = 4):
@@ -88,7 +88,12 @@ def test_predict_equals_the_network_on_an_independently_made_crop(tiny_model, re
         ref = reconstructor.net(normalize_image(x))
     torch.testing.assert_close(r.camera, ref.camera[0], atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(r.verts, ref.verts[0], atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(r.texture, ref.uv_image[0])
+    # the photo texture is read from the same square at TEXTURE_SIDE, not from the network's small input
+    sharp = cv2.resize(cut.astype(np.float32) / 255.0, (TEXTURE_SIDE, TEXTURE_SIDE), interpolation=cv2.INTER_LINEAR)
+    np.testing.assert_allclose(r.crop.texture_image, sharp, atol=1e-5)
+    hi = torch.from_numpy(sharp).permute(2, 0, 1)[None].to(reconstructor.device)
+    torch.testing.assert_close(r.texture, reconstructor.net.photo_texture(normalize_image(hi), ref)[0])
+    assert tuple(r.texture.shape) == (3, TEXTURE_SIDE, 2 * TEXTURE_SIDE)
     assert r.keypoints.shape == (reconstructor.cfg.model.num_keypoints, 2)
     # deterministic
     torch.testing.assert_close(reconstructor.predict(img, mask=mask).camera, r.camera, atol=0, rtol=0)

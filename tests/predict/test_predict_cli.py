@@ -29,6 +29,7 @@ def test_predict_on_the_real_bird_photos(tiny_model, demo_images, tmp_path, caps
 
     from slopekp.mesh.io import textured_trimesh
     from slopekp.predict import Reconstructor
+    from slopekp.predict.api import TEXTURE_SIDE
 
     out = tmp_path / "pred"
     code = main(["predict", str(demo_images), "--checkpoint", str(tiny_model.checkpoint), "--out", str(out),
@@ -53,7 +54,7 @@ def test_predict_on_the_real_bird_photos(tiny_model, demo_images, tmp_path, caps
         assert len(glb.faces) == len(obj.faces) == rec.template.num_faces
         for m in (glb, obj):  # textured, with the photo texture (as large as the input: one texel per pixel)
             assert isinstance(m.visual, trimesh.visual.TextureVisuals) and m.visual.uv.shape == (nverts, 2)
-        side = max(rec.cfg.model.uv_height, rec.cfg.model.image_size)
+        side = max(rec.cfg.model.uv_height, TEXTURE_SIDE)
         assert np.asarray(obj.visual.material.image).shape[:2] == (side, 2 * side)
         photo = Image.open(demo_images / name)
         mask = Image.open(d / "mask.png")

@@ -22,7 +22,7 @@ from slopekp.models.pose import pose_head_class
 from slopekp.models.shape import ShapeHead
 from slopekp.models.texture import TextureHead, photo_texture, texture_head_class
 from slopekp.render import Renderer, RenderSettings
-from slopekp.render.uv_atlas import TexelSurface, project_texels, texel_surface
+from slopekp.render.uv_atlas import TexelSurface, project_texels_both, texel_surface
 
 #: Parameter-name prefixes of the parts that Stage II trains (the pose head is Stage III's).
 BACKBONE = ("encoder.", "shape.", "texture.")
@@ -90,8 +90,7 @@ class ReconstructionNet(nn.Module):
         renderer = Renderer(RenderSettings(image_size=img.shape[-1]))
         with torch.autocast(dev.type, enabled=False):
             verts, camera = pred.verts.detach().float(), pred.camera.detach().float()
-            view = project_texels(verts, self.faces, self._atlas, camera, renderer)
-            mirror = project_texels(verts, self.faces, self._atlas, camera, renderer, mirrored=True)
+            view, mirror = project_texels_both(verts, self.faces, self._atlas, camera, renderer)
             return photo_texture(denormalize_image(img.float()), view, mirror)
 
     def backbone_parameters(self) -> list[nn.Parameter]:

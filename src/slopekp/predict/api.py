@@ -14,6 +14,7 @@ share of it, with what a person needs around it.) Everything runs on the device 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import warnings
 from dataclasses import dataclass
@@ -48,6 +49,10 @@ class CropWarning(UserWarning):
 
 #: Boxes narrower than this (pixels of the photo) get a :class:`CropWarning`.
 MIN_BOX_SIDE = 16
+
+#: Side of the crop the photo texture reads (the figures' default size), so that the texture keeps the photo's detail
+#: rather than the network input's (64² for SynthBirds models); the UV image is then 256×512.
+TEXTURE_SIDE = 256
 
 #: Object frame → the frame of exported files (glTF's convention: +Y up, +Z towards the viewer): X = the bird's
 #: left, Y = its back (up), Z = its beak (front). A proper rotation, so OBJ/GLB open upright in Blender and browsers.
@@ -288,7 +293,10 @@ class Reconstructor:
             warnings.warn(f"{name}: the object's box {box.tolist()} is under {MIN_BOX_SIDE} pixels on a side; "
                           "expect a poor reconstruction", CropWarning, stacklevel=_stacklevel)  # fmt: skip
         padding = 0.0 if source == "whole image" else float(self.cfg.data.padding_frac)
-        return crop_photo(photo, box, self.image_size, padding, source)
+        crop = crop_photo(photo, box, self.image_size, padding, source)
+        if self.net.texture_from_photo and TEXTURE_SIDE > self.image_size:  # the same square, at the texture's size
+            crop = dataclasses.replace(crop, texture_image=crop_photo(photo, crop.box, TEXTURE_SIDE, 0.0, source).image)
+        return crop
 
     @torch.no_grad()
     def predict_crops(self, crops: list[PhotoCrop]) -> list[Reconstruction]:
@@ -297,9 +305,16 @@ class Reconstructor:
         if not crops:
             return []
         img = torch.stack([torch.from_numpy(c.image).permute(2, 0, 1) for c in crops]).to(self.device)
-        pred = self.net(normalize_image(img))
+        pred = self.net(normalize_image(img), photo=False)
+        texture = pred.uv_image
+        if self.net.texture_from_photo:  # the photo texture, read from the crops at the texture's side where made
+            sharp = [c.texture_image if c.texture_image is not None else c.image for c in crops]
+            if len({a.shape for a in sharp}) > 1:  # a batch with and without texture crops: read them all at S
+                sharp = [c.image for c in crops]
+            hi = torch.stack([torch.from_numpy(a).permute(2, 0, 1) for a in sharp]).to(self.device)
+            texture = self.net.photo_texture(normalize_image(hi), pred)
         t, kp = self.template, pred.pose_extras.get("points2d")
-        return [Reconstruction(pred.verts[i], t.faces, t.verts_uv, pred.uv_image[i], pred.camera[i], c, self.head,
+        return [Reconstruction(pred.verts[i], t.faces, t.verts_uv, texture[i], pred.camera[i], c, self.head,
                                None if kp is None else kp[i], float(self.cfg.render.z_offset))
                 for i, c in enumerate(crops)]  # fmt: skip
 

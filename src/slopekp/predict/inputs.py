@@ -41,6 +41,9 @@ class PhotoCrop:
         affine: photo pixels → pixels of ``image`` (:class:`slopekp.data.transforms.PixelAffine`).
         photo_size: ``(H, W)`` of the photo.
         source: one of :data:`BOX_SOURCES`.
+        texture_image: ``(S', S', 3)`` the same square cut at the photo texture's side
+            (:data:`slopekp.predict.api.TEXTURE_SIDE`), or
+            None: the photo texture then reads ``image``.
     """
 
     image: np.ndarray
@@ -48,6 +51,7 @@ class PhotoCrop:
     affine: T.PixelAffine
     photo_size: tuple[int, int]
     source: str
+    texture_image: np.ndarray | None = None
 
 
 def _open(path: Path, what: str):

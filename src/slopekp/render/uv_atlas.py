@@ -25,7 +25,7 @@ from torch import Tensor
 from slopekp.geometry.camera import project_points
 from slopekp.render.texture import UV_SHIFT, uv_to_sphere
 
-__all__ = ["TexelSurface", "TexelView", "project_texels", "texel_points", "texel_surface"]
+__all__ = ["TexelSurface", "TexelView", "project_texels", "project_texels_both", "texel_points", "texel_surface"]
 
 
 class TexelSurface(NamedTuple):
@@ -104,10 +104,13 @@ def texel_surface(verts_uv: Tensor, faces: Tensor, hw: tuple[int, int], *, chunk
 def texel_points(verts: Tensor, faces: Tensor, atlas: TexelSurface) -> Tensor:
     """``verts (B, V, 3)`` → ``(B, Hu·Wu, 3)``: each texel's point on each mesh (row-major texels; a texel without
     a face gets vertex 0 of face 0 with zero weights, i.e. the origin)."""
-    face = atlas.face.to(verts.device)
-    f = faces.to(verts.device).long()[face.clamp_min(0).reshape(-1)]  # (T, 3)
-    w = atlas.bary.to(verts.device, verts.dtype).reshape(-1, 3) * (face.reshape(-1, 1) >= 0)
-    return (verts[:, f] * w[None, :, :, None]).sum(-2)
+    b, v, _ = verts.shape
+    face = atlas.face.to(verts.device).reshape(-1)
+    f = faces.to(verts.device).long()[face.clamp_min(0)]  # (T, 3)
+    w = atlas.bary.to(verts.device, verts.dtype).reshape(-1, 3) * (face >= 0)[:, None]  # (T, 3)
+    rows = verts.permute(1, 0, 2).reshape(v, b * 3)  # one row per vertex: a gather of whole rows is cheap
+    corners = rows.index_select(0, f.reshape(-1)).view(-1, 3, b * 3)  # (T, 3 corners, B·3)
+    return torch.einsum("tc,tcx->tx", w, corners).view(-1, b, 3).permute(1, 0, 2)
 
 
 class TexelView(NamedTuple):
@@ -127,19 +130,28 @@ def project_texels(verts: Tensor, faces: Tensor, atlas: TexelSurface, cameras: T
     depth, default two pixel widths (as :func:`slopekp.models.keypoints.keypoint_visibility`). ``mirrored``: project
     each texel's mirror point ``(−x, y, z)`` instead, the point of the bird's other side that shows the same
     texture on a symmetric bird (exact for any triangulation of a mirror-symmetric mesh)."""
+    return project_texels_both(verts, faces, atlas, cameras, renderer, depth_tol)[int(mirrored)]
+
+
+@torch.no_grad()
+def project_texels_both(verts: Tensor, faces: Tensor, atlas: TexelSurface, cameras: Tensor, renderer,
+                        depth_tol: float | None = None) -> tuple[TexelView, TexelView]:  # fmt: skip
+    """:func:`project_texels` of each texel's point and of its mirror point, ``(view, mirror view)``, from one render
+    and one evaluation of the texel points."""
     b = verts.shape[0]
     hu, wu = atlas.face.shape
     h, w = renderer.settings.hw
     tol = 4.0 / min(h, w) if depth_tol is None else depth_tol
     points = texel_points(verts, faces, atlas)
-    if mirrored:
-        points = points * points.new_tensor([-1.0, 1.0, 1.0])
-    pts = project_points(points, cameras.to(verts.dtype), renderer.settings.z_offset)
-    frag = renderer(verts, faces, cameras, mode="hard")
-    col = torch.floor((pts[..., 0] + 1) * (w / 2)).long()
-    row = torch.floor((pts[..., 1] + 1) * (h / 2)).long()
-    inside = (col >= 0) & (col < w) & (row >= 0) & (row < h)
-    pix = row.clamp(0, h - 1) * w + col.clamp(0, w - 1)
-    depth = frag.depth.reshape(b, -1).gather(1, pix)
-    visible = inside & (pts[..., 2] <= depth + tol) & (atlas.face.to(verts.device).reshape(1, -1) >= 0)
-    return TexelView(pts[..., :2].transpose(1, 2).reshape(b, 2, hu, wu), visible.view(b, hu, wu))
+    depth_map = renderer(verts, faces, cameras, mode="hard").depth.reshape(b, -1)
+    has_face = atlas.face.to(verts.device).reshape(1, -1) >= 0
+    views = []
+    for pts3 in (points, points * points.new_tensor([-1.0, 1.0, 1.0])):
+        pts = project_points(pts3, cameras.to(verts.dtype), renderer.settings.z_offset)
+        col = torch.floor((pts[..., 0] + 1) * (w / 2)).long()
+        row = torch.floor((pts[..., 1] + 1) * (h / 2)).long()
+        inside = (col >= 0) & (col < w) & (row >= 0) & (row < h)
+        depth = depth_map.gather(1, row.clamp(0, h - 1) * w + col.clamp(0, w - 1))
+        visible = inside & (pts[..., 2] <= depth + tol) & has_face
+        views.append(TexelView(pts[..., :2].transpose(1, 2).reshape(b, 2, hu, wu), visible.view(b, hu, wu)))
+    return views[0], views[1]
