@@ -378,7 +378,7 @@ def write_examples(writer, step: int, model, batch, target, faces, n: int = 4) -
     head) the heatmaps' maximum over the keypoints, normalised per image."""
 
     n = min(n, batch.img.shape[0])
-    pred = model(normalize_image(batch.img[:n]))
+    pred = model(normalize_image(batch.img[:n]), photo=False)  # the rows show meshes, not textures
     size = batch.img.shape[-1]
     shaded = Renderer(RenderSettings(image_size=size))
     light = Lighting()
