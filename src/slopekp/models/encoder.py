@@ -30,11 +30,11 @@ from slopekp.utils import device_constant
 
 __all__ = [
     "IMAGENET_MEAN",
-    "denormalize_image",
     "IMAGENET_STD",
     "BasicBlock",
     "PretrainedLoad",
     "ResNetEncoder",
+    "denormalize_image",
     "normalize_image",
 ]
 

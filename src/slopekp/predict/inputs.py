@@ -42,8 +42,7 @@ class PhotoCrop:
         photo_size: ``(H, W)`` of the photo.
         source: one of :data:`BOX_SOURCES`.
         texture_image: ``(S', S', 3)`` the same square cut at the photo texture's side
-            (:data:`slopekp.predict.api.TEXTURE_SIDE`), or
-            None: the photo texture then reads ``image``.
+            (:data:`slopekp.predict.api.TEXTURE_SIDE`), or None: the photo texture then reads ``image``.
     """
 
     image: np.ndarray

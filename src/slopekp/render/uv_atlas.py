@@ -130,7 +130,7 @@ def project_texels(verts: Tensor, faces: Tensor, atlas: TexelSurface, cameras: T
     depth, default two pixel widths (as :func:`slopekp.models.keypoints.keypoint_visibility`). ``mirrored``: project
     each texel's mirror point ``(−x, y, z)`` instead, the point of the bird's other side that shows the same
     texture on a symmetric bird (exact for any triangulation of a mirror-symmetric mesh)."""
-    return project_texels_both(verts, faces, atlas, cameras, renderer, depth_tol)[int(mirrored)]
+    return _project(verts, faces, atlas, cameras, renderer, depth_tol, (mirrored,))[0]
 
 
 @torch.no_grad()
@@ -138,6 +138,14 @@ def project_texels_both(verts: Tensor, faces: Tensor, atlas: TexelSurface, camer
                         depth_tol: float | None = None) -> tuple[TexelView, TexelView]:  # fmt: skip
     """:func:`project_texels` of each texel's point and of its mirror point, ``(view, mirror view)``, from one render
     and one evaluation of the texel points."""
+    view, mirror = _project(verts, faces, atlas, cameras, renderer, depth_tol, (False, True))
+    return view, mirror
+
+
+def _project(verts: Tensor, faces: Tensor, atlas: TexelSurface, cameras: Tensor, renderer, depth_tol: float | None,
+             mirrored: tuple[bool, ...]) -> list[TexelView]:  # fmt: skip
+    """The views of :func:`project_texels`, one per entry of ``mirrored``, from one render and one evaluation of the
+    texel points."""
     b = verts.shape[0]
     hu, wu = atlas.face.shape
     h, w = renderer.settings.hw
@@ -146,7 +154,8 @@ def project_texels_both(verts: Tensor, faces: Tensor, atlas: TexelSurface, camer
     depth_map = renderer(verts, faces, cameras, mode="hard").depth.reshape(b, -1)
     has_face = atlas.face.to(verts.device).reshape(1, -1) >= 0
     views = []
-    for pts3 in (points, points * points.new_tensor([-1.0, 1.0, 1.0])):
+    for mirror in mirrored:
+        pts3 = points * points.new_tensor([-1.0, 1.0, 1.0]) if mirror else points
         pts = project_points(pts3, cameras.to(verts.dtype), renderer.settings.z_offset)
         col = torch.floor((pts[..., 0] + 1) * (w / 2)).long()
         row = torch.floor((pts[..., 1] + 1) * (h / 2)).long()
@@ -154,4 +163,4 @@ def project_texels_both(verts: Tensor, faces: Tensor, atlas: TexelSurface, camer
         depth = depth_map.gather(1, row.clamp(0, h - 1) * w + col.clamp(0, w - 1))
         visible = inside & (pts[..., 2] <= depth + tol) & has_face
         views.append(TexelView(pts[..., :2].transpose(1, 2).reshape(b, 2, hu, wu), visible.view(b, hu, wu)))
-    return views[0], views[1]
+    return views

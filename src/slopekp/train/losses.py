@@ -24,10 +24,10 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from pytorch_msssim import ssim
 from torch import Tensor
 
+from slopekp.models.texture import sample_image
 from slopekp.render.uv_atlas import TexelView
 from slopekp.train.scores import hypothesis_scores, minmax_rescale
 
@@ -79,9 +79,7 @@ def texture_flow_loss(flow: Tensor, mask_dt: Tensor) -> Tensor:
     if flow.dim() != 4 or flow.shape[1] != 2 or mask_dt.dim() != 3 or mask_dt.shape[0] != flow.shape[0]:
         raise ValueError(f"expected flow (B, 2, Hu, Wu) and mask_dt (B, H, W); got {tuple(flow.shape)} and "
                          f"{tuple(mask_dt.shape)}")  # fmt: skip
-    at = F.grid_sample(mask_dt[:, None].to(flow.dtype), flow.permute(0, 2, 3, 1), mode="bilinear",
-                       padding_mode="border", align_corners=False)  # fmt: skip
-    return at.flatten(1).mean(1)
+    return sample_image(mask_dt[:, None].to(flow.dtype), flow).flatten(1).mean(1)
 
 
 def flow_projection_loss(flow: Tensor, view: TexelView) -> Tensor:
