@@ -566,12 +566,12 @@ def test_stage2_trains_the_texture_flow_head(stage1, tmp_path):
 
     data, mp = stage1
     cfg = load_config(overrides=[*SMOKE, "model.texture_head=flow"])
-    run_stage2(cfg, data, mp, tmp_path / "s2", progress=False, max_steps=16)
+    run_stage2(cfg, data, mp, tmp_path / "s2", progress=False, max_steps=24)
     acc = EventAccumulator(str(tmp_path / "s2" / "tb"))
     acc.Reload()
     proj = [e.value for e in acc.Scalars("stage2/flow_projection")]
-    assert "stage2/texture_flow" in acc.Tags()["scalars"] and len(proj) == 16
-    assert sum(proj[-4:]) < 0.9 * sum(proj[:4]), proj
+    assert "stage2/texture_flow" in acc.Tags()["scalars"] and len(proj) == 24
+    assert sum(proj[-4:]) < 0.9 * sum(proj[:4]), proj  # 0.79 here: 24 steps leave a margin a 16-step run did not
     res = run_stage3(cfg, data, tmp_path / "s2", tmp_path / "s3", "quaternion", progress=False, max_steps=2)
     m = evaluate_checkpoint(res.checkpoint, data, tmp_path / "eval", gallery=0, pck_pairs=10)
     assert 0 < m["texture"]["l1_pred_camera"] < 1 and 0 < m["texture_head"]["l1_pred_camera"] < 1
