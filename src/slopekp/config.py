@@ -161,11 +161,8 @@ class ModelConfig:
     """Width of the shape head's fc stack (``nz_feat``)."""
     shape_bias_init: str = "uniform"
     """The shape head's deformation-layer bias at initialisation: ``uniform``, PyTorch's default ``±1/√shape_hidden``
-    as in U-CMR and METHOD §4.3, or ``zero`` (the head starts at the mean shape). The uniform bias moves every vertex
-    by up to 0.07 per coordinate, the same for every image (the procedural template's normal consistency 0.94 ->
-    0.27 at the first step), but the quickstart's meshes end as crumpled either way (normal consistency 0.38-0.50
-    with ``uniform``, 0.39-0.58 with ``zero``; keypoint head, three seeds; docs/results/shape_texture_baseline.md),
-    so METHOD's stays the default. Only training reads it."""
+    as in U-CMR and METHOD §4.3, or ``zero`` (the mean shape). The quickstart's meshes crumple either way
+    (docs/results/shape_texture_baseline.md), so METHOD's stays the default. Only training reads it."""
     uv_height: int = 32
     """Height of the predicted UV texture (its width is twice this; 128 in the paper)."""
     texture_width: int = 16
