@@ -79,6 +79,13 @@ class DataConfig:
     """Folder of ``anno_<split>.mat`` SfM cameras (empty = ``<root>``; CMR's is ``cachedir/cub/sfm``)."""
     max_items: int = 0
     """Use only the first ``max_items`` samples (0 = all)."""
+    colour_jitter: float = 0.0
+    grayscale_prob: float = 0.0
+    blur_prob: float = 0.0
+    noise_std: float = 0.0
+    background_prob: float = 0.0
+    """Appearance augmentation of the training crops (:class:`slopekp.data.augment.Augment`; 0 = off): colour jitter
+    strength, grayscale and blur probabilities, pixel noise, background replacement through the mask."""
 
 
 MIN_SYNTH_SIZE = 16
@@ -379,6 +386,11 @@ RULES: dict[str, Range] = {
     "data.padding_frac": _FRACTION,
     "data.jitter_frac": _FRACTION,
     "data.max_items": _NON_NEGATIVE,
+    "data.colour_jitter": _PROBABILITY,
+    "data.grayscale_prob": _PROBABILITY,
+    "data.blur_prob": _PROBABILITY,
+    "data.noise_std": _PROBABILITY,
+    "data.background_prob": _PROBABILITY,
     "synth.n_train": Range(0, MAX_SYNTH_COUNT),
     "synth.n_test": Range(0, MAX_SYNTH_COUNT),
     "synth.size": Range(MIN_SYNTH_SIZE, MAX_SYNTH_SIZE),

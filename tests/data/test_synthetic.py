@@ -337,19 +337,22 @@ def test_options_are_the_config_section_plus_the_generator_s_own():
     section = SynthConfig()
     opts = SynthOptions()
     assert {k: getattr(opts, k) for k in asdict(section)} == asdict(section)
-    assert [f.name for f in fields(opts)] == [*asdict(section), "seed", "supersample", "fill_min", "fill_max"]
+    assert [f.name for f in fields(opts)] == [
+        *asdict(section), "seed", "supersample", "fill_min", "fill_max", "background", "lighting", "plumage"
+    ]  # fmt: skip
     cfg = load_config(None, ["synth.n_train=5", "synth.deform=0", "synth.workers=2", "seed=9"])
     built = SynthOptions.from_config(cfg.synth, seed=cfg.seed)
     assert (built.n_train, built.deform, built.workers, built.seed) == (5, 0.0, 2, 9)
     assert isinstance(built.deform, float) and built.n_test == section.n_test
     assert built.instance_options() == {
         "size": 128, "deform": 0.0, "occlusion_prob": 0.2, "truncation_prob": 0.1, "supersample": 1,
-        "fill_min": 0.5, "fill_max": 0.85,
+        "fill_min": 0.5, "fill_max": 0.85, "background": "natural", "lighting": "lambert", "plumage": "random",
     }  # fmt: skip
     assert sorted(built.result_settings()) == [
         "deform", "n_test", "n_train", "occlusion_prob", "seed", "size", "truncation_prob"
     ]  # fmt: skip
     assert SynthOptions(supersample=2).result_settings()["supersample"] == 2  # recorded once it changes files
+    assert SynthOptions(plumage="flat").result_settings()["plumage"] == "flat"
     with pytest.raises(ValueError, match="need 0 < fill_min <= fill_max <= 1, got 0.9, 0.5"):
         SynthOptions(fill_min=0.9, fill_max=0.5)
     with pytest.raises(ValueError, match="supersample must be >= 1, got 0"):

@@ -453,7 +453,9 @@ def test_stage1_results_do_not_depend_on_the_batch(synth_dir):
     assert (alone[0] - batched[0]).abs().max() > 1e-3
 
 
-@pytest.mark.parametrize("workers", [1, 2])
+# the one-process case is `slow` (15 s): the worker case kills the same save path, and one-process resume is
+# covered by test_run_stage1_writes_store_config_report_and_resumes
+@pytest.mark.parametrize("workers", [pytest.param(1, marks=pytest.mark.slow), 2])
 def test_kill_9_then_resume_gives_the_uninterrupted_store(synth_dir, tmp_path, workers):
     """A Stage I process killed with SIGKILL after its first save, then rerun, ends with the store of an
     uninterrupted run, bit for bit (atomic saves + batch invariance), also with worker processes (issue 22)."""

@@ -12,6 +12,7 @@ import time
 
 from slopekp.commands import add_output_dir_args
 from slopekp.data.synth.options import SynthOptions
+from slopekp.data.synth.style import BACKGROUNDS, LIGHTINGS, PLUMAGES
 from slopekp.manifest import Manifest, prepare_output_dir, prepare_output_file
 
 
@@ -36,6 +37,15 @@ def register(g) -> None:
     p.add_argument("--occlusion-prob", type=float, default=d.occlusion_prob)
     p.add_argument("--truncation-prob", type=float, default=d.truncation_prob)
     p.add_argument("--workers", type=int, default=d.workers, help="worker processes (0 = in-process)")
+    p.add_argument("--fill-min", type=float, default=d.fill_min,
+                   help=f"smallest bird: its larger side as a fraction of the image side (default {d.fill_min})")
+    p.add_argument("--fill-max", type=float, default=d.fill_max, help=f"largest bird (default {d.fill_max})")
+    p.add_argument("--background", choices=BACKGROUNDS, default=d.background,
+                   help=f"the look's background kind (default {d.background}; mixed = one kind per image)")
+    p.add_argument("--lighting", choices=LIGHTINGS, default=d.lighting,
+                   help=f"the look's lighting kind (default {d.lighting})")
+    p.add_argument("--plumage", choices=PLUMAGES, default=d.plumage,
+                   help=f"the look's plumage kind (default {d.plumage}); docs/data.md shows each")
     p.add_argument("--no-progress", action="store_true")
     add_output_dir_args(p)
     p.set_defaults(func=_synth)
@@ -91,6 +101,11 @@ def _synth(args: argparse.Namespace) -> int:
         workers=args.workers,
         occlusion_prob=args.occlusion_prob,
         truncation_prob=args.truncation_prob,
+        fill_min=args.fill_min,
+        fill_max=args.fill_max,
+        background=args.background,
+        lighting=args.lighting,
+        plumage=args.plumage,
     )
     out = write_synthbirds(
         args.out, options, overwrite=args.overwrite, force_new=args.force_new, progress=not args.no_progress

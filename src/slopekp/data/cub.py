@@ -10,7 +10,8 @@ pipeline of METHOD §1.2:
 4. square the box; 5. crop (outside: image 1 = white, mask 0);
 6. bilinear resize to ``img_size`` (the mask stays soft);
 7. mirror with probability 0.5 (train split only unless forced); 8. NDC keypoints and camera;
-9. mask distance transform ``EDT(1 − (mask > 0.5)) / max(H, W)``.
+9. mask distance transform ``EDT(1 − (mask > 0.5)) / max(H, W)``;
+10. appearance augmentation when given (:mod:`slopekp.data.augment`: pixel values only, from a stream of its own).
 
 Camera bookkeeping is exact (see :mod:`slopekp.data.transforms`): the crop and resize are one isotropic
 pixel map ``u' = k·u + o``; the ground-truth camera is moved through the same map, mirrored in pixel
@@ -20,7 +21,8 @@ convention ``x = 2u/W − 1`` an image mirror is ``x' = −x − 2/W``: ``gt_cam
 differs from ``reflect_camera`` of the unflipped one by ``2/W`` in ``tx`` (one pixel; the originals
 ignored this).
 
-Randomness (jitter, flip) is drawn from ``np.random.default_rng([seed, epoch, index])``: deterministic
+Randomness (jitter, flip) is drawn from ``np.random.default_rng([seed, epoch, index])`` (the appearance
+augmentation from ``[seed, epoch, index, 1]``, so it changes no geometric draw): deterministic
 and identical in any number of DataLoader workers; call :meth:`CubDataset.set_epoch` every epoch for
 fresh augmentations.
 """
@@ -37,6 +39,7 @@ from scipy.ndimage import distance_transform_edt
 from torch import Tensor
 
 from slopekp.data import transforms as T
+from slopekp.data.augment import Augment, augment_appearance, inpaint_background
 from slopekp.data.matfiles import (
     CubRecord,
     MatFileError,
@@ -202,6 +205,8 @@ class CubDataset(torch.utils.data.Dataset):
         max_items: use only the first ``max_items`` samples (0 = all).
         images_dir: images folder (default ``root/images``).
         sfm_dir: folder with ``anno_<split>.mat`` (default ``root``; CMR keeps them in ``cachedir/cub/sfm``).
+        augment: appearance augmentation (:class:`~slopekp.data.augment.Augment`) applied to every sample, or None.
+            The caller decides the split (training sets only); the mask, keypoints and camera do not change.
         cache_bytes: keep up to this many bytes of decoded images in memory (uint8, the first ones read), so that
             later epochs do not decode them again (0 = none). Samples are the same either way; each DataLoader
             worker process holds a cache of its own.
@@ -230,6 +235,7 @@ class CubDataset(torch.utils.data.Dataset):
         jitter: bool | None = None,
         sfm_dir: str | os.PathLike | None = None,
         cache_bytes: int = 0,
+        augment: Augment | None = None,
     ) -> None:
         super().__init__()
         if img_size <= 0:
@@ -241,6 +247,7 @@ class CubDataset(torch.utils.data.Dataset):
         if cache_bytes < 0:
             raise ValueError(f"cache_bytes must be >= 0, got {cache_bytes}")
         self.cache_bytes = int(cache_bytes)
+        self.augment = augment if augment is not None and augment.active else None
         self._images: dict[int, np.ndarray] = {}  # decoded images kept by read_rgb (index -> read-only uint8)
         self._cached_bytes = 0
         self.root = Path(root)
@@ -312,14 +319,27 @@ class CubDataset(torch.utils.data.Dataset):
         for i in range(len(self)):
             check_mask_matches_image(self.records[i].mask, read_image(self.image_path(i)), self.image_path(i))
 
+    def _read_crop(self, i: int, bbox: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Image ``i`` and its mask cut at the square ``bbox`` and resized to ``img_size``: ``(S, S, 3)``, ``(S, S)``
+        float32 (outside the image: white, mask 0)."""
+        img = self.read_rgb(i).astype(np.float32) / 255.0
+        check_mask_matches_image(self.records[i].mask, img, self.image_path(i))
+        mask = self.records[i].mask.astype(np.float32)
+        img = T.resize_square(T.crop(img, bbox, fill=1.0), self.img_size)
+        return img, T.resize_square(T.crop(mask, bbox, fill=0.0), self.img_size)
+
+    def _other_background(self, i: int, rng: np.random.Generator) -> np.ndarray:
+        """Another image's (drawn from ``rng``, never ``i``) padded square crop with its bird filled in."""
+        j = int(rng.integers(len(self) - 1))
+        j += j >= i
+        bbox = T.square_bbox(T.perturb_bbox(self.records[j].bbox - 1.0, self.padding_frac, 0.0))
+        return inpaint_background(*self._read_crop(j, bbox))
+
     def __getitem__(self, i: int) -> Sample:
         if not 0 <= i < len(self):
             raise IndexError(f"index {i} out of range for a dataset of {len(self)} samples")
         rec = self.records[i]
         path = self.image_path(i)
-        img = self.read_rgb(i).astype(np.float32) / 255.0
-        check_mask_matches_image(rec.mask, img, path)
-        mask = rec.mask.astype(np.float32)
         rng = np.random.default_rng([self.seed, self.epoch, i])
 
         bbox = T.perturb_bbox(
@@ -328,8 +348,7 @@ class CubDataset(torch.utils.data.Dataset):
         bbox = T.square_bbox(bbox)
         side = int(bbox[2] - bbox[0] + 1)
         affine = T.crop_affine(bbox).then(T.resize_affine(side, self.img_size))
-        img = T.resize_square(T.crop(img, bbox, fill=1.0), self.img_size)
-        mask = T.resize_square(T.crop(mask, bbox, fill=0.0), self.img_size)
+        img, mask = self._read_crop(i, bbox)
         kp = T.transform_keypoints(parts_to_keypoints(rec.parts), affine)
         kp = T.clip_keypoints(kp, self.img_size, self.img_size)
         crop = T.crop_to_ndc_params(affine, self.img_size)
@@ -339,6 +358,10 @@ class CubDataset(torch.utils.data.Dataset):
             img, mask = T.flip_image(img), T.flip_image(mask)
             kp = T.flip_keypoints(kp, self.img_size)
         kp = T.keypoints_to_ndc(kp, self.img_size)
+        if self.augment is not None:
+            arng = np.random.default_rng([self.seed, self.epoch, i, 1])
+            other = (lambda: self._other_background(i, arng)) if len(self) > 1 else None
+            img = augment_appearance(img, mask, arng, self.augment, other)
 
         gt_camera = None
         if self.return_gt_camera:

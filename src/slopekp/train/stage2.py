@@ -37,6 +37,7 @@ from torch import Tensor
 
 from slopekp.checkpoint import rng_state, save_checkpoint, set_rng_state
 from slopekp.config import Config, config_to_yaml
+from slopekp.data.augment import Augment
 from slopekp.data.cub import CubDataset, require_images
 from slopekp.eval.metrics import rotation_error_stats
 from slopekp.manifest import Manifest, cmr_data_fingerprint, file_input, flat_settings
@@ -100,8 +101,8 @@ def stage2_manifest(cfg: Config, data_dir, multiplex_path, template_fp: str) -> 
 
 
 def build_train_dataset(cfg: Config, data_dir, return_gt_camera: bool = False, augment: bool = True):
-    """The CMR data set at the network's input size, with ``cfg.data``'s crops, jitter and flips (train split),
-    keeping decoded images in memory (:data:`IMAGE_CACHE_BYTES`)."""
+    """The CMR data set at the network's input size, with ``cfg.data``'s crops, jitter, flips and appearance
+    augmentation (train split), keeping decoded images in memory (:data:`IMAGE_CACHE_BYTES`)."""
 
     d = cfg.data
     on = augment and d.split == "train"
@@ -109,7 +110,7 @@ def build_train_dataset(cfg: Config, data_dir, return_gt_camera: bool = False, a
         data_dir, split=d.split, img_size=cfg.model.image_size, padding_frac=d.padding_frac,
         jitter_frac=d.jitter_frac, flip=d.flip and on, jitter=on, seed=cfg.seed, return_gt_camera=return_gt_camera,
         max_items=d.max_items, images_dir=d.images_dir or None, sfm_dir=d.sfm_dir or None,
-        cache_bytes=IMAGE_CACHE_BYTES,
+        cache_bytes=IMAGE_CACHE_BYTES, augment=Augment.from_config(d) if on else None,
     ))  # fmt: skip
 
 

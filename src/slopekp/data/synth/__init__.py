@@ -4,10 +4,13 @@ Per instance: the procedural template with a random *symmetric*, smooth, bounded
 texture (back/belly colour fields, head cap, wings with bars, tail, beak, eyes; plain, striped, patched or
 spotted); random Lambertian lighting; a cluttered background (gradient, blurred blobs, branches, noise);
 sometimes an occluder in front and a truncated view; and a camera whose rotation is drawn from the viewpoint
-distribution fitted to the real CUB SfM rotations (:mod:`slopekp.data.viewpoints`).
+distribution fitted to the real CUB SfM rotations (:mod:`slopekp.data.viewpoints`). Other *looks* (background,
+lighting and plumage kinds, :mod:`slopekp.data.synth.style`) render the same birds differently, e.g. a held-out
+test set.
 
 Modules, one concern each (this package re-exports nothing; import from them):
 
+* :mod:`~slopekp.data.synth.style` — the looks: the kinds of each axis and :data:`~slopekp.data.synth.style.HELD_OUT`.
 * :mod:`~slopekp.data.synth.options` — :class:`SynthOptions`, the image generator's settings (the ``synth`` config
   section plus the seed and generator-only options).
 * :mod:`~slopekp.data.synth.bird` — the random symmetric deformation, the 15 CUB keypoint vertices,

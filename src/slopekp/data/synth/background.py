@@ -1,4 +1,5 @@
-"""SynthBirds clutter: the background behind the bird and the occluder (a branch or leaves) in front of it."""
+"""SynthBirds clutter: the background behind the bird, in each kind of :mod:`slopekp.data.synth.style`, and the
+occluder (a branch or leaves) in front of it."""
 
 from __future__ import annotations
 
@@ -6,8 +7,16 @@ import cv2
 import numpy as np
 
 from slopekp.data.synth.colour import hsv_colour
+from slopekp.data.synth.style import BACKGROUNDS, pick_kind
 
-__all__ = ["random_background", "random_occluder"]
+__all__ = [
+    "flat_background",
+    "noise_background",
+    "pattern_background",
+    "random_background",
+    "random_occluder",
+    "styled_background",
+]
 
 
 def _natural_colour(rng: np.random.Generator) -> np.ndarray:
@@ -82,3 +91,70 @@ def random_occluder(rng: np.random.Generator, size: int, bbox: np.ndarray) -> tu
         colour = hsv_colour(rng.uniform(80, 130) / 360, rng.uniform(0.4, 0.8), rng.uniform(0.25, 0.6))
     shade = 1 + 0.15 * rng.normal(size=(size, size, 1)).astype(np.float32)
     return layer, np.clip(colour[None, None] * shade, 0, 1).astype(np.float32)
+
+
+def noise_background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """Colour noise of several scales (H, W, 3) float32 in [0, 1]: 2-4 octaves of random colour grids from a few
+    cells to a few pixels across, each upsampled smoothly or blocky, with a random contrast per channel."""
+    img = np.zeros((height, width, 3), np.float32)
+    total = 0.0
+    for _ in range(int(rng.integers(2, 5))):
+        cells = int(rng.integers(2, max(3, min(height, width) // 3)))
+        grid = rng.uniform(0, 1, size=(cells, cells, 3)).astype(np.float32)
+        interp = cv2.INTER_NEAREST if rng.uniform() < 0.4 else cv2.INTER_CUBIC
+        amp = rng.uniform(0.3, 1.0)
+        img += amp * cv2.resize(grid, (width, height), interpolation=interp)
+        total += amp
+    img /= total
+    lo, hi = img.min(axis=(0, 1)), img.max(axis=(0, 1))
+    img = (img - lo) / np.maximum(hi - lo, 1e-6)
+    span = rng.uniform(0.4, 1.0, size=3).astype(np.float32)
+    base = rng.uniform(0, 1 - span).astype(np.float32)
+    return np.clip(base + span * img, 0, 1).astype(np.float32)
+
+
+def flat_background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """One colour of any hue (H, W, 3) float32 in [0, 1], with a faint linear gradient and fine noise."""
+    colour = hsv_colour(rng.uniform(), rng.uniform(0, 1), rng.uniform(0.1, 1)).astype(np.float32)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    ang = rng.uniform(0, 2 * np.pi)
+    t = (np.cos(ang) * xx / width + np.sin(ang) * yy / height)[..., None]
+    img = colour * (1 + rng.uniform(-0.15, 0.15) * (t - t.mean()))
+    return np.clip(img + rng.normal(0, 0.01, size=img.shape), 0, 1).astype(np.float32)
+
+
+def pattern_background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """Stripes, checks or cells (H, W, 3) float32 in [0, 1] in random colours of any hue, at a random
+    orientation and period (6-40% of the side)."""
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    side = max(height, width)
+    kind = int(rng.integers(3))
+    colours = [hsv_colour(rng.uniform(), rng.uniform(0, 1), rng.uniform(0.1, 1)) for _ in range(6)]
+    if kind < 2:  # stripes (one direction) or checks (two)
+        period = rng.uniform(0.06, 0.4) * side
+        ang = rng.uniform(0, np.pi)
+        a = np.cos(ang) * xx + np.sin(ang) * yy
+        label = np.floor(a / period).astype(int) % 2
+        if kind == 1:
+            b = -np.sin(ang) * xx + np.cos(ang) * yy
+            label = (label + np.floor(b / period).astype(int)) % 2
+    else:  # cells: each pixel takes the colour of its nearest random site
+        sites = rng.uniform(0, 1, size=(int(rng.integers(6, 30)), 2)) * (width, height)
+        d = (xx[..., None] - sites[:, 0]) ** 2 + (yy[..., None] - sites[:, 1]) ** 2
+        label = np.argmin(d, axis=-1) % len(colours)
+    img = np.stack(colours).astype(np.float32)[label]
+    img = cv2.GaussianBlur(img, (0, 0), 0.5 * side / 128)
+    return np.clip(img + rng.normal(0, 0.01, size=img.shape), 0, 1).astype(np.float32)
+
+
+def styled_background(rng: np.random.Generator, kind: str, height: int, width: int) -> np.ndarray:
+    """The background of one instance in ``kind`` (:data:`slopekp.data.synth.style.BACKGROUNDS`; ``natural`` is
+    :func:`random_background`, draw for draw)."""
+    kind = pick_kind(rng, kind, BACKGROUNDS)
+    make = {
+        "natural": random_background,
+        "noise": noise_background,
+        "flat": flat_background,
+        "pattern": pattern_background,
+    }[kind]
+    return make(rng, height, width)

@@ -3,6 +3,7 @@ random bird (shape and texture).
 
 * :func:`sample_bird` ``(rng, template, deform=1.0) -> BirdInstance(verts (V, 3), uv_image (3, Hu, Wu))``
 * :func:`keypoint_vertices` ``(template) -> (15,)`` the template vertices used as the CUB keypoints
+* :func:`restyle_plumage` ``(bird, template, kind, rng) -> BirdInstance``: the same bird in another plumage
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from slopekp.data.synth.texture import random_texture
+from slopekp.data.synth.texture import styled_texture
 from slopekp.render.texture import uv_to_sphere
 
-__all__ = ["BirdInstance", "keypoint_vertices", "sample_bird"]
+__all__ = ["BirdInstance", "keypoint_vertices", "restyle_plumage", "sample_bird"]
 
 
 @dataclass
@@ -124,5 +125,15 @@ def sample_bird(rng: np.random.Generator, template, deform: float = 1.0) -> Bird
     verts = _deform_verts(rng, template, float(deform))
     kp = keypoint_vertices(template)
     eye_dirs = _uv_directions(template, kp[[6, 10]])
-    tex, style = random_texture(rng, eye_dirs)
+    tex, style = styled_texture(rng, "random", eye_dirs)
     return BirdInstance(verts=verts, uv_image=torch.from_numpy(tex), style=style)
+
+
+def restyle_plumage(bird: BirdInstance, template, kind: str, rng: np.random.Generator) -> BirdInstance:
+    """``bird`` with a texture of plumage ``kind`` (:data:`slopekp.data.synth.style.PLUMAGES`) drawn from ``rng``
+    (the same shape; ``random``: the bird itself)."""
+    if kind == "random":
+        return bird
+    eye_dirs = _uv_directions(template, keypoint_vertices(template)[[6, 10]])
+    tex, style = styled_texture(rng, kind, eye_dirs)
+    return BirdInstance(verts=bird.verts, uv_image=torch.from_numpy(tex), style=style)

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from slopekp.config import MIN_SYNTH_SIZE, SynthConfig
+from slopekp.data.synth.style import Look
 from slopekp.utils import MAX_SYNTH_COUNT, MAX_SYNTH_SIZE
 
 __all__ = ["SynthOptions"]
@@ -39,7 +40,12 @@ class SynthOptions(SynthConfig):
     with a 0.6 px Gaussian). N > 1: render at ``N·size`` and area-average (mask: coverage >= 1/2)."""
     fill_min: float = 0.5
     fill_max: float = 0.85
-    """Range of the bird's larger projected side as a fraction of the image side."""
+    """Range of the bird's larger projected side as a fraction of the image side (the camera's distance)."""
+    background: str = "natural"
+    lighting: str = "lambert"
+    plumage: str = "random"
+    """The look (:mod:`slopekp.data.synth.style`): one kind per axis, or ``mixed``; the defaults are the original
+    generator's, draw for draw."""
 
     def __post_init__(self) -> None:
         self.validate()
@@ -79,10 +85,16 @@ class SynthOptions(SynthConfig):
             raise ValueError(f"supersample must be >= 1, got {self.supersample}")
         if not 0 < self.fill_min <= self.fill_max <= 1:
             raise ValueError(f"need 0 < fill_min <= fill_max <= 1, got {self.fill_min}, {self.fill_max}")
+        self.look()  # names the axis whose kind is unknown
+
+    def look(self) -> Look:
+        """The background, lighting and plumage kinds as a :class:`~slopekp.data.synth.style.Look`."""
+        return Look(self.background, self.lighting, self.plumage)
 
     def instance_options(self) -> dict[str, Any]:
         """The options every instance is drawn and rendered with, as ``meta.json`` records them (``options``)."""
-        names = ("size", "deform", "occlusion_prob", "truncation_prob", "supersample", "fill_min", "fill_max")
+        names = ("size", "deform", "occlusion_prob", "truncation_prob", "supersample", "fill_min", "fill_max",
+                 "background", "lighting", "plumage")  # fmt: skip
         return {name: getattr(self, name) for name in names}
 
     def result_settings(self) -> dict[str, Any]:

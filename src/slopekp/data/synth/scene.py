@@ -21,6 +21,7 @@ from torch import Tensor
 
 from slopekp.data.synth.bird import BirdInstance
 from slopekp.data.synth.options import SynthOptions
+from slopekp.data.synth.style import LIGHTINGS, pick_kind
 from slopekp.geometry.camera import project_points
 from slopekp.geometry.rotations import quat_to_rotmat
 from slopekp.render import Lighting
@@ -37,6 +38,7 @@ __all__ = [
     "render_bird",
     "render_birds",
     "rotation_matrix",
+    "styled_lighting",
 ]
 
 
@@ -56,6 +58,20 @@ def random_lighting(rng: np.random.Generator) -> Lighting:
     """Ambient + one directional light from the camera's side, mostly from above (camera frame, y down)."""
     direction = (rng.uniform(-0.8, 0.8), rng.uniform(-1.0, 0.3), -1.0)
     return Lighting(ambient=rng.uniform(0.35, 0.6), directional=rng.uniform(0.35, 0.7), direction=direction)
+
+
+def styled_lighting(rng: np.random.Generator, kind: str) -> Lighting:
+    """The lighting of one instance in ``kind`` (:data:`slopekp.data.synth.style.LIGHTINGS`): ``lambert`` is
+    :func:`random_lighting`, draw for draw; ``flat`` ambient only (0.8-1.05: no shading); ``harsh`` a little
+    ambient (0.05-0.2) and a strong light (0.8-1.2) from one side, level or from below."""
+    kind = pick_kind(rng, kind, LIGHTINGS)
+    if kind == "lambert":
+        return random_lighting(rng)
+    if kind == "flat":
+        return Lighting(ambient=rng.uniform(0.8, 1.05), directional=0.0)
+    side = 1.0 if rng.uniform() < 0.5 else -1.0
+    direction = (side * rng.uniform(0.7, 1.5), rng.uniform(-0.2, 1.0), -rng.uniform(0.1, 0.6))
+    return Lighting(ambient=rng.uniform(0.05, 0.2), directional=rng.uniform(0.8, 1.2), direction=direction)
 
 
 def rotation_matrix(quat: np.ndarray) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""SynthBirds textures: a random, left/right-symmetric bird plumage as a UV image of the procedural template.
+"""SynthBirds textures: a random, left/right-symmetric bird plumage as a UV image of the procedural template, in
+each plumage kind of :mod:`slopekp.data.synth.style`.
 
 The colours are functions of each texel's sphere direction (the point the renderer maps to it, inverted with
 :func:`slopekp.render.texture.uv_to_sphere`), so the texture is symmetric whatever the template's UV layout.
@@ -13,9 +14,19 @@ import numpy as np
 import torch
 
 from slopekp.data.synth.colour import hsv_colour
+from slopekp.data.synth.style import PLUMAGES, pick_kind
 from slopekp.render.texture import UV_SHIFT, uv_to_sphere
 
-__all__ = ["STYLES", "TEXTURE_HW", "random_texture", "texel_directions"]
+__all__ = [
+    "STYLES",
+    "TEXTURE_HW",
+    "countershaded_texture",
+    "flat_part_texture",
+    "patterned_texture",
+    "random_texture",
+    "styled_texture",
+    "texel_directions",
+]
 
 TEXTURE_HW = (64, 128)
 """``(Hu, Wu)`` of the UV images."""
@@ -154,3 +165,90 @@ def random_texture(
             col = col * (1 - w_eye) + w_eye * np.array([0.03, 0.03, 0.03])
     col = col * (1 + 0.12 * n2[..., None])
     return np.clip(col, 0, 1).transpose(2, 0, 1).astype(np.float32), style
+
+
+def _any_colour(rng: np.random.Generator) -> np.ndarray:
+    """A colour of any hue, saturation and value (not the bird palettes of :func:`random_texture`)."""
+    return hsv_colour(rng.uniform(), rng.uniform(0.0, 1.0), rng.uniform(0.08, 1.0))
+
+
+def _body_coordinates(hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per texel: sphere direction ``d (Hu, Wu, 3)``, ``along`` (beak 0 ... tail 1), ``top`` (belly −1 ... back
+    +1) and ``side`` (0 on the mid-plane, 1 at the flank), as :func:`random_texture` defines them."""
+    d = _texel_directions_cached(*hw)
+    along = np.arccos(np.clip(-d[..., 1], -1, 1)) / np.pi
+    rho = np.maximum(np.hypot(d[..., 0], d[..., 2]), 1e-9)
+    return d, along, d[..., 2] / rho, np.abs(d[..., 0]) / rho
+
+
+def _paint_eyes(col: np.ndarray, d: np.ndarray, eye_dirs: np.ndarray | None) -> np.ndarray:
+    if eye_dirs is None:
+        return col
+    for e in np.asarray(eye_dirs, dtype=np.float64):
+        w_eye = _sigmoid((0.08 - np.arccos(np.clip(d @ (e / np.linalg.norm(e)), -1, 1))) / 0.01)[..., None]
+        col = col * (1 - w_eye) + w_eye * np.array([0.03, 0.03, 0.03])
+    return col
+
+
+def flat_part_texture(rng: np.random.Generator, eye_dirs=None, hw: tuple[int, int] = TEXTURE_HW) -> np.ndarray:
+    """Each part one flat colour of any hue, with sharp borders: body, head, wings, tail and beak (3, Hu, Wu)."""
+    d, along, top, side = _body_coordinates(hw)
+    body, head, wing, tail, beak = (_any_colour(rng) for _ in range(5))
+    col = np.broadcast_to(body, d.shape).copy()
+    parts = (
+        (_sigmoid((0.25 - along) / 0.005), head),
+        (_sigmoid((along - 0.4) / 0.005) * _sigmoid((0.82 - along) / 0.005) * _sigmoid((side - 0.55) / 0.02), wing),
+        (_sigmoid((along - 0.82) / 0.005), tail),
+        (_sigmoid((0.085 - along) / 0.004), beak),
+    )
+    for w, colour in parts:
+        col = col * (1 - w[..., None]) + w[..., None] * colour
+    return np.clip(_paint_eyes(col, d, eye_dirs), 0, 1).transpose(2, 0, 1).astype(np.float32)
+
+
+def countershaded_texture(
+    rng: np.random.Generator, eye_dirs=None, hw: tuple[int, int] = TEXTURE_HW
+) -> np.ndarray:
+    """One hue, dark on the back and light on the belly with a smooth gradient, no parts (3, Hu, Wu)."""
+    d, _, top, _ = _body_coordinates(hw)
+    hue, sat = rng.uniform(), rng.uniform(0.1, 0.9)
+    dark, light = hsv_colour(hue, sat, rng.uniform(0.05, 0.4)), hsv_colour(hue, sat * 0.4, rng.uniform(0.7, 1.0))
+    t = _sigmoid((top + rng.uniform(-0.3, 0.3)) / rng.uniform(0.2, 0.6))[..., None]
+    col = light * (1 - t) + dark * t
+    return np.clip(_paint_eyes(col, d, eye_dirs), 0, 1).transpose(2, 0, 1).astype(np.float32)
+
+
+def patterned_texture(rng: np.random.Generator, eye_dirs=None, hw: tuple[int, int] = TEXTURE_HW) -> np.ndarray:
+    """Two colours of any hue in a high-frequency pattern over the whole body: bands, checks or blotches of a
+    random frequency (symmetric, as every SynthBirds texture) (3, Hu, Wu)."""
+    d, along, top, _ = _body_coordinates(hw)
+    a, b = _any_colour(rng), _any_colour(rng)
+    kind = int(rng.integers(3))
+    freq = rng.uniform(5, 12)
+    if kind == 0:  # bands around the body
+        field = np.sin(2 * np.pi * freq * along + rng.uniform(0, 2 * np.pi))
+    elif kind == 1:  # checks in (along, top)
+        field = np.sin(2 * np.pi * freq * along) * np.sin(np.pi * freq / 2 * top + rng.uniform(0, 2 * np.pi))
+    else:  # blotches: a symmetric random field thresholded
+        feats = np.stack([np.abs(d[..., 0]), d[..., 1], d[..., 2]], -1)
+        field = _smooth_field(rng, feats, 10, (freq, 2 * freq))
+    w = _sigmoid(field / 0.1)[..., None]
+    col = a * (1 - w) + b * w
+    return np.clip(_paint_eyes(col, d, eye_dirs), 0, 1).transpose(2, 0, 1).astype(np.float32)
+
+
+_PLUMAGE_STYLE = {"flat": 0, "countershaded": 0, "patterned": 1}
+"""The ``STYLES`` index (class) a plumage kind other than ``random`` is filed under."""
+
+
+def styled_texture(
+    rng: np.random.Generator, kind: str, eye_dirs=None, hw: tuple[int, int] = TEXTURE_HW
+) -> tuple[np.ndarray, int]:
+    """The texture of one instance in plumage ``kind`` (:data:`slopekp.data.synth.style.PLUMAGES`) and its
+    ``STYLES`` index: ``random`` is :func:`random_texture`, draw for draw; ``flat`` and ``countershaded`` are
+    filed as Plain, ``patterned`` as Striped."""
+    kind = pick_kind(rng, kind, PLUMAGES)
+    if kind == "random":
+        return random_texture(rng, eye_dirs, hw)
+    make = {"flat": flat_part_texture, "countershaded": countershaded_texture, "patterned": patterned_texture}[kind]
+    return make(rng, eye_dirs, hw), _PLUMAGE_STYLE[kind]

@@ -3,8 +3,9 @@
 :func:`generate_synthbirds` draws every instance (:mod:`~slopekp.data.synth.bird`,
 :mod:`~slopekp.data.synth.background`, :mod:`~slopekp.data.synth.scene`), renders them in fixed batches and
 writes the images, the ``.mat`` annotations and ``meta.json``. Determinism: instance ``i`` of split ``s`` uses
-only ``np.random.default_rng([seed, split_code(s), i])`` and instances are rendered in fixed batches, so any
-number of worker processes writes identical files.
+only ``np.random.default_rng([seed, split_code(s), i])`` (a look other than the default, its appearance from
+``[seed, split_code(s), i, 1]``: the same seed gives the same shapes and cameras in every look) and instances
+are rendered in fixed batches, so any number of worker processes writes identical files.
 
 Pixel conventions of the written files: the renderer samples pixel *centres*, so a point at NDC ``x``
 lands in column ``u = ((x + 1)·W − 1)/2`` (0-based). The stored SfM camera and keypoints use exactly this
@@ -29,8 +30,8 @@ from tqdm import tqdm
 
 from slopekp.data.matfiles import CubRecord, SfmAnnotations, write_cub_cleaned, write_sfm_anno
 from slopekp.data.meshes import write_true_meshes
-from slopekp.data.synth.background import random_background, random_occluder
-from slopekp.data.synth.bird import BirdInstance, keypoint_vertices, sample_bird
+from slopekp.data.synth.background import random_background, random_occluder, styled_background
+from slopekp.data.synth.bird import BirdInstance, keypoint_vertices, restyle_plumage, sample_bird
 from slopekp.data.synth.options import SynthOptions
 from slopekp.data.synth.scene import (
     BirdRender,
@@ -41,6 +42,7 @@ from slopekp.data.synth.scene import (
     random_lighting,
     render_birds,
     rotation_matrix,
+    styled_lighting,
 )
 from slopekp.data.synth.texture import STYLES
 from slopekp.data.viewpoints import sample_viewpoint
@@ -97,6 +99,14 @@ def _prepare(template, split: str, index: int, opts: SynthOptions) -> _Prepared:
     quat = sample_viewpoint(rng, 1)[0]
     camera = place_camera(rng, bird.verts, quat, opts, truncated)
     lighting = random_lighting(rng)
+    # another look replaces what the default drew with draws of a stream of its own, so that the instance's shape,
+    # camera, occluder and keypoints are those of the default look (a held-out look differs in appearance only)
+    look_rng = np.random.default_rng([opts.seed, SPLIT_CODES[split], index, 1])
+    bird = restyle_plumage(bird, template, opts.plumage, look_rng)
+    if opts.background != "natural":
+        background = styled_background(look_rng, opts.background, opts.size, opts.size)
+    if opts.lighting != "lambert":
+        lighting = styled_lighting(look_rng, opts.lighting)
     return _Prepared(rng, split, index, bird, camera, lighting, background, occluded, truncated)
 
 

@@ -1,0 +1,143 @@
+"""Appearance augmentation of training crops: colour jitter, grayscale, blur, noise and background replacement.
+
+Every operation here changes pixel *values* only, never where anything is: the mask, the keypoints, the camera and
+the flip of a sample are those of the same sample without augmentation. :class:`~slopekp.data.cub.CubDataset`
+applies it after the crop, the resize and the flip, drawing from a stream of its own
+(``default_rng([seed, epoch, index, 1])``), so switching augmentation on changes no geometric draw.
+
+* :class:`Augment` — the settings (``data.colour_jitter``, ``data.grayscale_prob``, ``data.blur_prob``,
+  ``data.noise_std``, ``data.background_prob``; all off by default);
+* :func:`augment_appearance` ``(img (H, W, 3), mask (H, W), rng, settings, other=None) -> img (H, W, 3)``;
+* :func:`inpaint_background` ``(img, mask) -> img``: an image with its object filled in from around it (the
+  ``other`` background).
+
+Background replacement composites the crop over a new background through the soft mask: ``m·img + (1 − m)·bg``.
+The new background is one of: another training image's background with its bird filled in (when the dataset gives
+one), one flat colour, colour noise of several scales, or a pattern (stripes, checks, cells) — the generators of
+:mod:`slopekp.data.synth.background`. Whatever covered the bird (an occluder is not part of the mask) is replaced
+too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from slopekp.data.synth.background import flat_background, noise_background, pattern_background
+
+__all__ = ["BACKGROUND_KINDS", "Augment", "augment_appearance", "inpaint_background"]
+
+BACKGROUND_KINDS = ("other", "flat", "noise", "pattern")
+"""The replacement backgrounds, drawn uniformly (``other`` only where the dataset provides another image)."""
+
+_LUMA = np.array([0.299, 0.587, 0.114], np.float32)
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Appearance augmentation settings (each 0 = off).
+
+    Attributes:
+        colour_jitter: strength ``c`` of the colour jitter: brightness and contrast factors in ``[1 − c, 1 + c]``,
+            saturation in ``[1 − c, 1 + c]``, hue rotated by up to ``±c/2`` turns (applied to every sample).
+        grayscale_prob: probability of a grayscale image (3 equal channels).
+        blur_prob: probability of a Gaussian blur of σ in [0.5, 1.5] px of a 64-px crop (scaled with the side).
+        noise_std: Gaussian pixel noise of σ drawn in ``[0, noise_std]`` (applied to every sample).
+        background_prob: probability of replacing the background (see the module docstring).
+    """
+
+    colour_jitter: float = 0.0
+    grayscale_prob: float = 0.0
+    blur_prob: float = 0.0
+    noise_std: float = 0.0
+    background_prob: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("colour_jitter", "grayscale_prob", "blur_prob", "noise_std", "background_prob"):
+            v = getattr(self, name)
+            if not (np.isfinite(v) and 0 <= v <= 1):
+                raise ValueError(f"{name} must be in [0, 1], got {v!r}")
+
+    @property
+    def active(self) -> bool:
+        """Whether any operation is on."""
+        return any((self.colour_jitter, self.grayscale_prob, self.blur_prob, self.noise_std, self.background_prob))
+
+    @classmethod
+    def from_config(cls, data) -> Augment:
+        """The settings of a :class:`~slopekp.config.DataConfig` (``cfg.data``)."""
+        return cls(data.colour_jitter, data.grayscale_prob, data.blur_prob, data.noise_std, data.background_prob)
+
+
+def inpaint_background(img: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``img (H, W, 3)`` float in [0, 1] with the object of the soft ``mask (H, W)`` (dilated by 2 px) filled in
+    from its surroundings (OpenCV's Telea inpainting): a background without the bird."""
+    hole = cv2.dilate((mask > 0.1).astype(np.uint8), np.ones((5, 5), np.uint8))
+    filled = cv2.inpaint(np.round(np.clip(img, 0, 1) * 255).astype(np.uint8), hole, 5, cv2.INPAINT_TELEA)
+    return filled.astype(np.float32) / 255.0
+
+
+def _new_background(
+    rng: np.random.Generator, h: int, w: int, other: Callable[[], np.ndarray] | None
+) -> np.ndarray:
+    kinds = BACKGROUND_KINDS if other is not None else BACKGROUND_KINDS[1:]
+    kind = kinds[int(rng.integers(len(kinds)))]
+    if kind == "other":
+        assert other is not None
+        return other()
+    make = {"flat": flat_background, "noise": noise_background, "pattern": pattern_background}[kind]
+    return make(rng, h, w)
+
+
+def _rotate_hue(img: np.ndarray, turns: float) -> np.ndarray:
+    """Rotate the chroma of ``img`` by ``turns`` about the grey axis (YIQ), keeping the luma."""
+    a = 2 * np.pi * turns
+    to_yiq = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], np.float64)
+    rot = np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
+    m = (np.linalg.inv(to_yiq) @ rot @ to_yiq).astype(np.float32)
+    return img @ m.T
+
+
+def augment_appearance(
+    img: np.ndarray,
+    mask: np.ndarray,
+    rng: np.random.Generator,
+    settings: Augment,
+    other: Callable[[], np.ndarray] | None = None,
+) -> np.ndarray:
+    """The augmented ``img (H, W, 3)`` float32 in [0, 1] (a new array; ``img`` is not changed).
+
+    Args:
+        img: the crop, float in [0, 1].
+        mask: its soft object mask ``(H, W)`` in [0, 1] (used by the background replacement only).
+        rng: the sample's augmentation stream; the draws are made in a fixed order, whatever is switched on.
+        settings: what to do (:class:`Augment`).
+        other: returns another image's background ``(H, W, 3)`` with its object filled in, or None (then the
+            replacement draws among the generated kinds only).
+    """
+    h, w = mask.shape
+    out = np.asarray(img, dtype=np.float32).copy()
+    draws = rng.uniform(size=8)  # fixed: each operation's coin and amounts, whatever is on
+    if settings.background_prob and draws[0] < settings.background_prob:
+        bg = _new_background(rng, h, w, other)
+        m = np.clip(mask, 0, 1)[..., None].astype(np.float32)
+        out = m * out + (1 - m) * bg
+    c = settings.colour_jitter
+    if c:
+        grey = (out @ _LUMA)[..., None]
+        out = grey + (1 + c * (2 * draws[1] - 1)) * (out - grey)  # saturation
+        out = _rotate_hue(out, 0.5 * c * (2 * draws[2] - 1))
+        mean = float((out @ _LUMA).mean())
+        out = mean + (1 + c * (2 * draws[3] - 1)) * (out - mean)  # contrast
+        out = out * (1 + c * (2 * draws[4] - 1))  # brightness
+    if settings.grayscale_prob and draws[5] < settings.grayscale_prob:
+        out = np.repeat((out @ _LUMA)[..., None], 3, axis=-1)
+    if settings.blur_prob and draws[6] < settings.blur_prob:
+        sigma = (0.5 + rng.uniform()) * max(h, w) / 64
+        out = cv2.GaussianBlur(out, (0, 0), sigma)
+    if settings.noise_std:
+        out = out + rng.normal(0, settings.noise_std * draws[7], size=out.shape).astype(np.float32)
+    return np.clip(out, 0, 1).astype(np.float32)

@@ -1,0 +1,122 @@
+"""Appearance augmentation (slopekp.data.augment): pixel values change, where things are does not."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from slopekp.data.augment import Augment, augment_appearance, inpaint_background
+from slopekp.data.cub import CubDataset
+from slopekp.data.synth.writer import generate_synthbirds
+
+EVERYTHING = Augment(colour_jitter=0.4, grayscale_prob=0.3, blur_prob=0.5, noise_std=0.05, background_prob=0.7)
+
+
+@pytest.fixture(scope="module")
+def birds(tmp_path_factory):
+    return generate_synthbirds(tmp_path_factory.mktemp("aug") / "d", 12, 2, size=48, seed=1, progress=False)
+
+
+def _dataset(root, **kw):
+    return CubDataset(root, "train", img_size=32, seed=4, return_gt_camera=True, **kw)
+
+
+def test_augmentation_keeps_mask_keypoints_camera_and_flip(birds):
+    """Every sample, flipped or not, over two epochs: the same mask, keypoints, camera, crop and flip as without
+    augmentation; the image changes."""
+    plain, aug = _dataset(birds), _dataset(birds, augment=EVERYTHING)
+    flips, changed = set(), 0
+    for epoch in (0, 1):
+        plain.set_epoch(epoch)
+        aug.set_epoch(epoch)
+        for i in range(len(plain)):
+            a, b = plain[i], aug[i]
+            for name in ("mask", "mask_dt", "kp", "crop", "gt_camera"):
+                torch.testing.assert_close(getattr(b, name), getattr(a, name), rtol=0, atol=0, msg=name)
+            assert (a.flipped, a.id) == (b.flipped, b.id)
+            flips.add(a.flipped)
+            changed += not torch.equal(a.img, b.img)
+            assert b.img.shape == a.img.shape and 0 <= b.img.min() and b.img.max() <= 1
+    assert flips == {True, False} and changed >= 2 * len(plain) - 2
+
+
+def test_augmentation_is_deterministic_per_epoch(birds):
+    a, b = _dataset(birds, augment=EVERYTHING), _dataset(birds, augment=EVERYTHING)
+    torch.testing.assert_close(a[3].img, b[3].img, rtol=0, atol=0)
+    b.set_epoch(1)
+    assert not torch.equal(a[3].img, b[3].img)
+    assert _dataset(birds, augment=Augment()).augment is None  # all off: no augmentation at all
+
+
+def test_background_replacement_keeps_the_bird_and_changes_the_rest(birds):
+    plain, aug = _dataset(birds), _dataset(birds, augment=Augment(background_prob=1.0))
+    for i in range(6):
+        a, b = plain[i], aug[i]
+        inside, outside = a.mask > 0.999, a.mask < 1e-3
+        torch.testing.assert_close(b.img[:, inside], a.img[:, inside], rtol=0, atol=1e-6)
+        assert (b.img[:, outside] - a.img[:, outside]).abs().mean() > 0.02
+
+
+def test_grayscale_blur_noise_and_colour():
+    rng = np.random.default_rng(0)
+    img = rng.uniform(0, 1, size=(64, 64, 3)).astype(np.float32)
+    mask = np.zeros((64, 64), np.float32)
+    grey = augment_appearance(img, mask, np.random.default_rng(1), Augment(grayscale_prob=1.0))
+    np.testing.assert_array_equal(grey[..., 0], grey[..., 1])
+    np.testing.assert_allclose(grey[..., 0], img @ [0.299, 0.587, 0.114], atol=1e-5)
+    for s in range(4):  # the weakest blur (σ = 0.5 px) already takes a quarter off white noise's pixel steps
+        blurred = augment_appearance(img, mask, np.random.default_rng(s), Augment(blur_prob=1.0))
+        assert np.abs(np.diff(blurred, axis=1)).mean() < 0.75 * np.abs(np.diff(img, axis=1)).mean()
+    noisy = [augment_appearance(img, mask, np.random.default_rng(s), Augment(noise_std=0.1)) for s in range(6)]
+    assert max(np.abs(n - img).mean() for n in noisy) > 0.02
+    # colour jitter on a grey image: saturation and hue leave grey alone, so it stays grey
+    flat = np.full((8, 8, 3), 0.4, np.float32)
+    out = augment_appearance(flat, mask[:8, :8], np.random.default_rng(2), Augment(colour_jitter=0.5))
+    np.testing.assert_allclose(out[..., 0], out[..., 2], atol=1e-5)
+    assert not np.allclose(out, flat, atol=1e-3)  # brightness moved it
+    np.testing.assert_array_equal(img, np.random.default_rng(0).uniform(0, 1, size=(64, 64, 3)).astype(np.float32))
+
+
+def test_hue_rotation_keeps_luma_and_a_full_turn_is_the_identity():
+    from slopekp.data.augment import _rotate_hue
+
+    img = np.random.default_rng(3).uniform(0, 1, size=(10, 3)).astype(np.float32)
+    luma = np.array([0.299, 0.587, 0.114])
+    np.testing.assert_allclose(_rotate_hue(img, 0.3) @ luma, img @ luma, atol=1e-5)
+    np.testing.assert_allclose(_rotate_hue(img, 1.0), img, atol=1e-5)
+    assert np.abs(_rotate_hue(img, 0.25) - img).max() > 0.05
+
+
+def test_inpainting_removes_the_object():
+    img = np.zeros((32, 32, 3), np.float32)
+    img[..., 1] = np.linspace(0.2, 0.6, 32)[None, :]  # a green gradient background
+    mask = np.zeros((32, 32), np.float32)
+    mask[10:20, 12:22] = 1
+    bird = img.copy()
+    bird[mask > 0] = [1.0, 0.0, 0.0]
+    filled = inpaint_background(bird, mask)
+    assert np.abs(filled[mask > 0] - img[mask > 0]).max() < 0.1  # no red left, the gradient continues
+    far = np.ones((32, 32), bool)
+    far[7:23, 9:25] = False  # the mask dilated by 2 px is filled in; beyond it only 8-bit rounding changes a pixel
+    assert np.abs(filled[far] - img[far]).max() <= 0.5 / 255 + 1e-6
+
+
+def test_bad_settings():
+    with pytest.raises(ValueError, match="noise_std must be in \\[0, 1\\], got -0.1"):
+        Augment(noise_std=-0.1)
+    with pytest.raises(ValueError, match="background_prob must be in \\[0, 1\\], got nan"):
+        Augment(background_prob=float("nan"))
+
+
+def test_config_turns_it_on_for_training_crops_only(birds):
+    from slopekp.config import ConfigError, load_config
+    from slopekp.train.stage2 import build_train_dataset
+
+    cfg = load_config(None, ["data.colour_jitter=0.2", "data.background_prob=0.5", "model.image_size=64"])
+    ds = build_train_dataset(cfg, birds)
+    assert ds.augment == Augment(colour_jitter=0.2, background_prob=0.5)
+    assert build_train_dataset(cfg, birds, augment=False).augment is None
+    assert build_train_dataset(load_config(None, ["model.image_size=64"]), birds).augment is None  # off by default
+    with pytest.raises(ConfigError, match="data.grayscale_prob must be in \\[0, 1\\], got 2"):
+        load_config(None, ["data.grayscale_prob=2"])
