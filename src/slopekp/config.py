@@ -63,6 +63,10 @@ class RenderConfig:
     manifests."""
 
 
+AUGMENT_BACKGROUNDS = ("other", "flat", "noise", "pattern")
+"""The replacement backgrounds of the appearance augmentation (:mod:`slopekp.data.augment`)."""
+
+
 @dataclass
 class DataConfig:
     """The dataset's layout and augmentation; the folder itself is the command's ``--data`` (CMR layout:
@@ -84,8 +88,10 @@ class DataConfig:
     blur_prob: float = 0.0
     noise_std: float = 0.0
     background_prob: float = 0.0
+    background_kinds: str = ",".join(AUGMENT_BACKGROUNDS)
     """Appearance augmentation of the training crops (:class:`slopekp.data.augment.Augment`; 0 = off): colour jitter
-    strength, grayscale and blur probabilities, pixel noise, background replacement through the mask."""
+    strength, grayscale and blur probabilities, pixel noise, background replacement through the mask (and the
+    replacement backgrounds it draws from)."""
 
 
 MIN_SYNTH_SIZE = 16
@@ -504,6 +510,10 @@ def validate_config(cfg: Config) -> None:
     for key, allowed in CHOICES.items():
         if _get(cfg, key) not in allowed:
             raise ConfigError(f"{key} must be one of {', '.join(allowed)}, got {_get(cfg, key)!r}")
+    kinds = [k.strip() for k in str(cfg.data.background_kinds).split(",") if k.strip()]
+    if not kinds or set(kinds) - set(AUGMENT_BACKGROUNDS):
+        raise ConfigError(f"data.background_kinds must name some of {', '.join(AUGMENT_BACKGROUNDS)} "
+                          f"(comma-separated), got {cfg.data.background_kinds!r}")  # fmt: skip
     try:
         check_device_name(cfg.device)
     except ValueError as e:

@@ -107,6 +107,22 @@ def test_bad_settings():
         Augment(noise_std=-0.1)
     with pytest.raises(ValueError, match="background_prob must be in \\[0, 1\\], got nan"):
         Augment(background_prob=float("nan"))
+    with pytest.raises(ValueError, match="background_kinds must name some of other, flat, noise, pattern"):
+        Augment(background_kinds="other,sky")
+
+
+def test_background_kinds_restrict_the_replacement(birds):
+    """Only the kinds asked for: with ``flat`` alone every replaced background is one colour (up to its faint
+    gradient); with ``other`` alone it is another image's background, so a set of one image keeps its own."""
+    ds = _dataset(birds, augment=Augment(background_prob=1.0, background_kinds="flat"))
+    for i in range(4):
+        s = ds[i]
+        outside = s.mask < 1e-3
+        assert s.img[:, outside].std(dim=1).max() < 0.06
+    one = CubDataset(birds, "train", img_size=32, max_items=1, augment=Augment(background_prob=1.0,
+                                                                           background_kinds="other"))  # fmt: skip
+    plain = CubDataset(birds, "train", img_size=32, max_items=1)
+    torch.testing.assert_close(one[0].img, plain[0].img, rtol=0, atol=0)
 
 
 def test_config_turns_it_on_for_training_crops_only(birds):
@@ -120,3 +136,7 @@ def test_config_turns_it_on_for_training_crops_only(birds):
     assert build_train_dataset(load_config(None, ["model.image_size=64"]), birds).augment is None  # off by default
     with pytest.raises(ConfigError, match="data.grayscale_prob must be in \\[0, 1\\], got 2"):
         load_config(None, ["data.grayscale_prob=2"])
+    with pytest.raises(ConfigError, match="data.background_kinds must name some of other, flat, noise, pattern"):
+        load_config(None, ["data.background_kinds=noise,photos"])
+    assert Augment.from_config(load_config(None, ["data.background_kinds=other, flat"]).data).kinds() == (
+        "other", "flat")

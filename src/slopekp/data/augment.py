@@ -26,12 +26,14 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from slopekp.config import AUGMENT_BACKGROUNDS
 from slopekp.data.synth.background import flat_background, noise_background, pattern_background
 
 __all__ = ["BACKGROUND_KINDS", "Augment", "augment_appearance", "inpaint_background"]
 
-BACKGROUND_KINDS = ("other", "flat", "noise", "pattern")
-"""The replacement backgrounds, drawn uniformly (``other`` only where the dataset provides another image)."""
+BACKGROUND_KINDS = AUGMENT_BACKGROUNDS
+"""The replacement backgrounds (``data.background_kinds`` picks among them), drawn uniformly (``other`` only where
+the dataset provides another image)."""
 
 _LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 
@@ -47,6 +49,8 @@ class Augment:
         blur_prob: probability of a Gaussian blur of σ in [0.5, 1.5] px of a 64-px crop (scaled with the side).
         noise_std: Gaussian pixel noise of σ drawn in ``[0, noise_std]`` (applied to every sample).
         background_prob: probability of replacing the background (see the module docstring).
+        background_kinds: the replacement backgrounds drawn from, comma-separated names of
+            :data:`BACKGROUND_KINDS` (e.g. ``"other,flat"`` to hold the generated noise and patterns out of training).
     """
 
     colour_jitter: float = 0.0
@@ -54,8 +58,14 @@ class Augment:
     blur_prob: float = 0.0
     noise_std: float = 0.0
     background_prob: float = 0.0
+    background_kinds: str = ",".join(BACKGROUND_KINDS)
 
     def __post_init__(self) -> None:
+        kinds = self.kinds()
+        unknown = [k for k in kinds if k not in BACKGROUND_KINDS]
+        if unknown or not kinds:
+            raise ValueError(f"background_kinds must name some of {', '.join(BACKGROUND_KINDS)} (comma-separated), "
+                             f"got {self.background_kinds!r}")
         for name in ("colour_jitter", "grayscale_prob", "blur_prob", "noise_std", "background_prob"):
             v = getattr(self, name)
             if not (np.isfinite(v) and 0 <= v <= 1):
@@ -66,10 +76,15 @@ class Augment:
         """Whether any operation is on."""
         return any((self.colour_jitter, self.grayscale_prob, self.blur_prob, self.noise_std, self.background_prob))
 
+    def kinds(self) -> tuple[str, ...]:
+        """``background_kinds`` as a tuple of names."""
+        return tuple(k.strip() for k in self.background_kinds.split(",") if k.strip())
+
     @classmethod
     def from_config(cls, data) -> Augment:
         """The settings of a :class:`~slopekp.config.DataConfig` (``cfg.data``)."""
-        return cls(data.colour_jitter, data.grayscale_prob, data.blur_prob, data.noise_std, data.background_prob)
+        return cls(data.colour_jitter, data.grayscale_prob, data.blur_prob, data.noise_std, data.background_prob,
+                   data.background_kinds)  # fmt: skip
 
 
 def inpaint_background(img: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -81,9 +96,12 @@ def inpaint_background(img: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 
 def _new_background(
-    rng: np.random.Generator, h: int, w: int, other: Callable[[], np.ndarray] | None
-) -> np.ndarray:
-    kinds = BACKGROUND_KINDS if other is not None else BACKGROUND_KINDS[1:]
+    rng: np.random.Generator, h: int, w: int, kinds: tuple[str, ...], other: Callable[[], np.ndarray] | None
+) -> np.ndarray | None:
+    """A replacement background of one of ``kinds`` (None when the only kind is ``other`` and there is none)."""
+    kinds = tuple(k for k in kinds if k != "other" or other is not None)
+    if not kinds:
+        return None
     kind = kinds[int(rng.integers(len(kinds)))]
     if kind == "other":
         assert other is not None
@@ -122,9 +140,10 @@ def augment_appearance(
     out = np.asarray(img, dtype=np.float32).copy()
     draws = rng.uniform(size=8)  # fixed: each operation's coin and amounts, whatever is on
     if settings.background_prob and draws[0] < settings.background_prob:
-        bg = _new_background(rng, h, w, other)
-        m = np.clip(mask, 0, 1)[..., None].astype(np.float32)
-        out = m * out + (1 - m) * bg
+        bg = _new_background(rng, h, w, settings.kinds(), other)
+        if bg is not None:
+            m = np.clip(mask, 0, 1)[..., None].astype(np.float32)
+            out = m * out + (1 - m) * bg
     c = settings.colour_jitter
     if c:
         grey = (out @ _LUMA)[..., None]
