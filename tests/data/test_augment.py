@@ -133,6 +133,8 @@ def test_config_turns_it_on_for_training_crops_only(birds):
     ds = build_train_dataset(cfg, birds)
     assert ds.augment == Augment(colour_jitter=0.2, background_prob=0.5)
     assert build_train_dataset(cfg, birds, augment=False).augment is None
+    assert build_train_dataset(cfg, birds, appearance=False).augment is None  # Stage II's
+    assert build_train_dataset(cfg, birds, appearance=False).flip  # its flips and jitter stay
     assert build_train_dataset(load_config(None, ["model.image_size=64"]), birds).augment is None  # off by default
     with pytest.raises(ConfigError, match="data.grayscale_prob must be in \\[0, 1\\], got 2"):
         load_config(None, ["data.grayscale_prob=2"])
@@ -140,3 +142,15 @@ def test_config_turns_it_on_for_training_crops_only(birds):
         load_config(None, ["data.background_kinds=noise,photos"])
     assert Augment.from_config(load_config(None, ["data.background_kinds=other, flat"]).data).kinds() == (
         "other", "flat")
+
+
+def test_stage2_ignores_the_appearance_augmentation(birds):
+    """Stage II reconstructs the photo itself: its manifest (what decides whether a run is the same) leaves the
+    appearance settings out, as its data set does (Stage III's manifest records every ``data`` setting)."""
+    from slopekp.config import load_config
+    from slopekp.train.stage2 import stage2_manifest
+
+    store = birds / "meta.json"  # any file stands in for the Stage I store: the manifest only fingerprints it
+    plain = load_config(None, ["model.image_size=64"])
+    aug = load_config(None, ["model.image_size=64", "data.colour_jitter=0.3", "data.background_prob=0.5"])
+    assert stage2_manifest(plain, birds, store, "fp").settings == stage2_manifest(aug, birds, store, "fp").settings

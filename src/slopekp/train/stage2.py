@@ -65,10 +65,13 @@ STORE_NAME = "multiplex.npz"
 #: 128² take 98 MiB; CUB's photos, about 0.5 MiB each, fill it with the first thousand or so).
 IMAGE_CACHE_BYTES = 512 * 2**20
 
+APPEARANCE_SETTINGS = ("colour_jitter", "grayscale_prob", "blur_prob", "noise_std", "background_prob",
+                       "background_kinds")  # fmt: skip
+"""``cfg.data``'s appearance augmentation (:class:`~slopekp.data.augment.Augment`): Stage III's, not Stage II's."""
 #: Settings left out of the manifest: they change speed or how long the run goes, not what a step computes.
 _NOT_RESULT = {
     "render": ("fused",),  # speed only
-    "data": ("images_dir", "sfm_dir"),
+    "data": ("images_dir", "sfm_dir", *APPEARANCE_SETTINGS),  # the appearance augmentation is Stage III's
     "model": ("pose_head", "num_keypoints", "end2end", "texture_from_photo"),  # no pose head in Stage II; inference
     "train": ("epochs", "pose_epochs", "checkpoint_every", "num_workers", "sync_every", "camera_weight",
               "heatmap_weight", "coordinate_weight", "freeze_backbone", "pose_targets",
@@ -100,9 +103,14 @@ def stage2_manifest(cfg: Config, data_dir, multiplex_path, template_fp: str) -> 
     return Manifest(STAGE2_COMMAND, inputs=inputs, settings=settings)
 
 
-def build_train_dataset(cfg: Config, data_dir, return_gt_camera: bool = False, augment: bool = True):
-    """The CMR data set at the network's input size, with ``cfg.data``'s crops, jitter, flips and appearance
-    augmentation (train split), keeping decoded images in memory (:data:`IMAGE_CACHE_BYTES`)."""
+def build_train_dataset(
+    cfg: Config, data_dir, return_gt_camera: bool = False, augment: bool = True, appearance: bool = True
+):
+    """The CMR data set at the network's input size, with ``cfg.data``'s crops, jitter and flips (``augment``) and
+    appearance augmentation (``augment`` and ``appearance``; :mod:`slopekp.data.augment`) on the train split, keeping
+    decoded images in memory (:data:`IMAGE_CACHE_BYTES`). Stage II passes ``appearance=False``: the photo stays
+    what its texture reconstructs, and the appearance augmentation trains the pose network (Stage III) alone
+    (measured in docs/results/transfer.md)."""
 
     d = cfg.data
     on = augment and d.split == "train"
@@ -110,7 +118,7 @@ def build_train_dataset(cfg: Config, data_dir, return_gt_camera: bool = False, a
         data_dir, split=d.split, img_size=cfg.model.image_size, padding_frac=d.padding_frac,
         jitter_frac=d.jitter_frac, flip=d.flip and on, jitter=on, seed=cfg.seed, return_gt_camera=return_gt_camera,
         max_items=d.max_items, images_dir=d.images_dir or None, sfm_dir=d.sfm_dir or None,
-        cache_bytes=IMAGE_CACHE_BYTES, augment=Augment.from_config(d) if on else None,
+        cache_bytes=IMAGE_CACHE_BYTES, augment=Augment.from_config(d) if on and appearance else None,
     ))  # fmt: skip
 
 
@@ -236,7 +244,7 @@ def run_stage2(
     device = D.rank_device(run.setup(cfg), dist)
     template = template.to(device)
 
-    dataset = build_train_dataset(cfg, data_dir, return_gt_camera=False)
+    dataset = build_train_dataset(cfg, data_dir, return_gt_camera=False, appearance=False)
     if getattr(dataset, "return_gt_camera", False):
         raise ValueError("Stage II must not see ground-truth cameras")
     model = build_model(cfg.model, template, cfg.template.symmetry_tol).to(device)
