@@ -89,9 +89,10 @@ class DataConfig:
     noise_std: float = 0.0
     background_prob: float = 0.0
     background_kinds: str = ",".join(AUGMENT_BACKGROUNDS)
-    """Appearance augmentation of the training crops (:class:`slopekp.data.augment.Augment`; 0 = off): colour jitter
+    shading: float = 0.0
+    """Appearance augmentation of Stage III's crops (:class:`slopekp.data.augment.Augment`; 0 = off): colour jitter
     strength, grayscale and blur probabilities, pixel noise, background replacement through the mask (and the
-    replacement backgrounds it draws from)."""
+    replacement backgrounds it draws from), a light from one side."""
 
 
 MIN_SYNTH_SIZE = 16
@@ -397,6 +398,7 @@ RULES: dict[str, Range] = {
     "data.blur_prob": _PROBABILITY,
     "data.noise_std": _PROBABILITY,
     "data.background_prob": _PROBABILITY,
+    "data.shading": _PROBABILITY,
     "synth.n_train": Range(0, MAX_SYNTH_COUNT),
     "synth.n_test": Range(0, MAX_SYNTH_COUNT),
     "synth.size": Range(MIN_SYNTH_SIZE, MAX_SYNTH_SIZE),

@@ -154,3 +154,27 @@ def test_stage2_ignores_the_appearance_augmentation(birds):
     plain = load_config(None, ["model.image_size=64"])
     aug = load_config(None, ["model.image_size=64", "data.colour_jitter=0.3", "data.background_prob=0.5"])
     assert stage2_manifest(plain, birds, store, "fp").settings == stage2_manifest(aug, birds, store, "fp").settings
+
+
+def test_shading_lights_the_object_from_one_side_and_leaves_the_rest():
+    """On a grey image with a disc, the disc's brightness ratio is a plane in (x, y) (a linear light, clipped), the
+    background is untouched, and switching shading on changes no other operation's draw."""
+    h = w = 48
+    img = np.full((h, w, 3), 0.4, np.float32)
+    yy, xx = np.mgrid[0:h, 0:w]
+    mask = (((yy - 22) ** 2 + (xx - 26) ** 2) < 14**2).astype(np.float32)
+    for seed in range(4):
+        out = augment_appearance(img, mask, np.random.default_rng(seed), Augment(shading=0.8))
+        np.testing.assert_array_equal(out[mask == 0], img[mask == 0])
+        ratio = out[..., 0][mask > 0] / 0.4
+        assert ratio.max() - ratio.min() > 0.2  # one side darker than the other
+        free = (ratio > 0.06) & (ratio < 1.99)  # not clipped (by the light's bounds or the [0, 1] range)
+        a = np.stack([xx[mask > 0], yy[mask > 0], np.ones(int(mask.sum()))], 1)[free]
+        coef, *_ = np.linalg.lstsq(a, ratio[free], rcond=None)
+        assert np.abs(a @ coef - ratio[free]).max() < 1e-4
+    rnd = np.random.default_rng(9).uniform(0, 1, size=(h, w, 3)).astype(np.float32)
+    plain = augment_appearance(rnd, mask, np.random.default_rng(5), Augment(colour_jitter=0.3, noise_std=0.05))
+    lit = augment_appearance(rnd, mask, np.random.default_rng(5), Augment(colour_jitter=0.3, noise_std=0.05,
+                                                                          shading=0.5))  # fmt: skip
+    np.testing.assert_array_equal(plain[mask == 0], lit[mask == 0])
+    assert not np.array_equal(plain[mask > 0], lit[mask > 0])

@@ -1,4 +1,5 @@
-"""Appearance augmentation of training crops: colour jitter, grayscale, blur, noise and background replacement.
+"""Appearance augmentation of training crops: colour jitter, grayscale, blur, noise, background replacement and
+a light from one side.
 
 Every operation here changes pixel *values* only, never where anything is: the mask, the keypoints, the camera and
 the flip of a sample are those of the same sample without augmentation. :class:`~slopekp.data.cub.CubDataset`
@@ -6,7 +7,7 @@ applies it after the crop, the resize and the flip, drawing from a stream of its
 (``default_rng([seed, epoch, index, 1])``), so switching augmentation on changes no geometric draw.
 
 * :class:`Augment` — the settings (``data.colour_jitter``, ``data.grayscale_prob``, ``data.blur_prob``,
-  ``data.noise_std``, ``data.background_prob``; all off by default);
+  ``data.noise_std``, ``data.background_prob``, ``data.shading``; all off by default);
 * :func:`augment_appearance` ``(img (H, W, 3), mask (H, W), rng, settings, other=None) -> img (H, W, 3)``;
 * :func:`inpaint_background` ``(img, mask) -> img``: an image with its object filled in from around it (the
   ``other`` background).
@@ -51,6 +52,10 @@ class Augment:
         background_prob: probability of replacing the background (see the module docstring).
         background_kinds: the replacement backgrounds drawn from, comma-separated names of
             :data:`BACKGROUND_KINDS` (e.g. ``"other,flat"`` to hold the generated noise and patterns out of training).
+        shading: strength ``s`` of a random light across the object (applied to every sample): the object's pixels
+            are multiplied by ``1 + s·a·(n·p) − s·b`` (``p`` the pixel's offset from the mask's centroid in units of
+            its radius, ``n`` a random direction, ``a`` in [0.4, 1], ``b`` in [0, 0.5]), clipped to [0.05, 2]: one
+            side darker, the other brighter, as a strong side light makes it.
     """
 
     colour_jitter: float = 0.0
@@ -59,6 +64,7 @@ class Augment:
     noise_std: float = 0.0
     background_prob: float = 0.0
     background_kinds: str = ",".join(BACKGROUND_KINDS)
+    shading: float = 0.0
 
     def __post_init__(self) -> None:
         kinds = self.kinds()
@@ -66,7 +72,7 @@ class Augment:
         if unknown or not kinds:
             raise ValueError(f"background_kinds must name some of {', '.join(BACKGROUND_KINDS)} (comma-separated), "
                              f"got {self.background_kinds!r}")
-        for name in ("colour_jitter", "grayscale_prob", "blur_prob", "noise_std", "background_prob"):
+        for name in ("colour_jitter", "grayscale_prob", "blur_prob", "noise_std", "background_prob", "shading"):
             v = getattr(self, name)
             if not (np.isfinite(v) and 0 <= v <= 1):
                 raise ValueError(f"{name} must be in [0, 1], got {v!r}")
@@ -74,7 +80,8 @@ class Augment:
     @property
     def active(self) -> bool:
         """Whether any operation is on."""
-        return any((self.colour_jitter, self.grayscale_prob, self.blur_prob, self.noise_std, self.background_prob))
+        return any((self.colour_jitter, self.grayscale_prob, self.blur_prob, self.noise_std, self.background_prob,
+                    self.shading))  # fmt: skip
 
     def kinds(self) -> tuple[str, ...]:
         """``background_kinds`` as a tuple of names."""
@@ -84,7 +91,7 @@ class Augment:
     def from_config(cls, data) -> Augment:
         """The settings of a :class:`~slopekp.config.DataConfig` (``cfg.data``)."""
         return cls(data.colour_jitter, data.grayscale_prob, data.blur_prob, data.noise_std, data.background_prob,
-                   data.background_kinds)  # fmt: skip
+                   data.background_kinds, data.shading)  # fmt: skip
 
 
 def _push_pull(premult: np.ndarray, weight: np.ndarray) -> np.ndarray:
@@ -183,4 +190,22 @@ def augment_appearance(
         out = cv2.GaussianBlur(out, (0, 0), sigma)
     if settings.noise_std:
         out = out + rng.normal(0, settings.noise_std * draws[7], size=out.shape).astype(np.float32)
+    if settings.shading:  # drawn last, so that the other operations draw the same with it on or off
+        out = _shade(out, mask, rng, settings.shading)
     return np.clip(out, 0, 1).astype(np.float32)
+
+
+def _shade(img: np.ndarray, mask: np.ndarray, rng: np.random.Generator, strength: float) -> np.ndarray:
+    """``img`` with the object of ``mask`` lit from one side (see :attr:`Augment.shading`)."""
+    m = np.clip(mask, 0, 1).astype(np.float32)
+    area = float(m.sum())
+    angle, a, b = rng.uniform(0, 2 * np.pi), rng.uniform(0.4, 1.0), rng.uniform(0.0, 0.5)
+    if area < 1:
+        return img
+    h, w = m.shape
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    cy, cx = float((m * yy).sum() / area), float((m * xx).sum() / area)
+    radius = max(np.sqrt(area / np.pi), 1.0)
+    along = (np.cos(angle) * (xx - cx) + np.sin(angle) * (yy - cy)) / radius
+    light = np.clip(1 + strength * a * along - strength * b, 0.05, 2.0)
+    return img * (1 - m[..., None] + (m * light)[..., None])

@@ -66,7 +66,7 @@ STORE_NAME = "multiplex.npz"
 IMAGE_CACHE_BYTES = 512 * 2**20
 
 APPEARANCE_SETTINGS = ("colour_jitter", "grayscale_prob", "blur_prob", "noise_std", "background_prob",
-                       "background_kinds")  # fmt: skip
+                       "background_kinds", "shading")  # fmt: skip
 """``cfg.data``'s appearance augmentation (:class:`~slopekp.data.augment.Augment`): Stage III's, not Stage II's."""
 #: Settings left out of the manifest: they change speed or how long the run goes, not what a step computes.
 _NOT_RESULT = {
