@@ -53,7 +53,7 @@ def test_background_replacement_keeps_the_bird_and_changes_the_rest(birds):
     plain, aug = _dataset(birds), _dataset(birds, augment=Augment(background_prob=1.0))
     for i in range(6):
         a, b = plain[i], aug[i]
-        inside, outside = a.mask > 0.999, a.mask < 1e-3
+        inside, outside = a.mask == 1, a.mask < 1e-3
         torch.testing.assert_close(b.img[:, inside], a.img[:, inside], rtol=0, atol=1e-6)
         assert (b.img[:, outside] - a.img[:, outside]).abs().mean() > 0.02
 
@@ -98,8 +98,15 @@ def test_inpainting_removes_the_object():
     filled = inpaint_background(bird, mask)
     assert np.abs(filled[mask > 0] - img[mask > 0]).max() < 0.1  # no red left, the gradient continues
     far = np.ones((32, 32), bool)
-    far[7:23, 9:25] = False  # the mask dilated by 2 px is filled in; beyond it only 8-bit rounding changes a pixel
-    assert np.abs(filled[far] - img[far]).max() <= 0.5 / 255 + 1e-6
+    far[7:23, 9:25] = False  # the mask dilated by 2 px is filled in; every pixel beyond it is kept
+    np.testing.assert_array_equal(filled[far], img[far])
+    # a hole over a whole half (and over a whole quarter of a larger crop): filled from the known pixels' colours,
+    # not from the empty corners of the coarsest pyramid level
+    for shape, hole in (((32, 32), np.s_[:, :20]), ((48, 48), np.s_[:34, :34])):
+        grey = np.full((*shape, 3), 0.8, np.float32)
+        m = np.zeros(shape, np.float32)
+        m[hole] = 1
+        np.testing.assert_allclose(inpaint_background(grey, m), grey, atol=1e-5)
 
 
 def test_bad_settings():
@@ -144,16 +151,19 @@ def test_config_turns_it_on_for_training_crops_only(birds):
         "other", "flat")
 
 
-def test_stage2_ignores_the_appearance_augmentation(birds):
-    """Stage II reconstructs the photo itself: its manifest (what decides whether a run is the same) leaves the
-    appearance settings out, as its data set does (Stage III's manifest records every ``data`` setting)."""
+def test_stage1_and_stage2_ignore_the_appearance_augmentation(birds):
+    """Stage I reads masks and Stage II reconstructs the photo itself: their manifests (what decides whether a run is
+    the same, and resumes) leave the appearance settings out, as their data sets do (Stage III's records every
+    ``data`` setting)."""
     from slopekp.config import load_config
+    from slopekp.train.stage1 import stage1_manifest
     from slopekp.train.stage2 import stage2_manifest
 
     store = birds / "meta.json"  # any file stands in for the Stage I store: the manifest only fingerprints it
     plain = load_config(None, ["model.image_size=64"])
     aug = load_config(None, ["model.image_size=64", "data.colour_jitter=0.3", "data.background_prob=0.5"])
     assert stage2_manifest(plain, birds, store, "fp").settings == stage2_manifest(aug, birds, store, "fp").settings
+    assert stage1_manifest(plain, birds, "fp").settings == stage1_manifest(aug, birds, "fp").settings
 
 
 def test_shading_lights_the_object_from_one_side_and_leaves_the_rest():

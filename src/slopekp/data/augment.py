@@ -30,11 +30,16 @@ import numpy as np
 from slopekp.config import AUGMENT_BACKGROUNDS
 from slopekp.data.synth.background import flat_background, noise_background, pattern_background
 
-__all__ = ["BACKGROUND_KINDS", "Augment", "augment_appearance", "inpaint_background"]
+__all__ = ["APPEARANCE_SETTINGS", "BACKGROUND_KINDS", "Augment", "augment_appearance", "inpaint_background"]
 
 BACKGROUND_KINDS = AUGMENT_BACKGROUNDS
 """The replacement backgrounds (``data.background_kinds`` picks among them), drawn uniformly (``other`` only where
 the dataset provides another image)."""
+
+APPEARANCE_SETTINGS = ("colour_jitter", "grayscale_prob", "blur_prob", "noise_std", "background_prob",
+                       "background_kinds", "shading")  # fmt: skip
+"""The ``cfg.data`` fields :class:`Augment` is built from: Stage III's; Stages I and II leave them out of their
+manifests (they never apply them)."""
 
 _LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 
@@ -90,16 +95,18 @@ class Augment:
     @classmethod
     def from_config(cls, data) -> Augment:
         """The settings of a :class:`~slopekp.config.DataConfig` (``cfg.data``)."""
-        return cls(data.colour_jitter, data.grayscale_prob, data.blur_prob, data.noise_std, data.background_prob,
-                   data.background_kinds, data.shading)  # fmt: skip
+        return cls(**{name: getattr(data, name) for name in APPEARANCE_SETTINGS})
 
 
 def _push_pull(premult: np.ndarray, weight: np.ndarray) -> np.ndarray:
     """Colours ``(H, W, 3)`` from premultiplied colours and their coverage ``weight (H, W)`` in [0, 1]: known pixels
     keep theirs, the rest take the next coarser level's (area-averaged down, bilinear up; recursive)."""
     h, w = weight.shape
-    if weight.min() >= 1 or min(h, w) <= 2:
-        return premult / np.maximum(weight, 1e-6)[..., None]
+    if weight.min() >= 1:
+        return premult / weight[..., None]
+    if min(h, w) <= 2:  # the coarsest level: a cell with no known pixel takes the mean of all the known ones
+        mean = premult.sum(axis=(0, 1)) / max(float(weight.sum()), 1e-6)
+        return premult / np.maximum(weight, 1e-6)[..., None] * (weight > 0)[..., None] + (weight <= 0)[..., None] * mean
     size = (max(1, w // 2), max(1, h // 2))
     coarse_p = cv2.resize(premult, size, interpolation=cv2.INTER_AREA)
     coarse_w = cv2.resize(weight, size, interpolation=cv2.INTER_AREA)
@@ -162,14 +169,17 @@ def augment_appearance(
     Args:
         img: the crop, float in [0, 1].
         mask: its soft object mask ``(H, W)`` in [0, 1] (used by the background replacement only).
-        rng: the sample's augmentation stream; the draws are made in a fixed order, whatever is switched on.
+        rng: the sample's augmentation stream. Each operation's coin and amount come from eight draws made first;
+            the background's kind and content, the blur's σ, the noise and the light are drawn after them in this
+            order, so switching one on changes the draws of those after it (the light is drawn last: switching it on
+            changes no other).
         settings: what to do (:class:`Augment`).
         other: returns another image's background ``(H, W, 3)`` with its object filled in, or None (then the
             replacement draws among the generated kinds only).
     """
     h, w = mask.shape
     out = np.asarray(img, dtype=np.float32).copy()
-    draws = rng.uniform(size=8)  # fixed: each operation's coin and amounts, whatever is on
+    draws = rng.uniform(size=8)  # each operation's coin and amount, whatever is on
     if settings.background_prob and draws[0] < settings.background_prob:
         bg = _new_background(rng, h, w, settings.kinds(), other)
         if bg is not None:

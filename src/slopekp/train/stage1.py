@@ -33,6 +33,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from slopekp.config import Config, MultiplexConfig, save_config
+from slopekp.data.augment import APPEARANCE_SETTINGS
 from slopekp.data.cub import CubDataset, collate_samples, require_images
 from slopekp.manifest import MANIFEST_NAME, Manifest, cmr_data_fingerprint, flat_settings, prepare_output_dir
 from slopekp.mesh import load_template, template_fingerprint
@@ -283,7 +284,7 @@ _NOT_RESULT_SETTINGS = {
     "render": ("fused",),  # speed only
     # the data folder is an input (fingerprinted); max_items only limits which images are fitted, and each
     # image's cameras do not depend on the others: raising it and resuming extends the store
-    "data": ("images_dir", "sfm_dir", "max_items"),
+    "data": ("images_dir", "sfm_dir", "max_items", *APPEARANCE_SETTINGS),  # the appearance augmentation: Stage III's
     "multiplex": ("save_every", "batch_size", "workers"),  # batch_size is added back when batch_invariant is off
 }
 

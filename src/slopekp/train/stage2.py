@@ -37,7 +37,7 @@ from torch import Tensor
 
 from slopekp.checkpoint import rng_state, save_checkpoint, set_rng_state
 from slopekp.config import Config, config_to_yaml
-from slopekp.data.augment import Augment
+from slopekp.data.augment import APPEARANCE_SETTINGS, Augment
 from slopekp.data.cub import CubDataset, require_images
 from slopekp.eval.metrics import rotation_error_stats
 from slopekp.manifest import Manifest, cmr_data_fingerprint, file_input, flat_settings
@@ -65,9 +65,6 @@ STORE_NAME = "multiplex.npz"
 #: 128² take 98 MiB; CUB's photos, about 0.5 MiB each, fill it with the first thousand or so).
 IMAGE_CACHE_BYTES = 512 * 2**20
 
-APPEARANCE_SETTINGS = ("colour_jitter", "grayscale_prob", "blur_prob", "noise_std", "background_prob",
-                       "background_kinds", "shading")  # fmt: skip
-"""``cfg.data``'s appearance augmentation (:class:`~slopekp.data.augment.Augment`): Stage III's, not Stage II's."""
 #: Settings left out of the manifest: they change speed or how long the run goes, not what a step computes.
 _NOT_RESULT = {
     "render": ("fused",),  # speed only

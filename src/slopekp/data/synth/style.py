@@ -3,7 +3,8 @@
 A *look* is one kind per axis. The default look (``natural`` / ``lambert`` / ``random``) is the generator as it
 always was, draw for draw, so folders made before looks existed are made again byte for byte. Another kind draws
 from a stream of its own (:mod:`slopekp.data.synth.writer`), so a dataset made with the same seed in another look
-has the same birds' shapes, cameras, occluders and keypoints: it differs in appearance only. ``mixed`` draws one of
+has the same birds' shapes, cameras, occluders and keypoints: it differs in appearance only. The three axes share
+that stream, so changing one axis's kind changes the others' draws too (not their kinds). ``mixed`` draws one of
 the axis's other kinds per instance.
 
 * backgrounds (:func:`slopekp.data.synth.background.styled_background`):
@@ -53,9 +54,18 @@ HELD_OUT = Look(background="noise", lighting="harsh", plumage="flat")
 """The transfer study's held-out look: colour-noise backgrounds, harsh side light, flat part colours."""
 
 
+_AXES = {BACKGROUNDS: "background", LIGHTINGS: "lighting", PLUMAGES: "plumage"}
+
+
 def pick_kind(rng: np.random.Generator, kind: str, kinds: tuple[str, ...]) -> str:
     """``kind`` itself, or for ``mixed`` one of ``kinds`` but ``mixed`` drawn uniformly from ``rng`` (the only
-    draw a look adds; none for a fixed kind, so the default look draws exactly what it always drew)."""
+    draw a look adds; none for a fixed kind, so the default look draws exactly what it always drew).
+
+    Raises:
+        ValueError: ``kind`` is not one of ``kinds`` (naming the axis).
+    """
+    if kind not in kinds:
+        raise ValueError(f"{_AXES.get(kinds, 'kind')} must be one of {', '.join(kinds)}; got {kind!r}")
     if kind != "mixed":
         return kind
     fixed = [k for k in kinds if k != "mixed"]
