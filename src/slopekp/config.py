@@ -28,6 +28,7 @@ import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from slopekp.augment_config import AMOUNTS, AppearanceConfig, background_kinds_error
 from slopekp.utils import MAX_IMAGE_SIZE, MAX_SYNTH_COUNT, MAX_SYNTH_SIZE, atomic_write, check_device_name
 
 MAX_CONFIG_BYTES = 1 << 20
@@ -63,14 +64,9 @@ class RenderConfig:
     manifests."""
 
 
-AUGMENT_BACKGROUNDS = ("other", "flat", "noise", "pattern")
-"""The replacement backgrounds of the appearance augmentation (:mod:`slopekp.data.augment`)."""
-
-
 @dataclass
-class DataConfig:
-    """The dataset's layout and augmentation; the folder itself is the command's ``--data`` (CMR layout:
-    ``images/``, ``<split>_cub_cleaned.mat``, ``anno_<split>.mat``)."""
+class DataConfig(AppearanceConfig):
+    """The dataset's crops and augmentation (with :class:`AppearanceConfig`'s); the CMR-layout folder is ``--data``."""
 
     split: str = "train"
     padding_frac: float = 0.05
@@ -83,16 +79,6 @@ class DataConfig:
     """Folder of ``anno_<split>.mat`` SfM cameras (empty = ``<root>``; CMR's is ``cachedir/cub/sfm``)."""
     max_items: int = 0
     """Use only the first ``max_items`` samples (0 = all)."""
-    colour_jitter: float = 0.0
-    grayscale_prob: float = 0.0
-    blur_prob: float = 0.0
-    noise_std: float = 0.0
-    background_prob: float = 0.0
-    background_kinds: str = ",".join(AUGMENT_BACKGROUNDS)
-    shading: float = 0.0
-    """Appearance augmentation of Stage III's crops (:class:`slopekp.data.augment.Augment`; 0 = off): colour jitter
-    strength, grayscale and blur probabilities, pixel noise, background replacement through the mask (and the
-    replacement backgrounds it draws from), a light from one side."""
 
 
 MIN_SYNTH_SIZE = 16
@@ -327,9 +313,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
-# ------------------------------------------------------------------------------------------------------------
-# Allowed values
-# ------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------ allowed values
 @dataclass(frozen=True)
 class Range:
     """Allowed values of a numeric config field: ``lo``/``hi`` (None = unbounded), inclusive unless
@@ -393,12 +377,7 @@ RULES: dict[str, Range] = {
     "data.padding_frac": _FRACTION,
     "data.jitter_frac": _FRACTION,
     "data.max_items": _NON_NEGATIVE,
-    "data.colour_jitter": _PROBABILITY,
-    "data.grayscale_prob": _PROBABILITY,
-    "data.blur_prob": _PROBABILITY,
-    "data.noise_std": _PROBABILITY,
-    "data.background_prob": _PROBABILITY,
-    "data.shading": _PROBABILITY,
+    **{f"data.{k}": _PROBABILITY for k in AMOUNTS},
     "synth.n_train": Range(0, MAX_SYNTH_COUNT),
     "synth.n_test": Range(0, MAX_SYNTH_COUNT),
     "synth.size": Range(MIN_SYNTH_SIZE, MAX_SYNTH_SIZE),
@@ -512,10 +491,8 @@ def validate_config(cfg: Config) -> None:
     for key, allowed in CHOICES.items():
         if _get(cfg, key) not in allowed:
             raise ConfigError(f"{key} must be one of {', '.join(allowed)}, got {_get(cfg, key)!r}")
-    kinds = [k.strip() for k in str(cfg.data.background_kinds).split(",") if k.strip()]
-    if not kinds or set(kinds) - set(AUGMENT_BACKGROUNDS):
-        raise ConfigError(f"data.background_kinds must name some of {', '.join(AUGMENT_BACKGROUNDS)} "
-                          f"(comma-separated), got {cfg.data.background_kinds!r}")  # fmt: skip
+    if problem := background_kinds_error(cfg.data.background_kinds):
+        raise ConfigError(f"data.{problem}")
     try:
         check_device_name(cfg.device)
     except ValueError as e:
@@ -605,9 +582,8 @@ def config_from_yaml(text: str, source: str = "<string>") -> Config:
 
 def save_config(cfg: Config, path: str | Path) -> None:
     """Write the resolved config as plain YAML (atomically); reload it with :func:`load_config`."""
-    text = OmegaConf.to_yaml(OmegaConf.structured(cfg))
     with atomic_write(path, "w") as f:
-        f.write(text)
+        f.write(config_to_yaml(cfg))
 
 
 def config_to_yaml(cfg: Config) -> str:

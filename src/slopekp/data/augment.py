@@ -22,12 +22,12 @@ too.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import cv2
 import numpy as np
 
-from slopekp.config import AUGMENT_BACKGROUNDS
+from slopekp.augment_config import AMOUNTS, AUGMENT_BACKGROUNDS, AppearanceConfig, background_kinds_error
 from slopekp.data.synth.background import flat_background, noise_background, pattern_background
 
 __all__ = ["APPEARANCE_SETTINGS", "BACKGROUND_KINDS", "Augment", "augment_appearance", "inpaint_background"]
@@ -36,16 +36,15 @@ BACKGROUND_KINDS = AUGMENT_BACKGROUNDS
 """The replacement backgrounds (``data.background_kinds`` picks among them), drawn uniformly (``other`` only where
 the dataset provides another image)."""
 
-APPEARANCE_SETTINGS = ("colour_jitter", "grayscale_prob", "blur_prob", "noise_std", "background_prob",
-                       "background_kinds", "shading")  # fmt: skip
+APPEARANCE_SETTINGS = tuple(f.name for f in fields(AppearanceConfig))
 """The ``cfg.data`` fields :class:`Augment` is built from: Stage III's; Stages I and II leave them out of their
 manifests (they never apply them)."""
 
 _LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 
 
-@dataclass(frozen=True)
-class Augment:
+@dataclass
+class Augment(AppearanceConfig):
     """Appearance augmentation settings (each 0 = off).
 
     Attributes:
@@ -63,21 +62,10 @@ class Augment:
             side darker, the other brighter, as a strong side light makes it.
     """
 
-    colour_jitter: float = 0.0
-    grayscale_prob: float = 0.0
-    blur_prob: float = 0.0
-    noise_std: float = 0.0
-    background_prob: float = 0.0
-    background_kinds: str = ",".join(BACKGROUND_KINDS)
-    shading: float = 0.0
-
     def __post_init__(self) -> None:
-        kinds = self.kinds()
-        unknown = [k for k in kinds if k not in BACKGROUND_KINDS]
-        if unknown or not kinds:
-            raise ValueError(f"background_kinds must name some of {', '.join(BACKGROUND_KINDS)} (comma-separated), "
-                             f"got {self.background_kinds!r}")
-        for name in ("colour_jitter", "grayscale_prob", "blur_prob", "noise_std", "background_prob", "shading"):
+        if problem := background_kinds_error(self.background_kinds):
+            raise ValueError(problem)
+        for name in AMOUNTS:
             v = getattr(self, name)
             if not (np.isfinite(v) and 0 <= v <= 1):
                 raise ValueError(f"{name} must be in [0, 1], got {v!r}")
@@ -85,8 +73,7 @@ class Augment:
     @property
     def active(self) -> bool:
         """Whether any operation is on."""
-        return any((self.colour_jitter, self.grayscale_prob, self.blur_prob, self.noise_std, self.background_prob,
-                    self.shading))  # fmt: skip
+        return any(getattr(self, name) for name in AMOUNTS)
 
     def kinds(self) -> tuple[str, ...]:
         """``background_kinds`` as a tuple of names."""
