@@ -20,6 +20,12 @@ import torch
 
 # isort: on
 
+# Under pytest-xdist (`-n 2` in pyproject.toml's addopts) each worker process takes an equal share of the cores for
+# torch's intra-op threads, so that the workers do not oversubscribe the machine between them.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    _cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    torch.set_num_threads(max(1, _cores // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("SLOPEKP_SHARED_DATA", REPO.parent / "shared" / "data"))
 
