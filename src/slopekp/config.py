@@ -241,6 +241,10 @@ class TrainConfig:
     """Weight of ``1 − SSIM`` inside the texture loss (beside L1)."""
     deform_weight: float = 1.0
     laplacian_weight: float = 0.5
+    laplacian_of: str = "mesh"
+    """What the graph Laplacian prior smooths: ``mesh``, the predicted vertices (METHOD §7.4, U-CMR: it also
+    flattens the template's own curvature, beak and tail), or ``deformation``, the predicted vertices minus the
+    template's (a smooth displacement of the template, whose own detail costs nothing)."""
     edge_weight: float = 0.0
     camera_weight: float = 1.0
     heatmap_weight: float = 10.0
@@ -452,6 +456,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.pose_head": ("keypoints", "quaternion", "gramschmidt", "svd"),
     "model.heatmap_loss": ("mse", "kl"),
     "model.shape_bias_init": ("zero", "uniform"),
+    "train.laplacian_of": ("mesh", "deformation"),
     "model.texture_head": ("uv", "flow"),
     "train.pose_targets": ("stage2", "stage1"),
     "train.pose_lr_schedule": ("constant", "cosine"),

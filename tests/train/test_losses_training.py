@@ -129,3 +129,39 @@ def test_heatmap_kl_loss_is_zero_exactly_at_its_targets():
     assert float(heatmap_kl_loss(logits, goal, torch.zeros_like(vis))) == 0.0
     with pytest.raises(ValueError, match="disagree"):
         heatmap_kl_loss(logits, goal[:, :1], vis)
+
+
+def test_shape_priors_laplacian_of_the_mesh_or_of_its_deformation():
+    """``train.laplacian_of``: ``mesh`` smooths the vertices themselves (the template's own curvature costs), while
+    ``deformation`` smooths their displacement from the template (a translated template costs nothing). Checked
+    against a brute-force graph Laplacian over the faces' edges."""
+    from types import SimpleNamespace
+
+    from slopekp.config import TrainConfig
+    from slopekp.mesh import procedural_bird
+    from slopekp.train.stage2 import shape_priors
+
+    tmpl = procedural_bird()
+    verts, faces = tmpl.verts, tmpl.faces
+
+    def brute(x):  # mean over vertices of ||deg(v) x_v - sum of neighbours||
+        nbrs = [set() for _ in range(x.shape[0])]
+        for a, b, c in faces.tolist():
+            for u, v in ((a, b), (b, c), (c, a)):
+                nbrs[u].add(v)
+                nbrs[v].add(u)
+        return float(torch.stack([len(n) * x[i] - x[list(n)].sum(0) for i, n in enumerate(nbrs)]).norm(dim=1).mean())
+
+    bump = torch.zeros_like(verts)
+    bump[7] = torch.tensor([0.0, 0.05, 0.0])
+    for shift in (torch.tensor([0.1, -0.2, 0.3]), bump):
+        moved = (verts + shift)[None]
+        pred = SimpleNamespace(verts=moved, delta_v=torch.zeros_like(moved))
+        for of, want in (("mesh", brute(verts + shift)), ("deformation", brute(shift.expand_as(verts)))):
+            w = TrainConfig(laplacian_weight=2.0, laplacian_of=of)
+            got = float(shape_priors(pred, faces, verts, w)["laplacian"])
+            assert got == pytest.approx(2.0 * want, rel=1e-5, abs=1e-7), (of, shift)
+    # the translated template: nothing to smooth in its deformation, the template's curvature in the mesh
+    pred = SimpleNamespace(verts=(verts + 0.1)[None], delta_v=torch.zeros(1, *verts.shape))
+    assert float(shape_priors(pred, faces, verts, TrainConfig(laplacian_of="deformation"))["laplacian"]) < 1e-6
+    assert float(shape_priors(pred, faces, verts, TrainConfig(laplacian_of="mesh"))["laplacian"]) > 1e-3

@@ -136,10 +136,12 @@ def resize_targets(batch, size: int):
 
 
 def shape_priors(pred, faces: Tensor, template_verts: Tensor, w) -> dict[str, Tensor]:
-    """METHOD §7.3–7.6: deformation size, graph Laplacian of the predicted mesh, and (if weighted) edge lengths."""
+    """METHOD §7.3–7.6: deformation size, graph Laplacian of the predicted mesh (or, with ``train.laplacian_of:
+    deformation``, of its displacement from the template ``(V, 3)``), and (if weighted) edge lengths."""
+    smoothed = pred.verts if w.laplacian_of == "mesh" else pred.verts - template_verts.to(pred.verts)
     out = {
         "deform": w.deform_weight * regularizers.deform_loss(pred.delta_v),
-        "laplacian": w.laplacian_weight * regularizers.graph_laplacian_loss(pred.verts, faces),
+        "laplacian": w.laplacian_weight * regularizers.graph_laplacian_loss(smoothed, faces),
     }
     if w.edge_weight > 0:
         out["edge"] = w.edge_weight * regularizers.edge_length_loss(pred.verts, faces, template_verts)
