@@ -257,3 +257,40 @@ def test_predict_reports_broken_links_and_warns_on_tiny_photos(tiny_model, tmp_p
     entries = {e["name"]: e for e in json.loads((out / "predictions.json").read_text())["images"]}
     assert {n: e["status"] for n, e in entries.items()} == {"a": "ok", "dot": "ok", "gone": "error", "loop": "error"}
     assert any("only 1x1 pixels" in w for w in entries["dot"]["warnings"])
+
+
+def test_a_photo_the_network_fails_on_fails_alone(tiny_model, tmp_path, monkeypatch, capsys):
+    # a batch whose forward pass raises is run again photo by photo, and a non-finite prediction is an error: only
+    # the photo at fault fails, named, and its batch-mates are written
+    import dataclasses
+
+    import torch
+
+    from slopekp.predict.api import Reconstructor
+
+    original = Reconstructor.predict_crops
+
+    def flaky(self, crops):
+        if any(c.photo_size == (61, 80) for c in crops):  # this photo breaks any batch it is in
+            raise RuntimeError("simulated failure")
+        results = original(self, crops)
+        return [dataclasses.replace(r, camera=torch.full_like(r.camera, float("nan")))  # and this one gives NaN
+                if c.photo_size == (62, 80) else r for c, r in zip(crops, results)]  # fmt: skip
+
+    monkeypatch.setattr(Reconstructor, "predict_crops", flaky)
+    _photo(tmp_path / "good.png")
+    _photo(tmp_path / "breaks.png", size=(61, 80), seed=2)
+    _photo(tmp_path / "nan_pose.png", size=(62, 80), seed=3)
+    _photo(tmp_path / "other.png", seed=1)
+    out = tmp_path / "out"
+    photos = [str(tmp_path / f"{n}.png") for n in ("good", "breaks", "nan_pose", "other")]
+    assert main(["predict", *photos, "--checkpoint", str(tiny_model.checkpoint), "--out", str(out), "--quiet",
+                 "--turntable-frames", "0", "--size", "32", "--batch-size", "4"]) == 1  # fmt: skip
+    err = capsys.readouterr().err
+    assert "breaks.png: the network failed on this photo (RuntimeError: simulated failure)" in err
+    assert "nan_pose.png: the network's prediction is not finite" in err
+    index = json.loads((out / "predictions.json").read_text())
+    assert {e["name"]: e["status"] for e in index["images"]} == {
+        "good": "ok", "breaks": "error", "nan_pose": "error", "other": "ok"}
+    assert (out / "good" / "mesh.glb").is_file() and (out / "other" / "mesh.glb").is_file()
+    assert not (out / "breaks").exists() and not (out / "nan_pose").exists()

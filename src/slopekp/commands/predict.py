@@ -175,9 +175,11 @@ def _predict(args: argparse.Namespace) -> int:
             photos.append(photo)
             crops.append(crop)
             ok.append(i)
-        results = rec.predict_crops(crops)
-        for i, photo, r in zip(ok, photos, results):
+        for i, photo, r in zip(ok, photos, _predict_each(rec, crops, [images[k] for k in ok])):
             e = entries[i]
+            if isinstance(r, Exception):
+                fail(i, r)
+                continue
             try:
                 remove_outputs(out / e["name"])
                 files = write_reconstruction(r, photo, out / e["name"], title=f"{images[i].name} ({rec.head} head)",
@@ -194,6 +196,24 @@ def _predict(args: argparse.Namespace) -> int:
     print(f"wrote {len(entries) - failed} of {len(entries)} reconstruction(s) to {out}/ "
           f"({rec.head} head; index: {out / INDEX})" + (f"; {failed} failed" if failed else "") + also)
     return 1 if failed else 0
+
+
+def _predict_each(rec, crops: list, names: list) -> list:
+    """``rec.predict_crops(crops)`` as one batch, each result or, for a photo that failed, its exception: a batch
+    that raises is run again photo by photo, so that one photo's failure does not fail its batch-mates, and a
+    prediction with a NaN or infinite camera or vertex is an error that names its photo."""
+    try:
+        results = rec.predict_crops(crops)
+    except Exception:
+        results = []
+        for crop, name in zip(crops, names):
+            try:
+                results.append(rec.predict_crops([crop])[0])
+            except Exception as e:
+                results.append(ValueError(f"{name}: the network failed on this photo ({type(e).__name__}: {e})"))
+    return [r if isinstance(r, Exception) or (r.camera.isfinite().all() and r.verts.isfinite().all())
+            else ValueError(f"{name}: the network's prediction is not finite (NaN or infinite camera or shape)")
+            for r, name in zip(results, names)]  # fmt: skip
 
 
 def format_card(card: dict, path: str) -> str:
