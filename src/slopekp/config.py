@@ -456,8 +456,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.pose_head": ("keypoints", "quaternion", "gramschmidt", "svd"),
     "model.heatmap_loss": ("mse", "kl"),
     "model.shape_bias_init": ("zero", "uniform"),
-    "train.laplacian_of": ("mesh", "deformation"),
     "model.texture_head": ("uv", "flow"),
+    "train.laplacian_of": ("mesh", "deformation"),
     "train.pose_targets": ("stage2", "stage1"),
     "train.pose_lr_schedule": ("constant", "cosine"),
 }

@@ -210,7 +210,9 @@ def _predict_each(rec, crops: list, names: list) -> list:
             try:
                 results.append(rec.predict_crops([crop])[0])
             except Exception as e:
-                results.append(ValueError(f"{name}: the network failed on this photo ({type(e).__name__}: {e})"))
+                err = ValueError(f"{name}: the network failed on this photo ({type(e).__name__}: {e})")
+                err.__cause__ = e  # --debug shows the original traceback
+                results.append(err)
     return [r if isinstance(r, Exception) or (r.camera.isfinite().all() and r.verts.isfinite().all())
             else ValueError(f"{name}: the network's prediction is not finite (NaN or infinite camera or shape)")
             for r, name in zip(results, names)]  # fmt: skip
