@@ -54,7 +54,7 @@ QUICKSTART_DEFAULTS = (
     "train.score_texture_weight=0.0",
     # the graph Laplacian smooths the deformation from the template, not the mesh, and 40 times harder: the meshes
     # stay birds (normal consistency 0.45 -> 0.92, Chamfer distance to the true bird 0.045 -> 0.021 of its length,
-    # three seeds; docs/results/shapes.md)
+    # five seeds; docs/results/shapes.md)
     "train.laplacian_of=deformation",
     "train.laplacian_weight=20",
     "train.freeze_backbone=false",
