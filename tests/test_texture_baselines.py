@@ -8,14 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from slopekp.data.synth.writer import generate_synthbirds
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "texture_baselines.py"
 
 
-@pytest.mark.slow  # 10 s for a study script (docs/results/shape_texture_baseline.md); the CI suite is near 10 min
 def test_texture_baselines_smoke(tmp_path):
     data = generate_synthbirds(tmp_path / "sb", 1, 6, size=64, seed=3, progress=False)
     res = subprocess.run([sys.executable, str(SCRIPT), "--data", str(data)], capture_output=True, text=True,
