@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["AMOUNTS", "AUGMENT_BACKGROUNDS", "AppearanceConfig", "background_kinds_error"]
+__all__ = ["AMOUNTS", "AUGMENT_BACKGROUNDS", "AppearanceConfig", "background_kinds", "background_kinds_error"]
 
 AUGMENT_BACKGROUNDS = ("other", "flat", "noise", "pattern")
 """The replacement backgrounds of the appearance augmentation (:mod:`slopekp.data.augment`)."""
@@ -31,9 +31,14 @@ AMOUNTS = ("colour_jitter", "grayscale_prob", "blur_prob", "noise_std", "backgro
 """The numeric fields of :class:`AppearanceConfig`: strengths and probabilities, each in [0, 1]."""
 
 
+def background_kinds(value: str) -> tuple[str, ...]:
+    """The names in ``background_kinds`` (comma-separated; blanks dropped), unchecked."""
+    return tuple(k.strip() for k in str(value).split(",") if k.strip())
+
+
 def background_kinds_error(value: str) -> str | None:
     """Why ``background_kinds`` (comma-separated names of :data:`AUGMENT_BACKGROUNDS`) is bad, or None."""
-    kinds = [k.strip() for k in str(value).split(",") if k.strip()]
+    kinds = background_kinds(value)
     if kinds and not set(kinds) - set(AUGMENT_BACKGROUNDS):
         return None
     return f"background_kinds must name some of {', '.join(AUGMENT_BACKGROUNDS)} (comma-separated), got {value!r}"

@@ -27,7 +27,13 @@ from dataclasses import dataclass, fields
 import cv2
 import numpy as np
 
-from slopekp.augment_config import AMOUNTS, AUGMENT_BACKGROUNDS, AppearanceConfig, background_kinds_error
+from slopekp.augment_config import (
+    AMOUNTS,
+    AUGMENT_BACKGROUNDS,
+    AppearanceConfig,
+    background_kinds,
+    background_kinds_error,
+)
 from slopekp.data.synth.background import flat_background, noise_background, pattern_background
 
 __all__ = ["APPEARANCE_SETTINGS", "BACKGROUND_KINDS", "Augment", "augment_appearance", "inpaint_background"]
@@ -77,7 +83,7 @@ class Augment(AppearanceConfig):
 
     def kinds(self) -> tuple[str, ...]:
         """``background_kinds`` as a tuple of names."""
-        return tuple(k.strip() for k in self.background_kinds.split(",") if k.strip())
+        return background_kinds(self.background_kinds)
 
     @classmethod
     def from_config(cls, data) -> Augment:
