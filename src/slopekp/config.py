@@ -82,8 +82,7 @@ class DataConfig(AppearanceConfig):
 
 
 MIN_SYNTH_SIZE = 16
-"""Smallest side in pixels of a SynthBirds image (``synth.size``); the largest is
-:data:`slopekp.utils.MAX_SYNTH_SIZE`."""
+"""Smallest side in pixels of a SynthBirds image (``synth.size``); the largest: :data:`slopekp.utils.MAX_SYNTH_SIZE`."""
 
 
 @dataclass
@@ -226,8 +225,7 @@ class TrainConfig:
     """Share of the texture loss in Stage II's hypothesis scores ``T = (1 − w)·minmax(L_mask) + w·minmax(L_tex)``
     (METHOD §5.4: 0.5). An under-trained texture makes these scores noisy; 0 scores by the mask alone."""
     top_k: int = 0
-    """Stage II: after ``top_k_after`` epochs keep each image's ``top_k`` best hypotheses (U-CMR: 4 after 21; 0 =
-    never)."""
+    """Stage II: after ``top_k_after`` epochs keep each image's ``top_k`` best hypotheses (U-CMR: 4 after 21; 0 = no)"""
     top_k_after: int = 0
     """Epochs before the pruning to ``top_k`` (0: from the start, by the Stage I scores)."""
     mask_weight: float = 10.0
@@ -242,9 +240,8 @@ class TrainConfig:
     deform_weight: float = 1.0
     laplacian_weight: float = 0.5
     laplacian_of: str = "mesh"
-    """What the graph Laplacian prior smooths: ``mesh``, the predicted vertices (METHOD §7.4, U-CMR: it also
-    flattens the template's own curvature, beak and tail), or ``deformation``, the predicted vertices minus the
-    template's (a smooth displacement of the template, whose own detail costs nothing)."""
+    """What the graph Laplacian prior smooths: ``mesh``, the predicted vertices (METHOD §7.4, U-CMR; it also flattens
+    the template's own beak and tail), or ``deformation``, the vertices minus the template's (detail costs nothing)."""
     edge_weight: float = 0.0
     camera_weight: float = 1.0
     heatmap_weight: float = 10.0
@@ -275,8 +272,7 @@ class TrainConfig:
     training set says so (:mod:`slopekp.train.appearance`; slopekp's addition, not in U-CMR or SLOPE-KP). A mask
     cannot tell the two apart."""
     pose_lr_schedule: str = "constant"
-    """Stage III's learning rate over its steps: ``constant`` (``train.lr`` throughout) or ``cosine`` (from
-    ``train.lr`` down towards 0 at the last step)."""
+    """Stage III's learning rate: ``constant`` (``train.lr`` throughout) or ``cosine`` (towards 0 at the last step)."""
     reselect_every: int = 0
     """Stage III self-training: every this many epochs, the network's own predictions re-choose each image's pose
     target among its ``reselect_top`` best hypotheses and their depth mirrors (:mod:`slopekp.train.targets`;
@@ -461,9 +457,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.pose_targets": ("stage2", "stage1"),
     "train.pose_lr_schedule": ("constant", "cosine"),
 }
-"""The allowed values of every string field that names one of a fixed set, by dotted key: CMR's splits, the fused
-renderer's modes, the pose heads (:data:`slopekp.models.pose.POSE_HEADS`) and the Stage III targets (a test keeps
-them in step with the code that reads them)."""
+"""The allowed values of every string field that names one of a fixed set, by dotted key (CMR's splits, the pose
+heads of :data:`slopekp.models.pose.POSE_HEADS`, ...; a test keeps them in step with the code that reads them)."""
 
 ORDERED: tuple[tuple[str, str], ...] = (("render.near", "render.far"),)
 """Pairs of keys whose values must satisfy ``first < second``."""
