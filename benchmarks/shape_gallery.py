@@ -68,10 +68,16 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for label, path in models:
         rss0 = rss_mb()
-        rec = Reconstructor.from_checkpoint(path, device="cpu")
+        try:
+            rec = Reconstructor.from_checkpoint(path, device="cpu")
+        except (ValueError, OSError) as e:  # a missing or damaged checkpoint, named
+            p.error(str(e))
         for photo in args.photos:
             t0 = time.perf_counter()
-            r = rec.predict(photo)
+            try:
+                r = rec.predict(photo)
+            except (ValueError, OSError) as e:  # an unreadable photo, named; no figure is written
+                p.error(str(e))
             nc = float(normal_consistency(r.verts[None].float(), r.faces)[0])
             views = [r.render(azimuth=a, elevation=e, textured=False, size=args.size) for a, e in VIEWS]
             rows.append((label, Path(photo).name, nc, views))

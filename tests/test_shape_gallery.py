@@ -40,3 +40,6 @@ def test_shape_gallery_smoke(tiny_model, tmp_path):
     assert again.returncode != 0 and "exists" in again.stderr and out.read_bytes() == before
     bad = _run("--checkpoint", str(ck), "--out", tmp_path / "other.png", photos[0])
     assert bad.returncode != 0 and "expected LABEL=PATH" in bad.stderr
+    missing = _run("--checkpoint", f"first={ck}", "--out", tmp_path / "other.png", tmp_path / "absent.png")
+    assert missing.returncode == 2 and "absent.png: image file not found" in missing.stderr
+    assert "Traceback" not in missing.stderr and not (tmp_path / "other.png").exists()
