@@ -508,3 +508,29 @@ def test_kl_head_reads_its_maps_as_logits(template):
     assert (mse.pose_from_heatmaps(logits, verts).extras["points2d"] - pts).abs().max() > 0.1
     with pytest.raises(ValueError, match="heatmap_loss"):
         KeypointPoseHead(template.verts, in_channels=CHANNELS, heatmap_loss="l1")
+
+
+def test_pnp_default_threshold_keeps_moderately_off_keypoints_and_drops_far_ones(template):
+    """PnPSettings' inlier threshold (0.2 NDC, docs/results/pnp_threshold.md): a trained head's keypoints are about
+    0.13 off, and such points must stay in the refinement; points half an image width off must not. The old 0.08
+    drops some of the former (checked beside it), so the test fails if the default goes back."""
+    from slopekp.geometry.pnp import camera_to_theta, project_theta
+
+    idx = farthest_point_sampling(template.verts, 32)
+    p3 = template.verts[idx].double()[None]  # (1, 32, 3)
+    cam = _cameras(1, seed=3).double()
+    p2 = project_theta(p3, camera_to_theta(cam))
+    g = torch.Generator().manual_seed(0)
+    direction = torch.nn.functional.normalize(torch.randn(1, 32, 2, generator=g, dtype=torch.float64), dim=-1)
+    offset = torch.zeros(1, 32, 1, dtype=torch.float64)
+    moderate, far = torch.arange(0, 8), torch.arange(8, 12)  # 8 points 0.12 off, 4 points 0.6 off
+    offset[0, moderate] = 0.12
+    offset[0, far] = 0.6
+    noisy = p2 + offset * direction
+    weights = torch.ones(1, 32, dtype=torch.float64)
+    res = PnPSettings().solve(noisy, p3, weights)
+    assert bool(res.inliers[0, moderate].all()), "keypoints 0.12 off must stay inliers"
+    assert not bool(res.inliers[0, far].any()), "keypoints 0.6 off must be dropped"
+    assert float(quat_geodesic_angle(res.camera[:, 3:], cam[:, 3:]).rad2deg()) < 10.0
+    old = PnPSettings(reproj_error=0.08).solve(noisy, p3, weights)
+    assert not bool(old.inliers[0, moderate].all())  # the test tells the two thresholds apart
