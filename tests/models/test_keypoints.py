@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from slopekp.geometry.camera import project_points
+from slopekp.geometry.pnp import camera_to_theta, project_theta
 from slopekp.geometry.rotations import quat_geodesic_angle, random_quat
 from slopekp.mesh import farthest_point_sampling, load_template
 from slopekp.models import keypoints
@@ -514,8 +515,6 @@ def test_pnp_default_threshold_keeps_moderately_off_keypoints_and_drops_far_ones
     """PnPSettings' inlier threshold (0.2 NDC, docs/results/pnp_threshold.md): a trained head's keypoints are about
     0.13 off, and such points must stay in the refinement; points half an image width off must not. The old 0.08
     drops some of the former (checked beside it), so the test fails if the default goes back."""
-    from slopekp.geometry.pnp import camera_to_theta, project_theta
-
     idx = farthest_point_sampling(template.verts, 32)
     p3 = template.verts[idx].double()[None]  # (1, 32, 3)
     cam = _cameras(1, seed=3).double()
