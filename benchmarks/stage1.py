@@ -14,12 +14,15 @@ the number of processes); ``best_mirror_median_deg`` (the best hypothesis up to 
 holds its own copy of the data set besides); ``threads`` (each worker's intra-op threads: 1; for ``workers_1``
 torch's default in the case process); ``cores`` (``os.sched_getaffinity``); ``device``.
 
-Cases: ``workers_1`` (one process, as before issue 22), ``workers_2``, ``workers_all`` (``multiplex.workers=0``);
-then other schedules on all cores (docs/results/stage1_schedules.md measures them on 400 SynthBirds images and
-100 real CUB SfM views): ``steps40_gain025`` (the quickstart's schedule before that study), ``halve_4`` and
+Cases: ``share_mirrors`` (one hypothesis of each depth-mirrored pair fitted, 21 of 40, and mirrored), ``workers_1``
+(one process, as before issue 22), ``workers_2``, ``workers_all`` (``multiplex.workers=0``); then other schedules on
+all cores (docs/results/stage1_schedules.md measures them on 400 SynthBirds images and 100 real CUB SfM views):
+``last_iterate`` (each hypothesis ends at its last iterate, not its best, as before 2026-12-08), ``steps40_gain025``
+(the quickstart's schedule before that study), ``halve_4`` and
 ``halve_8`` (successive halving every 4 or 8 steps down to 4 hypotheses per image, ``multiplex.prune_every``),
 ``steps20_gain05``, ``steps30_gain033`` (the quickstart's schedule since) and ``steps32_gain03`` (fewer steps with a
-larger offset gain, the same reach in angle as 40 steps at 0.25).
+larger offset gain, the same reach in angle as 40 steps at 0.25); ``share_steps36_gain028`` and ``share_grid_10x5``,
+``share_grid_8x6``, ``share_grid_12x5`` (mirrors shared, with 36 steps at the 30 steps' reach or with denser grids).
 
 Usage: ``python benchmarks/stage1.py [--cases workers_1,workers_all] [--images 48] [--size 64] [--deform 1]
 [--threads N]``; ``--images 400 --size 128 --deform 0`` is the quickstart's Stage I.
@@ -38,14 +41,21 @@ from _cases import peak_mb_since, rss_mb, run_each, selected_cases
 _STEPS40 = ("multiplex.steps=40", "multiplex.offset_gain=0.25")  # the quickstart's schedule before the study
 #: Stage I schedules beside the quickstart's (all 40 hypotheses for 30 steps at gain 0.333): case -> overrides
 SCHEDULE_CASES = {
+    "last_iterate": ("multiplex.best_iterate=false",),  # each hypothesis ends at its last iterate, as before
     "steps40_gain025": _STEPS40,
     "halve_4": (*_STEPS40, "multiplex.prune_every=4", "multiplex.prune_factor=2", "multiplex.keep=4"),
     "halve_8": (*_STEPS40, "multiplex.prune_every=8", "multiplex.prune_factor=2", "multiplex.keep=4"),
     "steps20_gain05": ("multiplex.steps=20", "multiplex.offset_gain=0.5"),
     "steps30_gain033": ("multiplex.steps=30", "multiplex.offset_gain=0.333"),
     "steps32_gain03": ("multiplex.steps=32", "multiplex.offset_gain=0.3"),
+    # mirrors shared with more steps, or with denser grids (each closed under the depth mirror)
+    "share_steps36_gain028": ("multiplex.share_mirrors=true", "multiplex.steps=36", "multiplex.offset_gain=0.278"),
+    "share_grid_10x5": ("multiplex.share_mirrors=true", "multiplex.num_az=10"),  # 50 hypotheses, 25 fitted
+    "share_grid_8x6": ("multiplex.share_mirrors=true", "multiplex.num_el=6"),  # 48 hypotheses, 24 fitted
+    "share_grid_12x5": ("multiplex.share_mirrors=true", "multiplex.num_az=12"),  # 60 hypotheses, 32 fitted
 }
 CASES = {
+    "share_mirrors": ("multiplex.share_mirrors=true",),  # one of each depth-mirrored pair fitted: 21 of 40
     "workers_1": ("multiplex.workers=1",),
     "workers_2": ("multiplex.workers=2",),
     "workers_all": ("multiplex.workers=0",),

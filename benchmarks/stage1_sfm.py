@@ -76,7 +76,7 @@ def _run_case(name: str, args: argparse.Namespace, queue) -> None:
     t0 = time.perf_counter()
     fit = fit_hypotheses(template.verts, template.faces, renderer, mask, dt, init,
                          settings=OffsetSettings.from_config(mp), steps=mp.steps, lr=mp.lr, peakiness=mp.peakiness,
-                         prune=pruning_schedule(mp, init.shape[0]))  # fmt: skip
+                         prune=pruning_schedule(mp, init.shape[0]), best_iterate=mp.best_iterate)  # fmt: skip
     seconds = time.perf_counter() - t0
     n = torch.arange(args.views)
     b = best_hypothesis(fit.scores)

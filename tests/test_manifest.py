@@ -356,3 +356,17 @@ def test_a_setting_added_later_counts_as_unchanged_at_its_default():
     assert old.differences(made(heads=["svd"]))
     newer = made(**{"train.mirror_by_appearance": False})
     assert newer.differences(old) == ["train.mirror_by_appearance: False in the folder, '<unset>' now"]
+
+
+def test_a_setting_added_later_with_a_new_default_counts_as_its_earlier_value():
+    """``multiplex.best_iterate`` came with the default True, but Stage I stores made before it ended each
+    hypothesis at its last iterate: their manifests stand for False (``EARLIER_DEFAULTS``), so such a folder resumes
+    only when False is asked for."""
+    from slopekp.config import EARLIER_DEFAULTS
+    from slopekp.manifest import config_defaults
+
+    assert EARLIER_DEFAULTS["multiplex.best_iterate"] is False and config_defaults()["multiplex.best_iterate"] is True
+    old = Manifest("multiplex init", settings={"seed": 0})
+    assert old.differences(Manifest("multiplex init", settings={"seed": 0, "multiplex.best_iterate": False})) == []
+    diff = old.differences(Manifest("multiplex init", settings={"seed": 0, "multiplex.best_iterate": True}))
+    assert diff == ["multiplex.best_iterate: False in the folder, True now"]

@@ -131,15 +131,17 @@ class MultiplexConfig:
     """Stage I optimises each image in a render call of its own, so that its cameras are bit-identical in any
     batch (``fit_hypotheses``); ``false`` renders whole batches, whose results then depend on ``batch_size``."""
     prune_every: int = 0
-    """Successive halving: every this many steps each image stops fitting the worse of its hypotheses (by the last
-    step's loss), keeping ``1/prune_factor`` of them (never fewer than ``keep``); a stopped hypothesis stays where it
-    is and is scored with the others at the end. 0 = never (the default): every hypothesis takes every step. Faster,
-    but measured worse: halving every 4 steps put the closest hypothesis 10° further from the truth
-    (docs/results/stage1_schedules.md)."""
+    """Successive halving: every this many steps each image keeps fitting ``1/prune_factor`` of its hypotheses (the
+    best by the last loss, at least ``keep``); 0 = never. Measured worse (docs/results/stage1_schedules.md)."""
     prune_factor: int = 2
     """How many times fewer hypotheses each pruning keeps."""
     keep: int = 4
     """The fewest hypotheses per image that successive halving keeps fitting."""
+    best_iterate: bool = True
+    """Each hypothesis ends at its iterate of lowest mask loss, not its last (``fit_hypotheses``)."""
+    share_mirrors: bool = False
+    """Fit one of each depth-mirrored pair and mirror it (symmetric template, closed grid; ``fit_hypotheses``):
+    21 fits of 40, Stage I 1.5× faster, its best camera 3° worse (docs/results/stage1_schedules.md)."""
     workers: int = 0
     """Stage I processes on the CPU: 0 = one per core this process may use, 1 = this process alone. Each worker
     fits whole batches with one thread; the results are bit-identical to one process with one thread. Speed only
@@ -256,17 +258,12 @@ class TrainConfig:
     freeze_backbone: bool = True
     """Stage III: train the pose head only (U-CMR); false also trains the encoder with the pose loss."""
     frozen_batchnorm: bool = True
-    """Stage III: every BatchNorm layer normalises with its running statistics while the pose head trains (eval
-    mode; its affine weights still train). In training mode a small batch normalises the 1×1 ``conv`` feature of a
-    64² input (and the heads' fully connected features) over the batch alone, so a pose head sees each image only
-    relative to the others in its batch. Measured on SynthBirds, batch 8, ground-truth poses: the quaternion head
-    stays at a 78° median error on its own training images in training mode and reaches 28° with frozen
-    statistics (docs/training.md). U-CMR's Stage III batch is 128."""
+    """Stage III: every BatchNorm layer normalises with its running statistics (eval mode; affine weights still
+    train). A batch of 8 normalises the 1×1 feature over the batch alone: on true poses the quaternion head stayed at
+    78° on its own training images in training mode, 28° frozen (docs/training.md). U-CMR's batch is 128."""
     pose_targets: str = "stage2"
     """Stage III: which multiplex gives the pose targets, ``stage2`` (the Stage II run's own, METHOD §5.6) or
-    ``stage1`` (the Stage I store that Stage II started from, as its manifest names it). After a short Stage II
-    the hypotheses' scores come from a barely trained shape, and Stage I's targets were measured better
-    (docs/training.md)."""
+    ``stage1`` (the Stage I store Stage II started from; better after a short Stage II, docs/training.md)."""
     mirror_by_appearance: bool = False
     """Stage III: replace each image's best camera by its depth mirror where a colouring shared by the whole
     training set says so (:mod:`slopekp.train.appearance`; slopekp's addition, not in U-CMR or SLOPE-KP). A mask
@@ -462,6 +459,9 @@ heads of :data:`slopekp.models.pose.POSE_HEADS`, ...; a test keeps them in step 
 
 ORDERED: tuple[tuple[str, str], ...] = (("render.near", "render.far"),)
 """Pairs of keys whose values must satisfy ``first < second``."""
+
+EARLIER_DEFAULTS: dict[str, Any] = {"multiplex.best_iterate": False}
+"""Settings added later whose default changes results: the value that a manifest made before them stands for."""
 
 REMOVED_SETTINGS: tuple[str, ...] = ("render.image_size", "data.img_size", "data.root")
 """Keys of earlier releases that nothing read (the renderers' sizes come from the stage, the data folder from

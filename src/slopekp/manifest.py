@@ -42,7 +42,7 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from slopekp.config import REMOVED_SETTINGS, Config
+from slopekp.config import EARLIER_DEFAULTS, REMOVED_SETTINGS, Config
 from slopekp.utils import atomic_save_json
 from slopekp.version import __version__
 
@@ -137,8 +137,9 @@ class Manifest:
         for key in sorted(set(self.settings) | set(other.settings)):
             if key in REMOVED_SETTINGS:
                 continue  # a setting that an earlier release recorded and nothing read: it changed no result
-            a, b = self.settings.get(key, "<unset>"), other.settings.get(key, "<unset>")
-            if key not in self.settings and key in defaults and _norm(b) == _norm(defaults[key]):
+            a, b = self.settings.get(key, EARLIER_DEFAULTS.get(key, "<unset>")), other.settings.get(key, "<unset>")
+            added_later = key not in self.settings and key not in EARLIER_DEFAULTS and key in defaults
+            if added_later and _norm(b) == _norm(defaults[key]):
                 continue  # a setting added by a later slopekp, asked for at its default: the run it made is the same
             if _norm(a) != _norm(b):
                 out.append(f"{key}: {a!r} in the folder, {b!r} now")

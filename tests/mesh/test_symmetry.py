@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from slopekp.mesh import Symmetry, find_symmetry, load_template, procedural_bird
+from slopekp.mesh import Symmetry, find_symmetry, load_template, mirror_permutation, procedural_bird
 
 FLIP = torch.tensor([-1.0, 1.0, 1.0])
 
@@ -86,3 +86,39 @@ def test_errors():
         find_symmetry(torch.tensor([[float("nan"), 0, 0], [1.0, 0, 0]]))
     with pytest.raises(ValueError, match="permutation"):
         Symmetry(torch.tensor([0]), torch.tensor([1]), torch.tensor([1]), 3)
+
+
+def test_mirror_permutation_of_exactly_symmetric_meshes_and_not_of_others():
+    bird = load_template("procedural")
+    perm = mirror_permutation(bird.verts, bird.faces)
+    assert perm is not None
+    assert torch.equal(bird.verts[perm], bird.verts * FLIP)  # the partner of each vertex is its exact mirror
+    assert torch.equal(perm[perm], torch.arange(bird.verts.shape[0]))
+    # the vertex order does not matter
+    g = torch.Generator().manual_seed(0)
+    order = torch.randperm(bird.verts.shape[0], generator=g)
+    inverse = torch.argsort(order)
+    assert mirror_permutation(bird.verts[order], inverse[bird.faces]) is not None
+    # one vertex off its mirror by 1 % of the bird: not symmetric
+    moved = bird.verts.clone()
+    i = int(torch.argmax(moved[:, 0]))
+    moved[i, 1] += 0.01 * float((moved.max(0).values - moved.min(0).values).max())
+    assert mirror_permutation(moved, bird.faces) is None
+    # the same vertices, one quad split along its other diagonal on one side only: not symmetric
+    faces = bird.faces.clone()
+    edge_faces = {}
+    for f, tri in enumerate(faces.tolist()):
+        for a, b in ((tri[0], tri[1]), (tri[1], tri[2]), (tri[2], tri[0])):
+            edge_faces.setdefault((min(a, b), max(a, b)), []).append(f)
+    (a, b), (f1, f2) = next((e, fs) for e, fs in edge_faces.items() if bird.verts[list(e), 0].max() < -0.05)
+    c = next(v for v in faces[f1].tolist() if v not in (a, b))
+    d = next(v for v in faces[f2].tolist() if v not in (a, b))
+    faces[f1], faces[f2] = torch.tensor([a, d, c]), torch.tensor([b, c, d])  # the flipped diagonal c-d
+    assert mirror_permutation(bird.verts, faces) is None
+
+
+def test_the_ucmr_template_is_not_exactly_mirror_symmetric(ucmr_template_path):
+    """U-CMR's CUB template is symmetric only approximately (some vertices 1 % of its size off their mirror), so
+    Stage I fits all its hypotheses."""
+    t = load_template(str(ucmr_template_path))
+    assert mirror_permutation(t.verts, t.faces) is None

@@ -14,7 +14,13 @@ from slopekp.geometry.camera import project_points
 from slopekp.geometry.rotations import quat_to_rotmat
 from slopekp.mesh import template_fingerprint
 from slopekp.train.camera_adam import adam_update, suppress_gradient_noise
-from slopekp.train.hypotheses import OffsetSettings, apply_offsets, hypothesis_cameras
+from slopekp.train.hypotheses import (
+    OffsetSettings,
+    apply_offsets,
+    hypothesis_cameras,
+    hypothesis_mirrors,
+    mirror_representatives,
+)
 from slopekp.train.multiplex import CameraMultiplex, MissingImageError, split_image_ids
 from slopekp.train.scores import best_hypothesis, hypothesis_rotation_errors, hypothesis_scores, minmax_rescale
 
@@ -65,6 +71,32 @@ def test_convention_head_view_base_rotation():
     p = project_points(pts, cam)
     assert p[0, 2] < 5.0 - 0.7  # beak closer than the centre
     assert p[1, 1] < -0.7  # back projects upwards (y down in NDC)
+
+
+def test_hypothesis_mirrors_pair_each_grid_view_with_its_silhouette_twin():
+    """The depth mirror of ``R`` is ``Z·R·D`` (METHOD §2.3): on the default grid that is the view at
+    ``(180° − az, −el)``; the two side views at zero elevation are their own mirrors. Checked with SciPy matrices."""
+    cams = hypothesis_cameras(8, 5)
+    mirror_of = hypothesis_mirrors(cams)
+    R = quat_to_rotmat(cams[:, 3:].double()).numpy()
+    Z, D = np.diag([1.0, 1.0, -1.0]), np.diag([-1.0, 1.0, 1.0])
+    for a in range(8):
+        for e in range(5):
+            i, j = a * 5 + e, ((4 - a) % 8) * 5 + (4 - e)
+            assert int(mirror_of[i]) == j
+            np.testing.assert_allclose(R[j], Z @ R[i] @ D, atol=1e-6)
+    assert [i for i in range(40) if int(mirror_of[i]) == i] == [2 * 5 + 2, 6 * 5 + 2]  # az 90° and 270°, el 0
+    assert mirror_representatives(mirror_of).tolist() == [*range(13), *range(25, 33)]
+    # grids that are not closed under the mirror: an odd number of azimuths, an azimuth or elevation bias
+    assert hypothesis_mirrors(hypothesis_cameras(7, 5)) is None
+    assert hypothesis_mirrors(hypothesis_cameras(8, 5, az_bias_deg=10)) is None
+    assert hypothesis_mirrors(hypothesis_cameras(8, 5, el_bias_deg=5)) is None
+    # roll bins keep their roll
+    cams = hypothesis_cameras(4, 3, 2)
+    mirror_of = hypothesis_mirrors(cams)
+    R = quat_to_rotmat(cams[:, 3:].double()).numpy()
+    for i in range(cams.shape[0]):
+        np.testing.assert_allclose(R[int(mirror_of[i])], Z @ R[i] @ D, atol=1e-6)
 
 
 @pytest.mark.parametrize("bad", [{"num_az": 0}, {"num_el": 2.5}, {"scale": 0.0}])

@@ -31,10 +31,10 @@ from slopekp.geometry.rotations import azelcr_to_quat, quat_geodesic_angle
 from slopekp.manifest import Manifest
 from slopekp.mesh import load_template, template_fingerprint
 from slopekp.render import Renderer, RenderSettings
-from slopekp.train.hypotheses import OffsetSettings, hypothesis_cameras
+from slopekp.train.hypotheses import OffsetSettings, hypothesis_cameras, hypothesis_mirrors, mirror_representatives
 from slopekp.train.multiplex import CameraMultiplex
 from slopekp.train.scores import best_hypothesis, hypothesis_rotation_errors
-from slopekp.train.stage1 import STORE_NAME, _fit_dataset, fit_hypotheses, run_stage1
+from slopekp.train.stage1 import STORE_NAME, _fit_dataset, fit_hypotheses, run_stage1, stage1_mirror_pairs
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +97,7 @@ def test_successive_halving_against_fits_without_pruning(bird):
     by the loss of step s - 1 and end where the full fit leaves them (each trajectory is independent of the others:
     only float summation order differs, hence the tolerance; few steps, so that Adam cannot amplify it)."""
     init, r, mask, dt = _pruning_case(bird)
-    kw = dict(settings=OffsetSettings(gain=1.0), lr=0.1)
+    kw = dict(settings=OffsetSettings(gain=1.0), lr=0.1, best_iterate=False)
 
     def fit(steps, prune=()):
         return fit_hypotheses(bird.verts, bird.faces, r, mask, dt, init, steps=steps, prune=prune, **kw)
@@ -115,6 +115,25 @@ def test_successive_halving_against_fits_without_pruning(bird):
     assert torch.allclose(pruned.scores.sum(-1), torch.ones(1))
     # the test can fail: the stopped hypotheses did move after step 3 in the full fit
     assert (full.cameras[0, stopped] - at_stop.cameras[0, stopped]).abs().max() > 1e-3
+
+
+def test_best_iterate_ends_each_hypothesis_at_its_lowest_loss_against_brute_force(bird):
+    """Each hypothesis ends at the iterate of lowest loss: the same as fitting 0, 1, ..., N steps without it (each an
+    independent, bit-identical run: same shapes) and keeping, per hypothesis, the run of lowest final loss."""
+    init, r, mask, dt = _pruning_case(bird)
+    kw = dict(settings=OffsetSettings(gain=1.0), lr=0.4)  # a large step: the loss goes up and down
+    n = 8
+    runs = [fit_hypotheses(bird.verts, bird.faces, r, mask, dt, init, steps=k, best_iterate=False, **kw)
+            for k in range(n + 1)]  # fmt: skip
+    losses = torch.stack([f.loss[0] for f in runs])  # (n + 1, P)
+    at = losses.argmin(0)
+    fit = fit_hypotheses(bird.verts, bird.faces, r, mask, dt, init, steps=n, **kw)
+    torch.testing.assert_close(fit.loss[0], losses.amin(0), atol=1e-6, rtol=0)
+    want = torch.stack([runs[int(k)].cameras[0, p] for p, k in enumerate(at)])
+    torch.testing.assert_close(fit.cameras[0], want, atol=1e-5, rtol=0)
+    assert (at < n).any()  # the test can fail: some hypothesis was at its best before its last step
+    torch.testing.assert_close(runs[n].loss, fit_hypotheses(bird.verts, bird.faces, r, mask, dt, init, steps=n,
+                                                            best_iterate=False, **kw).loss)  # fmt: skip
 
 
 def test_pruning_schedule_halves_down_to_keep():
@@ -173,6 +192,47 @@ def test_depth_mirror_camera_gives_the_same_silhouette(bird):
     p = project_points(x, cam[0])[:, :2]
     pm = project_points(x * torch.tensor([-1.0, 1, 1]), mirrored[0])[:, :2]
     torch.testing.assert_close(p, pm, atol=1e-5, rtol=1e-5)
+
+
+def test_sharing_depth_mirrors_gives_the_fit_of_every_hypothesis(bird):
+    """Issue 22: fitting one hypothesis of each depth-mirrored pair and mirroring it gives what fitting both does
+    (few steps: the pair's trajectories differ only in float summation order, which Adam amplifies about tenfold a
+    step: 0.6° apart after 6 steps)."""
+    init = hypothesis_cameras(4, 3)  # az 0/90/180/270, el −45/0/45: pairs (az, el) ↔ (180° − az, −el)
+    mirror_of = hypothesis_mirrors(init)
+    assert mirror_of is not None and len(mirror_representatives(mirror_of)) == 7
+    gt = _perturbed(init[4], 0.08, (0.04, -0.03), (9.0, -6.0, 5.0))[None]
+    mask = _render_masks(bird, gt, 24)
+    r = Renderer(RenderSettings(image_size=24))
+    kw = dict(settings=OffsetSettings(gain=1.0), lr=0.1, steps=3, best_iterate=False)  # 0.002°, 5e-5 apart
+    full = fit_hypotheses(bird.verts, bird.faces, r, mask, _dt(mask), init, **kw)
+    shared = fit_hypotheses(bird.verts, bird.faces, r, mask, _dt(mask), init, mirror_of=mirror_of, **kw)
+    angle = torch.rad2deg(quat_geodesic_angle(shared.cameras[0, :, 3:], full.cameras[0, :, 3:]))
+    assert angle.max() < 0.02
+    torch.testing.assert_close(shared.cameras[0, :, :3], full.cameras[0, :, :3], atol=5e-4, rtol=0)
+    torch.testing.assert_close(shared.loss, full.loss, atol=2e-4, rtol=0)
+    assert torch.equal(shared.loss, shared.loss[:, mirror_of])  # a pair's scores tie exactly
+    assert torch.allclose(shared.scores.sum(-1), torch.ones(1))
+    # the test can fail: the hypotheses moved, and a pair's two cameras are far apart
+    assert torch.rad2deg(quat_geodesic_angle(full.cameras[0, :, 3:], init[:, 3:])).max() > 1.0
+    assert torch.rad2deg(quat_geodesic_angle(init[0, 3:], init[int(mirror_of[0]), 3:])) > 30
+    # a pairing that is not the grid's depth mirror is refused
+    with pytest.raises(ValueError, match="depth mirror"):
+        fit_hypotheses(bird.verts, bird.faces, r, mask, _dt(mask), init, mirror_of=torch.arange(12), **kw)
+    with pytest.raises(ValueError, match="involution"):
+        fit_hypotheses(bird.verts, bird.faces, r, mask, _dt(mask), init, mirror_of=torch.zeros(12, dtype=torch.long),
+                       **kw)  # fmt: skip
+
+
+def test_stage1_shares_mirrors_only_for_a_symmetric_template_and_a_closed_grid(bird):
+    cfg = load_config(overrides=["multiplex.num_az=4", "multiplex.num_el=3", "multiplex.share_mirrors=true"])
+    init = hypothesis_cameras(4, 3)
+    assert torch.equal(stage1_mirror_pairs(cfg.multiplex, bird.verts, bird.faces, init), hypothesis_mirrors(init))
+    lopsided = bird.verts * torch.tensor([1.0, 1.0, 1.0]) + torch.tensor([0.0, 0.0, 0.1]) * (bird.verts[:, :1] > 0)
+    assert stage1_mirror_pairs(cfg.multiplex, lopsided, bird.faces, init) is None
+    assert stage1_mirror_pairs(cfg.multiplex, bird.verts, bird.faces, hypothesis_cameras(4, 3, az_bias_deg=5)) is None
+    off = load_config().multiplex  # off by default
+    assert stage1_mirror_pairs(off, bird.verts, bird.faces, init) is None
 
 
 def test_empty_mask_is_a_clear_error(bird):
@@ -295,7 +355,7 @@ def test_optimisation_never_sees_ground_truth(synth_dir, tmp_path):
     ds = build_stage1_dataset(cfg, synth_dir, return_gt_camera=True)
     store = CameraMultiplex(2, "fp")
     with pytest.raises(ValueError, match="ground-truth"):
-        _fit_dataset(ds, store, tmp_path / "x.npz", None, None, None, None, cfg, tmp_path, False)
+        _fit_dataset(ds, store, tmp_path / "x.npz", None, None, None, None, None, cfg, tmp_path, False)
 
 
 def test_cli_init_info_topk_merge(synth_dir, tmp_path, capsys):

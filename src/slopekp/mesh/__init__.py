@@ -17,7 +17,7 @@ from slopekp.mesh.regularizers import (
     graph_laplacian_loss,
     uniform_laplacian,
 )
-from slopekp.mesh.symmetry import Symmetry, find_symmetry
+from slopekp.mesh.symmetry import Symmetry, find_symmetry, mirror_permutation
 from slopekp.mesh.template import Template, direction_uv, farthest_point_sampling, sphere_uv, template_fingerprint
 from slopekp.mesh.topology import (
     adjacent_faces,
@@ -57,6 +57,7 @@ __all__ = [
     "is_closed",
     "load_mesh",
     "load_template",
+    "mirror_permutation",
     "orient_outward",
     "procedural_bird",
     "signed_volume",

@@ -24,12 +24,12 @@ import torch
 from torch import Tensor
 
 from slopekp.config import MultiplexConfig
-from slopekp.geometry.camera import split_camera
+from slopekp.geometry.camera import depth_mirror_cameras, split_camera
 from slopekp.geometry.rotations import azelcr_to_quat, quat_about_axis, quat_multiply
 from slopekp.utils import device_constant
 
 __all__ = ["NUM_OFFSETS", "OffsetSettings", "apply_offsets", "hypothesis_cameras", "hypothesis_cameras_from_config",
-           "positive_scale_cameras"]  # fmt: skip
+           "hypothesis_mirrors", "mirror_representatives", "positive_scale_cameras"]  # fmt: skip
 
 NUM_OFFSETS = 6
 _DEFAULTS = MultiplexConfig()
@@ -157,3 +157,41 @@ def positive_scale_cameras(cameras: Tensor) -> Tensor:
     half_turn = device_constant((0.0, 0.0, 0.0, 1.0), cameras.dtype, cameras.device)
     q = torch.where(neg, quat_multiply(half_turn.expand_as(q), q), q)
     return torch.cat([s[..., None].abs(), t, q], dim=-1)
+
+
+def hypothesis_mirrors(cameras: Tensor, atol: float = 1e-5) -> Tensor | None:
+    """Pair each hypothesis with its depth mirror in the same set (METHOD §2.3), if the set is closed under it.
+
+    The default grid is: the depth mirror of ``(az, el)`` is ``(180° − az, −el)`` (``Z·R_x(el)·R_y(az)·R_x(b)·D =
+    R_x(−el)·R_y(π − az)·R_x(b)``), which is on the grid for an even ``num_az`` and a grid symmetric in elevation
+    (zero ``az_bias_deg`` and ``el_bias_deg``); the two side views at zero elevation are their own mirrors. For a
+    mirror-symmetric template a hypothesis and its mirror render the same silhouette at every step of Stage I, so
+    only one of them needs fitting (:func:`slopekp.train.stage1.fit_hypotheses`, ``mirror_of``).
+
+    Args:
+        cameras: ``(P, 7)`` hypotheses.
+        atol: the largest difference in scale, translation and rotation (``1 − |q·q'|``) of a match.
+
+    Returns:
+        ``(P,)`` int64, ``mirror_of[i]`` the hypothesis that is the depth mirror of ``i`` (``i`` itself for a
+        view that is its own mirror); ``None`` if some hypothesis's mirror is not in the set.
+    """
+    if cameras.dim() != 2 or cameras.shape[-1] != 7:
+        raise ValueError(f"cameras must be (P, 7), got {tuple(cameras.shape)}")
+    c = cameras.detach().to(torch.float64)
+    m = depth_mirror_cameras(c)
+    st_close = (m[:, None, :3] - c[None, :, :3]).abs().amax(-1) <= atol  # (P, P): mirror of i vs camera j
+    rot_close = 1.0 - (m[:, None, 3:] * c[None, :, 3:]).sum(-1).abs() <= atol
+    match = st_close & rot_close
+    if not bool((match.sum(-1) == 1).all()):
+        return None
+    mirror_of = match.to(torch.int64).argmax(-1)
+    if not torch.equal(mirror_of[mirror_of], torch.arange(c.shape[0], device=c.device)):
+        return None
+    return mirror_of.to(cameras.device)
+
+
+def mirror_representatives(mirror_of: Tensor) -> Tensor:
+    """The hypotheses that Stage I fits when mirrors are shared: the first of each pair (and each view that is
+    its own mirror), ``(K,)`` int64 in increasing order; the others are their partners' depth mirrors."""
+    return torch.nonzero(mirror_of >= torch.arange(mirror_of.numel(), device=mirror_of.device)).reshape(-1)
