@@ -219,9 +219,9 @@ def test_sharing_depth_mirrors_gives_the_fit_of_every_hypothesis(bird):
     # a pairing that is not the grid's depth mirror is refused
     with pytest.raises(ValueError, match="depth mirror"):
         fit_hypotheses(bird.verts, bird.faces, r, mask, _dt(mask), init, mirror_of=torch.arange(12), **kw)
-    with pytest.raises(ValueError, match="involution"):
-        fit_hypotheses(bird.verts, bird.faces, r, mask, _dt(mask), init, mirror_of=torch.zeros(12, dtype=torch.long),
-                       **kw)  # fmt: skip
+    for bad in (torch.zeros(12, dtype=torch.long), torch.full((12,), 12), torch.arange(6)):
+        with pytest.raises(ValueError, match="involution"):
+            fit_hypotheses(bird.verts, bird.faces, r, mask, _dt(mask), init, mirror_of=bad, **kw)
 
 
 def test_stage1_shares_mirrors_only_for_a_symmetric_template_and_a_closed_grid(bird):

@@ -2,8 +2,9 @@
 
 The shape is the template itself (no network, no deformation). For each image, every hypothesis of the grid of
 METHOD §5.1 is optimised independently — scale, translation and the three bounded angle offsets of §5.2 — with
-Adam (lr 0.1, 150 steps) on the mask loss ``mean_px[D·S + (S − M)²]`` of its rendered silhouette (§7.1). The
-final per-hypothesis losses become scores (min–max rescaling + softmin with peakiness 20). Results go to a
+Adam (lr 0.1, 150 steps) on the mask loss ``mean_px[D·S + (S − M)²]`` of its rendered silhouette (§7.1); each
+ends at its iterate of lowest loss (``multiplex.best_iterate``). The per-hypothesis losses become scores (min–max
+rescaling + softmin with peakiness 20). Results go to a
 :class:`~slopekp.train.multiplex.CameraMultiplex` keyed by unflipped image id.
 
 Top to bottom:
@@ -226,8 +227,8 @@ def fit_hypotheses(
     with torch.no_grad():
         cams = positive_scale_cameras(apply_offsets(base, final, settings))
         loss = mask_loss(renderer(verts, faces, cams, mode="silhouette").alpha, mask, mask_dt)
-        better = best_loss < loss
-        if best_iterate and bool(better.any()):
+        better = best_loss < loss  # all False without best_iterate (best_loss stays inf)
+        if bool(better.any()):
             final = torch.where(better[..., None], best_offsets, final)
             cams = positive_scale_cameras(apply_offsets(base, final, settings))
             loss = torch.where(better, best_loss, loss)
@@ -240,7 +241,8 @@ def _check_mirror_pairs(init_cameras: Tensor, mirror_of: Tensor) -> Tensor:
     ``mirror_of`` pairs each of ``init_cameras`` (``(B, P, 7)``) with its depth mirror."""
     P = init_cameras.shape[1]
     mirror_of = mirror_of.to(init_cameras.device)
-    if mirror_of.shape != (P,) or not torch.equal(mirror_of[mirror_of], torch.arange(P, device=mirror_of.device)):
+    if (mirror_of.shape != (P,) or bool(((mirror_of < 0) | (mirror_of >= P)).any())
+            or not torch.equal(mirror_of[mirror_of], torch.arange(P, device=mirror_of.device))):
         raise ValueError(f"mirror_of must be a ({P},) pairing of the hypotheses (an involution), got {mirror_of}")
     cams = init_cameras.detach().to(torch.float64)
     mirrored, partner = depth_mirror_cameras(cams), cams[:, mirror_of]
