@@ -141,7 +141,7 @@ class MultiplexConfig:
     """Each hypothesis ends at its iterate of lowest mask loss, not its last (``fit_hypotheses``)."""
     share_mirrors: bool = False
     """Fit one of each depth-mirrored pair and mirror it (symmetric template, closed grid; ``fit_hypotheses``):
-    21 fits of 40, Stage I 1.5× faster, its best camera 3° worse (docs/results/stage1_schedules.md)."""
+    21 fits of 40, Stage I 1.5-1.7× faster, its best camera 1.4° worse (docs/results/stage1_schedules.md)."""
     workers: int = 0
     """Stage I processes on the CPU: 0 = one per core this process may use, 1 = this process alone. Each worker
     fits whole batches with one thread; the results are bit-identical to one process with one thread. Speed only
