@@ -75,7 +75,7 @@ def test_convention_head_view_base_rotation():
 
 def test_hypothesis_mirrors_pair_each_grid_view_with_its_silhouette_twin():
     """The depth mirror of ``R`` is ``Z·R·D`` (METHOD §2.3): on the default grid that is the view at
-    ``(180° − az, −el)``; the two side views at zero elevation are their own mirrors. Checked with SciPy matrices."""
+    ``(180° − az, −el)``; the two side views at zero elevation are their own mirrors. Checked on rotation matrices."""
     cams = hypothesis_cameras(8, 5)
     mirror_of = hypothesis_mirrors(cams)
     R = quat_to_rotmat(cams[:, 3:].double()).numpy()
