@@ -28,8 +28,9 @@ from slopekp.geometry.camera import depth_mirror_cameras, split_camera
 from slopekp.geometry.rotations import azelcr_to_quat, quat_about_axis, quat_multiply
 from slopekp.utils import device_constant
 
-__all__ = ["NUM_OFFSETS", "OffsetSettings", "apply_offsets", "hypothesis_cameras", "hypothesis_cameras_from_config",
-           "hypothesis_mirrors", "mirror_representatives", "positive_scale_cameras"]  # fmt: skip
+__all__ = ["NUM_OFFSETS", "OffsetSettings", "apply_offsets", "cameras_match", "hypothesis_cameras",
+           "hypothesis_cameras_from_config", "hypothesis_mirrors", "mirror_representatives",
+           "positive_scale_cameras"]  # fmt: skip
 
 NUM_OFFSETS = 6
 _DEFAULTS = MultiplexConfig()
@@ -159,6 +160,14 @@ def positive_scale_cameras(cameras: Tensor) -> Tensor:
     return torch.cat([s[..., None].abs(), t, q], dim=-1)
 
 
+def cameras_match(a: Tensor, b: Tensor, atol: float = 1e-5) -> Tensor:
+    """Elementwise over broadcast ``(..., 7)`` cameras: scale and translation within ``atol`` and the same rotation
+    (``1 − |q·q'| ≤ atol``, either sign of the quaternion); ``(...)`` bool."""
+    st = (a[..., :3] - b[..., :3]).abs().amax(-1) <= atol
+    rot = 1.0 - (a[..., 3:] * b[..., 3:]).sum(-1).abs() <= atol
+    return st & rot
+
+
 def hypothesis_mirrors(cameras: Tensor, atol: float = 1e-5) -> Tensor | None:
     """Pair each hypothesis with its depth mirror in the same set (METHOD §2.3), if the set is closed under it.
 
@@ -179,10 +188,7 @@ def hypothesis_mirrors(cameras: Tensor, atol: float = 1e-5) -> Tensor | None:
     if cameras.dim() != 2 or cameras.shape[-1] != 7:
         raise ValueError(f"cameras must be (P, 7), got {tuple(cameras.shape)}")
     c = cameras.detach().to(torch.float64)
-    m = depth_mirror_cameras(c)
-    st_close = (m[:, None, :3] - c[None, :, :3]).abs().amax(-1) <= atol  # (P, P): mirror of i vs camera j
-    rot_close = 1.0 - (m[:, None, 3:] * c[None, :, 3:]).sum(-1).abs() <= atol
-    match = st_close & rot_close
+    match = cameras_match(depth_mirror_cameras(c)[:, None], c[None, :], atol)  # (P, P): mirror of i vs camera j
     if not bool((match.sum(-1) == 1).all()):
         return None
     mirror_of = match.to(torch.int64).argmax(-1)

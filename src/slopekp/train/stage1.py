@@ -45,6 +45,7 @@ from slopekp.train.camera_adam import adam_update, suppress_gradient_noise
 from slopekp.train.hypotheses import (
     OffsetSettings,
     apply_offsets,
+    cameras_match,
     hypothesis_cameras_from_config,
     hypothesis_mirrors,
     mirror_representatives,
@@ -245,9 +246,7 @@ def _check_mirror_pairs(init_cameras: Tensor, mirror_of: Tensor) -> Tensor:
             or not torch.equal(mirror_of[mirror_of], torch.arange(P, device=mirror_of.device))):
         raise ValueError(f"mirror_of must be a ({P},) pairing of the hypotheses (an involution), got {mirror_of}")
     cams = init_cameras.detach().to(torch.float64)
-    mirrored, partner = depth_mirror_cameras(cams), cams[:, mirror_of]
-    rot_off = 1.0 - (mirrored[..., 3:] * partner[..., 3:]).sum(-1).abs()
-    if float((mirrored[..., :3] - partner[..., :3]).abs().amax()) > 1e-5 or float(rot_off.amax()) > 1e-5:
+    if not bool(cameras_match(depth_mirror_cameras(cams), cams[:, mirror_of]).all()):
         raise ValueError("mirror_of does not pair each initial camera with its depth mirror")
     return mirror_representatives(mirror_of)
 
