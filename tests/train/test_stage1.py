@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import scipy.io
 import torch
-from scipy.ndimage import distance_transform_edt
+from stage1_testing import mask_dt, perturbed, pruning_case, render_masks
 
 from slopekp.cli import main
 from slopekp.config import load_config
@@ -27,14 +27,14 @@ from slopekp.geometry.camera import (
     project_points,
     reflect_camera,
 )
-from slopekp.geometry.rotations import azelcr_to_quat, quat_geodesic_angle
+from slopekp.geometry.rotations import quat_geodesic_angle
 from slopekp.manifest import Manifest
 from slopekp.mesh import load_template, template_fingerprint
 from slopekp.render import Renderer, RenderSettings
-from slopekp.train.hypotheses import OffsetSettings, hypothesis_cameras, hypothesis_mirrors, mirror_representatives
+from slopekp.train.hypotheses import OffsetSettings, hypothesis_cameras
 from slopekp.train.multiplex import CameraMultiplex
 from slopekp.train.scores import best_hypothesis, hypothesis_rotation_errors
-from slopekp.train.stage1 import STORE_NAME, _fit_dataset, fit_hypotheses, run_stage1, stage1_mirror_pairs
+from slopekp.train.stage1 import STORE_NAME, _fit_dataset, fit_hypotheses, run_stage1
 
 
 @pytest.fixture(scope="module")
@@ -42,61 +42,35 @@ def bird():
     return load_template("procedural")
 
 
-def _dt(mask: torch.Tensor) -> torch.Tensor:
-    """Independent EDT (SciPy) of ``1 − (mask > 0.5)`` divided by the side, as the data contract defines."""
-    out = [distance_transform_edt(1.0 - (m > 0.5).numpy()) / max(m.shape) for m in mask]
-    return torch.from_numpy(np.stack(out)).float()
-
-
-def _render_masks(template, cams: torch.Tensor, size: int) -> torch.Tensor:
-    r = Renderer(RenderSettings(image_size=size))
-    with torch.no_grad():
-        return r(template.verts, template.faces, cams[:, None]).alpha[:, 0]
-
-
-def _perturbed(base: torch.Tensor, ds: float, dt: tuple[float, float], ang_deg: tuple[float, float, float]):
-    az, el, cr = (torch.tensor(math.radians(a)) for a in ang_deg)
-    q = azelcr_to_quat(az, el, cr, base[3:])
-    return torch.cat([base[:1] + ds, base[1:3] + torch.tensor(dt), q])
-
-
 # --------------------------------------------------------------------------------------------- fitting
 def test_fit_moves_the_right_hypothesis_onto_the_mask(bird):
     # Two hypotheses: the grid camera (az 90°, el 30°) that the true view perturbs, and a far one (az 270°).
     grid = hypothesis_cameras(4, 1, el_bias_deg=30.0)
     init = grid[[1, 3]]
-    gt = _perturbed(init[0], 0.1, (0.06, -0.05), (10.0, -8.0, 6.0))[None]
-    mask = _render_masks(bird, gt, 32)
+    gt = perturbed(init[0], 0.1, (0.06, -0.05), (10.0, -8.0, 6.0))[None]
+    mask = render_masks(bird, gt, 32)
     r = Renderer(RenderSettings(image_size=32))
     fit = fit_hypotheses(
-        bird.verts, bird.faces, r, mask, _dt(mask), init, settings=OffsetSettings(gain=1.0), steps=40, lr=0.1
+        bird.verts, bird.faces, r, mask, mask_dt(mask), init, settings=OffsetSettings(gain=1.0), steps=40, lr=0.1
     )
     assert fit.cameras.shape == (1, 2, 7) and fit.loss.shape == (1, 2) and fit.loss_curve.shape == (41,)
     assert fit.scores.argmax(-1).item() == 0
     assert fit.scores[0, 0] > 0.99  # min–max rescaling + peakiness 20: the loser gets ~e^-20
     assert fit.loss_curve[-1] < 0.5 * fit.loss_curve[0]
     best = fit.cameras[:, 0]
-    iou = mask_iou(_render_masks(bird, best, 32), mask)
+    iou = mask_iou(render_masks(bird, best, 32), mask)
     assert iou.item() >= 0.9
     err = math.degrees(quat_geodesic_angle(best[0, 3:], gt[0, 3:]).item())
     assert err < 10.0
     # the starting camera was clearly worse: the fit did the work
-    assert mask_iou(_render_masks(bird, init[:1], 32), mask).item() < iou.item() - 0.1
-
-
-def _pruning_case(bird):
-    """Six grid hypotheses fitted to one perturbed grid view: ``(init, renderer, mask, dt)``."""
-    init = hypothesis_cameras(3, 2, el_bias_deg=20.0)
-    gt = _perturbed(init[2], 0.08, (0.04, -0.03), (9.0, -6.0, 5.0))[None]
-    mask = _render_masks(bird, gt, 24)
-    return init, Renderer(RenderSettings(image_size=24)), mask, _dt(mask)
+    assert mask_iou(render_masks(bird, init[:1], 32), mask).item() < iou.item() - 0.1
 
 
 def test_successive_halving_against_fits_without_pruning(bird):
     """Issue 22: a hypothesis that stops at step s ends where a fit of s steps leaves it; the ones kept are the best
     by the loss of step s - 1 and end where the full fit leaves them (each trajectory is independent of the others:
     only float summation order differs, hence the tolerance; few steps, so that Adam cannot amplify it)."""
-    init, r, mask, dt = _pruning_case(bird)
+    init, r, mask, dt = pruning_case(bird)
     kw = dict(settings=OffsetSettings(gain=1.0), lr=0.1, best_iterate=False)
 
     def fit(steps, prune=()):
@@ -117,25 +91,6 @@ def test_successive_halving_against_fits_without_pruning(bird):
     assert (full.cameras[0, stopped] - at_stop.cameras[0, stopped]).abs().max() > 1e-3
 
 
-def test_best_iterate_ends_each_hypothesis_at_its_lowest_loss_against_brute_force(bird):
-    """Each hypothesis ends at the iterate of lowest loss: the same as fitting 0, 1, ..., N steps without it (each an
-    independent, bit-identical run: same shapes) and keeping, per hypothesis, the run of lowest final loss."""
-    init, r, mask, dt = _pruning_case(bird)
-    kw = dict(settings=OffsetSettings(gain=1.0), lr=0.4)  # a large step: the loss goes up and down
-    n = 8
-    runs = [fit_hypotheses(bird.verts, bird.faces, r, mask, dt, init, steps=k, best_iterate=False, **kw)
-            for k in range(n + 1)]  # fmt: skip
-    losses = torch.stack([f.loss[0] for f in runs])  # (n + 1, P)
-    at = losses.argmin(0)
-    fit = fit_hypotheses(bird.verts, bird.faces, r, mask, dt, init, steps=n, **kw)
-    torch.testing.assert_close(fit.loss[0], losses.amin(0), atol=1e-6, rtol=0)
-    want = torch.stack([runs[int(k)].cameras[0, p] for p, k in enumerate(at)])
-    torch.testing.assert_close(fit.cameras[0], want, atol=1e-5, rtol=0)
-    assert (at < n).any()  # the test can fail: some hypothesis was at its best before its last step
-    torch.testing.assert_close(runs[n].loss, fit_hypotheses(bird.verts, bird.faces, r, mask, dt, init, steps=n,
-                                                            best_iterate=False, **kw).loss)  # fmt: skip
-
-
 def test_pruning_schedule_halves_down_to_keep():
     from slopekp.train.stage1 import pruning_schedule
 
@@ -153,15 +108,16 @@ def test_pruning_schedule_halves_down_to_keep():
 
 def test_flip_consistency_mirror_image_gives_reflected_cameras(bird):
     grid = hypothesis_cameras(4, 1, el_bias_deg=30.0)[[0, 1]]
-    gt = _perturbed(grid[1], 0.05, (0.05, 0.02), (12.0, 5.0, -8.0))[None]
-    mask = _render_masks(bird, gt, 32)
+    gt = perturbed(grid[1], 0.05, (0.05, 0.02), (12.0, 5.0, -8.0))[None]
+    mask = render_masks(bird, gt, 32)
     masks = torch.cat([mask, mask.flip(-1)])  # an image and its mirror image
     r = Renderer(RenderSettings(image_size=32))
     # the mirror image's hypothesis set is the reflected grid (the default grid is mirror-symmetric)
     init = torch.stack([grid, reflect_camera(grid)])
     # 4 steps: the two runs differ only by float rounding (~1e-7), which Adam's normalised steps amplify
     # chaotically over longer runs (measured: ~1e-5 after 4 steps, ~3e-3 after 8)
-    fit = fit_hypotheses(bird.verts, bird.faces, r, masks, _dt(masks), init, settings=OffsetSettings(gain=1.0), steps=4)
+    fit = fit_hypotheses(bird.verts, bird.faces, r, masks, mask_dt(masks), init, settings=OffsetSettings(gain=1.0),
+                         steps=4)
     a, b = fit.cameras[0], fit.cameras[1]
     assert (a[:, :3] - init[0, :, :3]).abs().max() > 0.1  # the hypotheses did move
     rb = reflect_camera(b)
@@ -182,57 +138,16 @@ def test_flip_consistency_mirror_image_gives_reflected_cameras(bird):
 
 
 def test_depth_mirror_camera_gives_the_same_silhouette(bird):
-    cam = _perturbed(hypothesis_cameras(8, 5)[13], 0.1, (0.05, -0.02), (10.0, 5.0, 20.0))[None]
+    cam = perturbed(hypothesis_cameras(8, 5)[13], 0.1, (0.05, -0.02), (10.0, 5.0, 20.0))[None]
     mirrored = depth_mirror_cameras(cam)
     assert math.degrees(quat_geodesic_angle(cam[0, 3:], mirrored[0, 3:])) > 30
-    a, b = _render_masks(bird, cam, 48), _render_masks(bird, mirrored, 48)
+    a, b = render_masks(bird, cam, 48), render_masks(bird, mirrored, 48)
     assert mask_iou(a, b).item() > 0.99
     # points: P·Z·R·D·(D·X) = P·R·X (exact, any X)
     x = torch.randn(20, 3)
     p = project_points(x, cam[0])[:, :2]
     pm = project_points(x * torch.tensor([-1.0, 1, 1]), mirrored[0])[:, :2]
     torch.testing.assert_close(p, pm, atol=1e-5, rtol=1e-5)
-
-
-def test_sharing_depth_mirrors_gives_the_fit_of_every_hypothesis(bird):
-    """Issue 22: fitting one hypothesis of each depth-mirrored pair and mirroring it gives what fitting both does
-    (few steps: the pair's trajectories differ only in float summation order, which Adam amplifies about tenfold a
-    step: 0.6° apart after 6 steps)."""
-    init = hypothesis_cameras(4, 3)  # az 0/90/180/270, el −45/0/45: pairs (az, el) ↔ (180° − az, −el)
-    mirror_of = hypothesis_mirrors(init)
-    assert mirror_of is not None and len(mirror_representatives(mirror_of)) == 7
-    gt = _perturbed(init[4], 0.08, (0.04, -0.03), (9.0, -6.0, 5.0))[None]
-    mask = _render_masks(bird, gt, 24)
-    r = Renderer(RenderSettings(image_size=24))
-    kw = dict(settings=OffsetSettings(gain=1.0), lr=0.1, steps=3, best_iterate=False)  # 0.002°, 5e-5 apart
-    full = fit_hypotheses(bird.verts, bird.faces, r, mask, _dt(mask), init, **kw)
-    shared = fit_hypotheses(bird.verts, bird.faces, r, mask, _dt(mask), init, mirror_of=mirror_of, **kw)
-    angle = torch.rad2deg(quat_geodesic_angle(shared.cameras[0, :, 3:], full.cameras[0, :, 3:]))
-    assert angle.max() < 0.02
-    torch.testing.assert_close(shared.cameras[0, :, :3], full.cameras[0, :, :3], atol=5e-4, rtol=0)
-    torch.testing.assert_close(shared.loss, full.loss, atol=2e-4, rtol=0)
-    assert torch.equal(shared.loss, shared.loss[:, mirror_of])  # a pair's scores tie exactly
-    assert torch.allclose(shared.scores.sum(-1), torch.ones(1))
-    # the test can fail: the hypotheses moved, and a pair's two cameras are far apart
-    assert torch.rad2deg(quat_geodesic_angle(full.cameras[0, :, 3:], init[:, 3:])).max() > 1.0
-    assert torch.rad2deg(quat_geodesic_angle(init[0, 3:], init[int(mirror_of[0]), 3:])) > 30
-    # a pairing that is not the grid's depth mirror is refused
-    with pytest.raises(ValueError, match="depth mirror"):
-        fit_hypotheses(bird.verts, bird.faces, r, mask, _dt(mask), init, mirror_of=torch.arange(12), **kw)
-    for bad in (torch.zeros(12, dtype=torch.long), torch.full((12,), 12), torch.arange(6)):
-        with pytest.raises(ValueError, match="involution"):
-            fit_hypotheses(bird.verts, bird.faces, r, mask, _dt(mask), init, mirror_of=bad, **kw)
-
-
-def test_stage1_shares_mirrors_only_for_a_symmetric_template_and_a_closed_grid(bird):
-    cfg = load_config(overrides=["multiplex.num_az=4", "multiplex.num_el=3", "multiplex.share_mirrors=true"])
-    init = hypothesis_cameras(4, 3)
-    assert torch.equal(stage1_mirror_pairs(cfg.multiplex, bird.verts, bird.faces, init), hypothesis_mirrors(init))
-    lopsided = bird.verts + torch.tensor([0.0, 0.0, 0.1]) * (bird.verts[:, :1] > 0)  # the left half raised
-    assert stage1_mirror_pairs(cfg.multiplex, lopsided, bird.faces, init) is None
-    assert stage1_mirror_pairs(cfg.multiplex, bird.verts, bird.faces, hypothesis_cameras(4, 3, az_bias_deg=5)) is None
-    off = load_config().multiplex  # off by default
-    assert stage1_mirror_pairs(off, bird.verts, bird.faces, init) is None
 
 
 def test_empty_mask_is_a_clear_error(bird):
@@ -245,7 +160,7 @@ def test_empty_mask_is_a_clear_error(bird):
             bird.faces,
             r,
             mask,
-            _dt(mask),
+            mask_dt(mask),
             hypothesis_cameras(2, 1),
             settings=OffsetSettings(),
             steps=1,
@@ -257,7 +172,7 @@ def test_empty_mask_is_a_clear_error(bird):
             bird.faces,
             r,
             mask[:1],
-            _dt(mask[:1]),
+            mask_dt(mask[:1]),
             torch.zeros(3, 2, 7),
             settings=OffsetSettings(),
             steps=1,
@@ -414,14 +329,14 @@ def _stage1_on_sfm(sfm_dir, template_path, n, size, steps, gain=0.1):
     template = load_template(str(template_path))
     gt, idx = _sfm_views(sfm_dir, template, n, size)
     r = Renderer(RenderSettings(image_size=size))
-    mask = _render_masks(template, gt, size)
+    mask = render_masks(template, gt, size)
     cfg = load_config().multiplex
     fit = fit_hypotheses(
         template.verts,
         template.faces,
         r,
         mask,
-        _dt(mask),
+        mask_dt(mask),
         hypothesis_cameras(),
         settings=OffsetSettings(gain=gain),
         steps=steps,
@@ -430,7 +345,7 @@ def _stage1_on_sfm(sfm_dir, template_path, n, size, steps, gain=0.1):
     )
     b = best_hypothesis(fit.scores)
     best = fit.cameras[torch.arange(n), b]
-    iou = mask_iou(_render_masks(template, best, size), mask)
+    iou = mask_iou(render_masks(template, best, size), mask)
     err = hypothesis_rotation_errors(fit.cameras, gt)
     err_m = torch.minimum(err, hypothesis_rotation_errors(fit.cameras, depth_mirror_cameras(gt)))
     ar = torch.arange(n)
